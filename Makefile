@@ -1,0 +1,42 @@
+# attackpsm -- `make help` lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install weights run test test-slow test-all lint format bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install attackpsm with its dependencies
+
+weights: install ## Fetch and verify all pretrained weights into the cache (run before going offline)
+	$(PY) -m attackpsm.metrics.weights
+
+run: weights ## The main job: PGD on LPIPS(Alex), embedded synthetic dataset, 64x64
+	$(PY) -m attackpsm
+
+test: weights ## Fast test suite (under 20 minutes on 2 CPU cores)
+	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+test-slow: weights ## Slow suites (cluster, notebooks, full attacks); needs launchers/start_slurm.sh for slurm
+	$(PY) -m pytest -m "slow or slurm" $(PYTEST_ARGS)
+
+lint: install ## Ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove outputs (results/, logs/, caches); keeps .venv and the weights cache
+	rm -rf results logs outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""Shared mechanics of the attacks on a 2AFC triplet (Sec. 3, "Attack Models").
+
+The engine picks the prey -- the distortion the metric ranks closer to the reference --
+and hands each attack the prey, the prepared reference and ``s_other``. An attack
+returns the adversarial image, its score ``s_adv`` and whether the rank flipped
+(``s_adv > s_other``; reversed for the reverse attack of Appendix F).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attackpsm.metrics.base import Metric
+
+
+def rank_loss(s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: ``J = (s_other / (s_other + s_adv) - 1)^2``, one value per sample.
+
+    Maximised by FGSM and PGD: it grows as ``s_adv`` grows past ``s_other``.
+    """
+    return (s_other / (s_other + s_adv) - 1.0) ** 2
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns for a batch of ``N`` preys.
+
+    Attributes:
+        adv: adversarial images ``(N, 3, H, W)`` in ``[-1, 1]``.
+        s_adv: metric distance of ``adv`` to the reference ``(N,)``.
+        flipped: ``(N,)`` bool, the rank flipped (Sec. 3: ``s_adv > s_other``).
+        columns: per-triplet columns this attack adds to the results table.
+    """
+
+    adv: torch.Tensor
+    s_adv: torch.Tensor
+    flipped: torch.Tensor
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class. Subclasses implement :meth:`run` and declare their threat model.
+
+    Attributes:
+        name: config name (``attack=<name>``).
+        white_box: uses gradients of the metric (False: may only read metric outputs).
+        columns: names of the extra per-triplet columns :meth:`run` returns.
+    """
+
+    name = "attack"
+    white_box = True
+    columns: tuple[str, ...] = ()
+
+    def run(self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor) -> AttackResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    """Raise a clear error for a budget or step that makes no sense."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or value != value:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"attack parameter {name} must be {bound}, got {value}")

@@ -1,0 +1,84 @@
+"""PGD on a similarity metric (Madry et al., 2018; the paper's Algorithm 1, Eq. 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_loss
+from attackpsm.images import HIGH, LOW
+from attackpsm.metrics.base import Metric, select
+
+
+class PGD(Attack):
+    """ℓ∞ PGD with a sign step on Eq. 1 and per-triplet early stopping (Algorithm 1).
+
+    For ``k = 0 .. max_iterations`` (31 checks by default): ``I_adv = clip(I_prey + δ,
+    -1, 1)``; stop this triplet if ``s_adv > s_other``; otherwise step
+    ``I_adv + α·sign(∇J)`` and project ``δ`` onto ``[-ε, ε]``. Batched over triplets: a
+    flipped triplet leaves the active set and keeps the image that flipped it.
+
+    Args:
+        eps: ℓ∞ budget on the ``[-1, 1]`` scale (0.03).
+        alpha: step size (0.001; Table 11 also uses 0.00375 and 0.006).
+        max_iterations: gradient steps (30; checks = ``max_iterations + 1``).
+        early_stop: stop each triplet at its first flip (Alg. 1). ``False`` runs exactly
+            ``max_iterations`` steps and judges the final image -- PGD(10), PGD(20) of the
+            transfer study (Table 5).
+
+    Example:
+        >>> result = PGD(eps=0.03).run(metric, metric.prepare(ref), prey, s_other)
+    """
+
+    name = "pgd"
+    columns = ("iterations",)
+
+    def __init__(self, eps: float = 0.03, alpha: float = 0.001, max_iterations: int = 30, early_stop: bool = True):
+        check_positive("eps", eps, allow_zero=True)
+        check_positive("alpha", alpha)
+        if int(max_iterations) != max_iterations or max_iterations < 0:
+            raise ValueError(f"attack parameter max_iterations must be an integer >= 0, got {max_iterations}")
+        self.eps = float(eps)
+        self.alpha = float(alpha)
+        self.max_iterations = int(max_iterations)
+        self.early_stop = bool(early_stop)
+
+    def run(self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor) -> AttackResult:
+        n = prey.shape[0]
+        adv = prey.clone()
+        s_adv = torch.full((n,), float("nan"), device=prey.device)
+        flipped = torch.zeros(n, dtype=torch.bool, device=prey.device)
+        iterations = torch.full((n,), self.max_iterations, dtype=torch.long, device=prey.device)
+        delta = torch.zeros_like(prey)
+        active = torch.arange(n, device=prey.device)  # triplets still being attacked
+        for k in range(self.max_iterations + 1):
+            last = k == self.max_iterations
+            x = (prey[active] + delta[active]).clamp(LOW, HIGH)
+            x.requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                s = metric.score(select(prepared_ref, active), x)
+            s_det = s.detach()
+            if last:
+                done = torch.ones_like(s_det, dtype=torch.bool)  # the budget is spent
+            elif self.early_stop:
+                done = s_det > s_other[active]
+            else:
+                done = torch.zeros_like(s_det, dtype=torch.bool)
+            if done.any():
+                idx = active[done]
+                adv[idx] = x.detach()[done]
+                s_adv[idx] = s_det[done]
+                iterations[idx] = k
+                flipped[idx] = s_det[done] > s_other[idx]
+            if last:
+                break
+            keep = ~done
+            if not keep.any():
+                break
+            loss = rank_loss(s_other[active], s).sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            stepped = x.detach() + self.alpha * grad.sign()
+            delta[active] = (stepped - prey[active]).clamp(-self.eps, self.eps)
+            active = active[keep]
+        return AttackResult(adv, s_adv, flipped, {"iterations": iterations})

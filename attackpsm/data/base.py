@@ -1,0 +1,135 @@
+"""Triplets: the 2AFC sample of the paper (Sec. 3, "Dataset").
+
+A triplet is a reference ``I_ref``, two distortions ``I_0`` and ``I_1``, and ``judge``: the
+fraction of raters who preferred ``I_1`` (0 = everyone chose ``I_0``; ``None`` when there
+is no human label). Datasets list light :class:`TripletRecord` entries and load pixels
+lazily in ``__getitem__``, so memory stays bounded whatever the resolution.
+
+A triplet that cannot be loaded (missing or corrupt file, wrong shape, bad judge) is not
+an exception: ``__getitem__`` returns it as an error row, :func:`collate` keeps it apart,
+and the run records it in its errors table and goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from attackpsm.images import resize
+
+
+@dataclass(frozen=True)
+class TripletRecord:
+    """Index entry of one triplet: a stable id (subset + file name), its subset, its label."""
+
+    triplet_id: str
+    subset: str
+    judge: float | None
+
+
+class TripletDataset(Dataset):
+    """Base class: a list of records plus a lazy pixel loader.
+
+    Subclasses fill ``self.records`` and implement :meth:`load_images`, returning the
+    native-resolution ``(ref, p0, p1)`` as ``(3, H, W)`` tensors in ``[-1, 1]``.
+
+    Args:
+        size: output side length (``None`` = native); the same antialiased resize is applied
+            to the three images.
+    """
+
+    name = "triplets"
+
+    def __init__(self, size: int | None = None):
+        if size is not None and size <= 0:
+            raise ValueError(f"resolution size must be positive or null (native), got {size}")
+        self.size = size
+        self.records: list[TripletRecord] = []
+
+    def load_images(self, record: TripletRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        record = self.records[i]
+        item: dict[str, Any] = {"triplet_id": record.triplet_id, "subset": record.subset}
+        try:
+            judge = record.judge
+            if judge is not None and not (0.0 <= judge <= 1.0 and math.isfinite(judge)):
+                raise ValueError(f"judge {judge} outside [0, 1]")
+            ref, p0, p1 = self.load_images(record)
+            shapes = {tuple(t.shape) for t in (ref, p0, p1)}
+            if len(shapes) != 1:
+                raise ValueError(f"mismatched image sizes in triplet: {sorted(shapes)}")
+            if ref.dim() != 3 or ref.shape[0] != 3:
+                raise ValueError(f"expected 3xHxW RGB images, got {tuple(ref.shape)}")
+            images = resize(torch.stack([ref, p0, p1]), self.size)
+        except Exception as exc:  # recorded and skipped, never fatal
+            item["error"] = f"{type(exc).__name__}: {exc}"
+            return item
+        item.update(ref=images[0], p0=images[1], p1=images[2], judge=judge)
+        return item
+
+
+@dataclass
+class Batch:
+    """A collated batch of loadable triplets plus the error rows of the unloadable ones."""
+
+    triplet_id: list[str]
+    subset: list[str]
+    judge: torch.Tensor  # float, NaN where there is no human label
+    ref: torch.Tensor
+    p0: torch.Tensor
+    p1: torch.Tensor
+    errors: list[dict[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.triplet_id)
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = dict(device=device, non_blocking=True)
+        return Batch(
+            self.triplet_id, self.subset, self.judge.to(**move), self.ref.to(**move),
+            self.p0.to(**move), self.p1.to(**move), self.errors,
+        )
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    good = [it for it in items if "error" not in it]
+    errors = [
+        {"triplet_id": it["triplet_id"], "subset": it["subset"], "reason": it["error"]}
+        for it in items if "error" in it
+    ]
+    if not good:
+        empty = torch.empty(0, 3, 1, 1)
+        return Batch([], [], torch.empty(0), empty, empty, empty, errors)
+    judge = torch.tensor([float("nan") if it["judge"] is None else it["judge"] for it in good])
+    return Batch(
+        [it["triplet_id"] for it in good],
+        [it["subset"] for it in good],
+        judge,
+        torch.stack([it["ref"] for it in good]),
+        torch.stack([it["p0"] for it in good]),
+        torch.stack([it["p1"] for it in good]),
+        errors,
+    )
+
+
+def shard_records(records: list[TripletRecord], index: int, count: int) -> list[TripletRecord]:
+    """Deterministic shard ``index`` of ``count``: disjoint, complete, machine-independent.
+
+    Records are ordered by their stable id and dealt round-robin, so every shard gets a mix
+    of subsets and the split depends only on the ids.
+    """
+    if count < 1:
+        raise ValueError(f"shard.count must be >= 1, got {count}")
+    if not 0 <= index < count:
+        raise ValueError(f"shard.index must be in [0, {count - 1}], got {index}")
+    ordered = sorted(records, key=lambda r: r.triplet_id)
+    return ordered[index::count]

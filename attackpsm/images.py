@@ -1,0 +1,54 @@
+"""The package's single image convention and the adapters at its edges.
+
+Inside attackpsm an image batch is a ``float32`` tensor of shape ``(N, 3, H, W)`` with
+values in ``[-1, 1]``. The paper states every perturbation budget on this scale (Sec. 3,
+Alg. 1) and LPIPS consumes it directly. RMSE and PSNR are reported on the ``[0, 255]``
+scale (Table 2, Table 4), so the conversions live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LOW, HIGH = -1.0, 1.0
+
+
+def from_uint8(array: np.ndarray) -> torch.Tensor:
+    """HWC ``uint8`` RGB array -> CHW float tensor in ``[-1, 1]``."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {array.dtype} {array.shape}")
+    t = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float()
+    return t / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` float -> ``uint8`` tensor (same layout), rounded to nearest."""
+    return ((images.clamp(LOW, HIGH) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round-trip through 8 bits: what survives saving the image as a PNG."""
+    return to_uint8(images).float() / 127.5 - 1.0
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` -> ``[0, 1]`` (adapter for libraries such as piq)."""
+    return (images + 1.0) * 0.5
+
+
+def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Antialiased bilinear resize of a ``(N, 3, H, W)`` or ``(3, H, W)`` batch to ``size``.
+
+    ``size=None`` keeps the native resolution. The same call is applied to the three images
+    of a triplet, so they stay aligned.
+    """
+    if size is None:
+        return images
+    squeeze = images.dim() == 3
+    x = images.unsqueeze(0) if squeeze else images
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.clamp(LOW, HIGH)
+    return x.squeeze(0) if squeeze else x

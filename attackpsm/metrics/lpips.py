@@ -1,0 +1,94 @@
+"""LPIPS (Zhang et al., 2018): the learned perceptual metric the paper attacks most.
+
+The architecture and the calibrated linear layers (v0.1) come from the ``lpips`` package;
+the ImageNet backbone comes from :mod:`attackpsm.metrics.weights` (real pretrained
+weights, checksummed; never a silent random backbone). The forward pass is split so that
+the reference's normalised features are computed once per triplet and reused at every
+attack iteration (:meth:`LPIPS.prepare`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import lpips as lpips_lib
+import torch
+
+from attackpsm.metrics import weights
+from attackpsm.metrics.base import Metric
+
+_BACKBONE = {"alex": "alexnet", "vgg": "vgg16"}
+
+
+def _load_backbone(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy torchvision ``features.<i>.*`` tensors into lpips' ``slice<k>.<i>.*`` modules."""
+    targets = {}
+    for name, param in net.named_parameters():
+        _, index, kind = name.split(".")  # slice<k>.<i>.<weight|bias>
+        targets[f"features.{index}.{kind}"] = param
+    missing = set(targets) - set(state)
+    if missing:
+        raise RuntimeError(f"backbone weights lack {sorted(missing)}")
+    with torch.no_grad():
+        for key, param in targets.items():
+            param.copy_(state[key])
+
+
+def build_reference_lpips(net: str, backbone: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """The ``lpips`` package's own model with our backbone weights (``None``: random backbone).
+
+    A random backbone is only for fast mechanical tests; reported numbers need weights.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = lpips_lib.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    if backbone is not None:
+        _load_backbone(model.net, backbone)
+    return model.eval()
+
+
+class LPIPS(Metric):
+    """LPIPS distance (Zhang et al., 2018, Eq. 1 of their paper), v0.1 linear weights.
+
+    Args:
+        net: backbone, ``alex`` or ``vgg``.
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
+        random_backbone: build with a random backbone -- for unit tests of mechanics only.
+    """
+
+    def __init__(
+        self,
+        net: str = "alex",
+        weights_dir: str | None = None,
+        allow_fetch: bool = True,
+        random_backbone: bool = False,
+    ):
+        super().__init__()
+        if net not in _BACKBONE:
+            raise ValueError(f"LPIPS net must be one of {sorted(_BACKBONE)}, got {net!r}")
+        self.name = f"lpips_{net}"
+        backbone = None
+        if not random_backbone:
+            backbone = weights.load(_BACKBONE[net], weights_dir, allow_fetch=allow_fetch)
+        model = build_reference_lpips(net, backbone)
+        self.scaling_layer = model.scaling_layer
+        self.net = model.net
+        self.lins = model.lins
+        self.random_backbone = random_backbone
+        self.freeze()
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised backbone activations of ``x`` (``[-1, 1]`` input)."""
+        outs = self.net(self.scaling_layer(x))
+        return [lpips_lib.normalize_tensor(f) for f in outs]
+
+    def prepare(self, ref: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return self.features(ref)
+
+    def score(self, prepared: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for f_ref, f_x, lin in zip(prepared, self.features(x), self.lins, strict=True):
+            total = total + lin((f_x - f_ref) ** 2).mean(dim=(2, 3))
+        return total.flatten()

@@ -1,0 +1,163 @@
+"""One job of a study: a dataset shard x metric x attack x resolution -> results on disk.
+
+``run(cfg)`` is what ``python -m attackpsm`` executes for each (multi)run job. It is safe to
+re-run: a finished shard is loaded instead of recomputed, an unfinished one resumes
+after its last checkpointed batch (see :mod:`attackpsm.results`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import attackpsm
+from attackpsm.data.base import TripletDataset, collate, shard_records
+from attackpsm.engine import attack_batch
+from attackpsm.loggers import NullLogger
+from attackpsm.results import ShardStore, identity_hash, merge_shards, summarize, write_summary
+
+log = logging.getLogger("attackpsm")
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a config-group node; its ``name`` key names the option, not an argument."""
+    spec = OmegaConf.to_container(node, resolve=True)
+    spec.pop("name", None)
+    return instantiate(spec, **kwargs)
+
+
+def resolve_device(name: str) -> torch.device:
+    valid = ("auto", "cpu", "cuda")
+    if name not in valid and not str(name).startswith("cuda:"):
+        raise ValueError(f"device must be one of {list(valid)} (or cuda:N), got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} requested but no CUDA device is available; use device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What determines a run's results (and so its directory): never the timestamp."""
+    return {
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "metric": {k: v for k, v in OmegaConf.to_container(cfg.metric, resolve=True).items() if k not in ("weights_dir", "allow_fetch")},
+        "attack": OmegaConf.to_container(cfg.attack, resolve=True),
+        "resolution": cfg.resolution.size,
+        "seed": cfg.seed,
+        "version": attackpsm.__version__,
+    }
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    identity = run_identity(cfg)
+    res = "native" if cfg.resolution.size is None else cfg.resolution.size
+    key = f"{cfg.dataset.name}/{cfg.metric.name}/{cfg.attack.name}/res{res}-{identity_hash(identity)}"
+    return Path(cfg.paths.results_dir) / key
+
+
+def _pending(dataset: TripletDataset, store: ShardStore, cfg: DictConfig) -> TripletDataset:
+    records = shard_records(dataset.records, cfg.shard.index, cfg.shard.count)
+    done = store.done_ids()
+    view = copy.copy(dataset)
+    view.records = [r for r in records if r.triplet_id not in done]
+    if done:
+        log.info("resuming shard %d/%d: %d done, %d to go", cfg.shard.index, cfg.shard.count, len(done), len(view.records))
+    return view
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    # build everything before any work, so bad parameters fail fast
+    dataset: TripletDataset = build(cfg.dataset, size=cfg.resolution.size)
+    metric = build(cfg.metric).to(device)
+    attack = build(cfg.attack)
+    if attack.white_box and not metric.differentiable:
+        raise ValueError(f"attack {attack.name!r} needs gradients but metric {metric.name!r} is not differentiable")
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {cfg.dataset.name!r} has no usable triplets")
+
+    run_dir = run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity_file = run_dir / "identity.yaml"
+    if not identity_file.exists():
+        identity_file.write_text(OmegaConf.to_yaml(OmegaConf.create(run_identity(cfg))))
+    store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
+    group = str(run_dir.relative_to(Path(cfg.paths.results_dir)))
+    logger = (
+        build(
+            cfg.logger, group=group, name=f"{group}/shard{cfg.shard.index}of{cfg.shard.count}",
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        if cfg.get("logger") and cfg.logger.get("_target_")
+        else NullLogger()
+    )
+    try:
+        if store.finished:
+            log.info("shard %d/%d already finished in %s", cfg.shard.index, cfg.shard.count, run_dir)
+            results, errors = store.load()
+        else:
+            pending = _pending(dataset, store, cfg)
+            loader = DataLoader(
+                pending, batch_size=cfg.resolution.batch_size, shuffle=False, collate_fn=collate,
+                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None,
+            )
+            bar = tqdm(loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress)
+            flips = total = 0
+            for batch in bar:
+                rows, errs = attack_batch(metric, attack, batch.to(device))
+                store.checkpoint(rows, errs)
+                if len(rows):
+                    flips += int(rows["flipped"].sum())
+                    total += len(rows)
+                    bar.set_postfix(flip_rate=f"{flips / total:.1%}")
+            results, errors = store.finalize()
+        merged = merge_shards(run_dir, cfg.shard.count)
+        scope = "all shards" if merged is not None else f"shard {cfg.shard.index}/{cfg.shard.count}"
+        table, errs_all = merged if merged is not None else (results, errors)
+        summary = summarize(table, metric.name, attack.name, skipped=len(errs_all))
+        text = write_summary(run_dir, summary) if merged is not None else None
+        print(f"\n{cfg.dataset.name} · {metric.name} · {attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}")
+        print(text or summary.to_string(index=False))
+        headline = _headline(table, len(errs_all))
+        logger.log_summary(headline)
+        logger.log_table("summary", summary)
+        logger.log_table("triplets", table)
+        return {**headline, "run_dir": str(run_dir)}
+    finally:
+        logger.finish()
+
+
+def _headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
+    n = len(table)
+    flipped = table["flipped"].astype(bool) if n else pd.Series(dtype=bool)
+    agrees = table["human_agrees"] if n else pd.Series(dtype="boolean")
+    labelled = agrees.notna()
+    return {
+        "samples": n,
+        "skipped": skipped,
+        "flip_rate": float(flipped.mean()) if n else float("nan"),
+        "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else float("nan"),
+        "accuracy": float(agrees[labelled].astype(bool).mean()) if labelled.any() else float("nan"),
+        "rmse_flipped_mean": float(table.loc[flipped, "rmse"].mean()) if n else float("nan"),
+    }

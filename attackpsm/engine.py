@@ -7,11 +7,13 @@ the adversarial image after an 8-bit round trip, and compute the perturbation st
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
 
-from attackpsm.attacks.base import Attack
+from attackpsm.attacks.base import Attack, rank_flipped
 from attackpsm.data.base import Batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import Metric, select
@@ -31,8 +33,14 @@ def human_agreement(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> 
     return pd.Series(agrees)
 
 
-def attack_batch(metric: Metric, attack: Attack, batch: Batch) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Attack one batch; returns (per-triplet rows, error rows)."""
+def attack_batch(
+    metric: Metric, attack: Attack, batch: Batch, sink: Callable[..., None] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Attack one batch; returns (per-triplet rows, error rows).
+
+    ``sink`` (optional) receives ``(metric, batch, prey_is_p1, adv, rows)`` once the rows
+    are built -- the transfer benchmark's craft stage saves the adversarial images there.
+    """
     errors = pd.DataFrame(batch.errors, columns=["triplet_id", "subset", "reason"])
     if len(batch) == 0:
         return pd.DataFrame(), errors
@@ -57,10 +65,15 @@ def attack_batch(metric: Metric, attack: Attack, batch: Batch) -> tuple[pd.DataF
             return pd.DataFrame(), errors
 
     rank = d0 > d1  # True: I_1 is more similar, so it is the prey (Alg. 1, lines 2-5)
+    reverse = bool(getattr(attack, "reverse", False))
+    if reverse:  # Appendix F: the prey is the *less* similar image
+        rank = ~rank
     prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
     s_other = torch.where(rank, d0, d1)
     s_prey = torch.where(rank, d1, d0)
 
+    if hasattr(attack, "on_batch"):
+        attack.on_batch(batch, rank)
     result = attack.run(metric, prepared, prey, s_other)
     adv = result.adv.detach()
     with torch.no_grad():
@@ -81,11 +94,13 @@ def attack_batch(metric: Metric, attack: Attack, batch: Batch) -> tuple[pd.DataF
         "flipped": result.flipped.cpu().numpy(),
         "s_adv_uint8": s_adv_uint8.cpu().numpy(),
         # the flip survives saving the adversarial image as an 8-bit PNG (REFERENCE §2)
-        "flipped_uint8": (result.flipped & (s_adv_uint8 > s_other)).cpu().numpy(),
+        "flipped_uint8": (result.flipped & rank_flipped(s_adv_uint8, s_other, reverse)).cpu().numpy(),
         "iterations": result.columns.get("iterations", torch.zeros(len(batch), dtype=torch.long)).cpu().numpy(),
         **{k: v.cpu().numpy() for k, v in stats.items()},
         **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
     })
+    if sink is not None:
+        sink(metric, batch, rank, adv, rows)
     nonfinite = ~np.isfinite(rows["s_adv"].to_numpy(dtype=float))
     if nonfinite.any():  # a NaN during the attack: record the triplet as skipped, never a number
         bad = rows[nonfinite]

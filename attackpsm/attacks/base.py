@@ -24,6 +24,19 @@ def rank_loss(s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
     return (s_other / (s_other + s_adv) - 1.0) ** 2
 
 
+def reverse_rank_loss(s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 (Appendix F): ``J = (s_other / (s_other + s_adv))^2``, one value per sample.
+
+    Maximised by the reverse PGD attack: it grows as ``s_adv`` falls below ``s_other``.
+    """
+    return (s_other / (s_other + s_adv)) ** 2
+
+
+def rank_flipped(s_adv: torch.Tensor, s_other: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Success of an attack (Sec. 3): ``s_adv > s_other``; ``s_adv < s_other`` when reversed."""
+    return s_adv < s_other if reverse else s_adv > s_other
+
+
 @dataclass
 class AttackResult:
     """What an attack returns for a batch of ``N`` preys.
@@ -48,13 +61,25 @@ class Attack:
         name: config name (``attack=<name>``).
         white_box: uses gradients of the metric (False: may only read metric outputs).
         columns: names of the extra per-triplet columns :meth:`run` returns.
+        reverse: the prey is the *less* similar distortion and success is
+            ``s_adv < s_other`` (Appendix F); the engine picks the prey accordingly.
     """
 
     name = "attack"
     white_box = True
     columns: tuple[str, ...] = ()
+    reverse = False
 
-    def run(self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor) -> AttackResult:
+    def on_batch(self, batch: Any, prey_is_p1: torch.Tensor) -> None:
+        """Called by the engine before :meth:`run` with the batch being attacked.
+
+        Most attacks need nothing but the prey; attacks that read stored per-triplet
+        results (``attack=saved``) use the triplet ids and which side is the prey.
+        """
+
+    def run(
+        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+    ) -> AttackResult:
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run test test-slow test-all lint format bench clean
+.PHONY: help install weights run test test-slow test-all lint format bench clean data-bapps data-pieapp
+DATA ?= data
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -23,6 +24,12 @@ weights: install ## Fetch and verify all pretrained weights into the cache (run 
 
 run: weights ## The main job: PGD on LPIPS(Alex), embedded synthetic dataset, 64x64
 	$(PY) -m attackpsm
+
+data-bapps: install ## Download the BAPPS 2AFC val set (the paper's) into $(DATA)/bapps (needs internet)
+	$(PY) -m attackpsm.data download bapps --root $(DATA)/bapps
+
+data-pieapp: install ## Download PieAPP into $(DATA)/pieapp (needs internet; 2.2 GB)
+	$(PY) -m attackpsm.data download pieapp --root $(DATA)/pieapp
 
 test: weights ## Fast test suite (under 20 minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)

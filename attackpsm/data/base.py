@@ -24,11 +24,19 @@ from attackpsm.images import resize
 
 @dataclass(frozen=True)
 class TripletRecord:
-    """Index entry of one triplet: a stable id (subset + file name), its subset, its label."""
+    """Index entry of one triplet: a stable id (subset + file name), its subset, its label.
+
+    ``files`` are the ``(ref, p0, p1)`` paths relative to the dataset root (for datasets read
+    from disk). ``error`` marks a triplet already known to be unusable when the index is
+    built (e.g. a missing judge file): it stays in the index, so sharding and the errors
+    table see it, and loads as an error row.
+    """
 
     triplet_id: str
     subset: str
     judge: float | None
+    files: tuple[str, str, str] | None = None
+    error: str | None = None
 
 
 class TripletDataset(Dataset):
@@ -56,9 +64,20 @@ class TripletDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Triplets kept per subset and those already known to be unusable (``errors``)."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            c = out.setdefault(r.subset, {"triplets": 0, "errors": 0})
+            c["errors" if r.error is not None else "triplets"] += 1
+        return out
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
         item: dict[str, Any] = {"triplet_id": record.triplet_id, "subset": record.subset}
+        if record.error is not None:
+            item["error"] = record.error
+            return item
         try:
             judge = record.judge
             if judge is not None and not (0.0 <= judge <= 1.0 and math.isfinite(judge)):

@@ -1,0 +1,84 @@
+"""Reading triplets from disk: strict RGB image decoding, dataset roots, layout errors.
+
+Shared by the on-disk loaders (:mod:`~attackpsm.data.bapps`, :mod:`~attackpsm.data.pieapp`,
+:mod:`~attackpsm.data.clic`). Problems with one triplet (a missing, truncated, grey or
+RGBA image) raise :class:`ImageError`, which the dataset turns into an error row; problems
+with the dataset as a whole (no root, wrong layout, nothing usable) raise
+:class:`DatasetLayoutError`, which stops the run with the expected layout in the message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attackpsm.data.base import TripletDataset, TripletRecord
+from attackpsm.images import from_uint8
+
+ROLES = ("ref", "p0", "p1")
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The dataset root is missing, laid out differently, or yields no usable triplet."""
+
+
+class ImageError(ValueError):
+    """One image of a triplet cannot be used (the triplet is skipped, not the run)."""
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """Decode an 8-bit RGB image file to a ``(3, H, W)`` tensor in ``[-1, 1]``.
+
+    Only true RGB is accepted: a grey, palette or RGBA file is refused rather than
+    converted, since the datasets of the paper are RGB and a silent conversion would
+    hide a broken file. Truncated files fail in ``load()``.
+    """
+    with Image.open(path) as im:
+        if im.mode != "RGB":
+            raise ImageError(f"mode {im.mode}, expected RGB")
+        im.load()
+        array = np.asarray(im)
+    return from_uint8(array)
+
+
+class DiskTriplets(TripletDataset):
+    """A triplet set whose records carry ``files`` relative to ``root``.
+
+    Args:
+        size: output side length (``None`` = native), see :class:`TripletDataset`.
+        root: dataset folder; ``None`` is an error naming ``env`` and the expected layout.
+    """
+
+    layout = ""  # the expected folder layout, quoted in every DatasetLayoutError
+    env = ""  # environment variable that may hold the root (see conf/dataset/*.yaml)
+
+    def __init__(self, size: int | None = None, root: str | os.PathLike | None = None):
+        super().__init__(size)
+        if root is None or str(root) == "":
+            raise self.layout_error(f"no dataset.root given (set dataset.root=... or ${self.env})")
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise self.layout_error(f"dataset root {self.root} does not exist")
+
+    def layout_error(self, message: str) -> DatasetLayoutError:
+        return DatasetLayoutError(f"{self.name}: {message}.\nExpected layout:\n{self.layout}")
+
+    def check_usable(self) -> None:
+        """Fail unless the index holds at least one triplet not already known to be bad."""
+        if not any(r.error is None for r in self.records):
+            bad = sum(r.error is not None for r in self.records)
+            detail = f" ({bad} listed, all unusable)" if bad else ""
+            raise self.layout_error(f"zero usable triplets under {self.root}{detail}")
+
+    def load_images(self, record: TripletRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = []
+        for role, rel in zip(ROLES, record.files, strict=True):
+            try:
+                images.append(read_rgb(self.root / rel))
+            except Exception as exc:  # name the image so the errors table says which one
+                raise ImageError(f"{role} {rel}: {type(exc).__name__}: {exc}") from exc
+        return tuple(images)

@@ -60,6 +60,17 @@ class Metric(nn.Module):
         """Distances between each ``x[i]`` and the prepared reference ``i``: shape ``(N,)``."""
         raise NotImplementedError
 
+    def expected_score(self, prepared: Any, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
+        """Mean of ``draws`` calls of :meth:`score` (expectation over transformation).
+
+        For a stochastic metric each call draws fresh randomness, so the gradient of the
+        result is the average of ``draws`` gradients -- what an attack on it should follow.
+        A deterministic metric is scored once, whatever ``draws``.
+        """
+        if not self.stochastic or draws <= 1:
+            return self.score(prepared, x)
+        return torch.stack([self.score(prepared, x) for _ in range(draws)]).mean(0)
+
     def forward(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.score(self.prepare(ref), x)
 

@@ -1,0 +1,228 @@
+"""E-LPIPS (Kettunen et al., 2019): LPIPS-VGG under an ensemble of random transformations.
+
+Each *draw* applies one random transformation -- the same one to the reference and to the
+candidate -- and evaluates LPIPS-VGG on the transformed pair; the metric is the
+expectation over draws, estimated by the mean of ``ensemble`` draws per :meth:`score`
+call. The transformations follow the E-LPIPS release:
+
+- downscaling by an integer factor ``s`` (box filter), ``P(s) ~ 1/s^2`` for
+  ``s = 1..scale_levels``, with a random sub-pixel phase (reflection padding);
+- a random translation of 0..``offset_max`` px (reflection padding);
+- a random flip (horizontal, vertical, both or none) and a random transpose;
+- a random permutation of the colour channels and a random per-channel colour
+  scaling in ``[0.2, 1]``;
+- dropout (keep probability 0.99) on the input of every convolution, with the same mask
+  for the reference and the candidate.
+
+Differences from the release, stated plainly: the release samples some of these
+stratified over the batch (we sample them independently), and its VGG variant uses
+average pooling with linear layers retrained for it (weights only on the web). Here the
+backbone is the ImageNet VGG16 with max pooling and the LPIPS v0.1 linear layers -- the
+LPIPS-VGG of :mod:`.lpips` -- so with the transformations switched off (``ensemble``
+draws of the identity) this metric equals ``lpips_vgg``.
+
+The metric is stochastic: attacks must average over draws (expectation over
+transformation). :meth:`score` already returns the mean of ``ensemble`` draws, so the
+gradient of one call is the average of ``ensemble`` draws' gradients; raise
+``ensemble`` (``metric.ensemble=<n>``) for a better estimate, or average several calls
+with :meth:`~attackpsm.metrics.base.Metric.expected_score`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import lpips as lpips_lib
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attackpsm.images import to_unit
+from attackpsm.metrics import weights
+from attackpsm.metrics.base import Metric
+from attackpsm.metrics.lpips import normalize_channels
+
+# torchvision VGG16 ``features`` conv indices of the five LPIPS slices (relu1_2 .. relu5_3);
+# a 2x2 max-pool precedes every slice but the first.
+VGG_SLICES = [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]
+_PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))
+
+
+@dataclass
+class Draw:
+    """One sampled transformation for a batch of ``n`` pairs."""
+
+    scale: int  # downscaling factor (shared by the batch)
+    scale_phase: tuple[int, int]  # (y, x) padding before downscaling
+    swap: bool  # transpose H and W (shared by the batch)
+    offsets: torch.Tensor  # (n, 2) translation in px
+    flips: torch.Tensor  # (n,) 0: flip x, 1: flip y, 2: both, 3: none
+    permutations: torch.Tensor  # (n, 3) colour channel order
+    colors: torch.Tensor  # (n, 3) colour factors in [0.2, 1]
+
+
+class ELPIPS(Metric):
+    """E-LPIPS distance on LPIPS-VGG (Kettunen et al., 2019); stochastic.
+
+    Args:
+        ensemble: draws averaged by one :meth:`score` call (the Monte-Carlo estimate of
+            the expectation; its gradient averages the draws' gradients).
+        scale_levels: largest downscaling factor (8 in the release).
+        offset_max: largest translation in px (7).
+        dropout_keep: keep probability of the dropout on convolution inputs (0.99).
+        transforms: apply the random transformations (False: plain LPIPS-VGG, for tests).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
+
+    References:
+        Kettunen, M., Härkönen, E., Lehtinen, J. (2019). E-LPIPS: Robust Perceptual Image
+        Similarity via Random Transformation Ensembles. arXiv:1906.03973.
+    """
+
+    name = "elpips_vgg"
+    stochastic = True
+
+    def __init__(
+        self,
+        ensemble: int = 8,
+        scale_levels: int = 8,
+        offset_max: int = 7,
+        dropout_keep: float = 0.99,
+        transforms: bool = True,
+        weights_dir: str | None = None,
+        allow_fetch: bool = True,
+    ):
+        super().__init__()
+        if int(ensemble) != ensemble or ensemble < 1:
+            raise ValueError(f"E-LPIPS ensemble must be an integer >= 1, got {ensemble}")
+        if not 0.0 < dropout_keep <= 1.0:
+            raise ValueError(f"E-LPIPS dropout_keep must be in (0, 1], got {dropout_keep}")
+        self.ensemble = int(ensemble)
+        self.scale_levels = int(scale_levels)
+        self.offset_max = int(offset_max)
+        self.dropout_keep = float(dropout_keep)
+        self.transforms = bool(transforms)
+        self.stochastic = self.transforms or self.dropout_keep < 1.0
+        vgg = weights.load("vgg16", weights_dir, allow_fetch=allow_fetch)
+        self.convs = nn.ModuleDict()
+        for index in itertools.chain(*VGG_SLICES):
+            w = vgg[f"features.{index}.weight"]
+            conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1)
+            conv.weight.data.copy_(w)
+            conv.bias.data.copy_(vgg[f"features.{index}.bias"])
+            self.convs[str(index)] = conv
+        shipped = Path(lpips_lib.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+        lin = torch.load(shipped, map_location="cpu", weights_only=True)
+        self.lins = nn.ModuleList()
+        for k in range(len(VGG_SLICES)):
+            w = lin[f"lin{k}.model.1.weight"]
+            layer = nn.Conv2d(w.shape[1], 1, 1, bias=False)
+            layer.weight.data.copy_(w)
+            self.lins.append(layer)
+        # LPIPS' input scaling (v0.1)
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
+        self.freeze()
+
+    # --- transformations ------------------------------------------------------------------
+
+    def sample(self, n: int, device: torch.device) -> Draw:
+        """Sample one transformation for ``n`` pairs (global torch RNG: seeded runs repeat)."""
+        probs = torch.tensor([1.0 / s**2 for s in range(1, self.scale_levels + 1)])
+        scale = int(torch.multinomial(probs, 1).item()) + 1
+        phase = tuple(int(v) for v in torch.randint(0, scale, (2,)))
+        return Draw(
+            scale=scale,
+            scale_phase=phase,
+            swap=bool(torch.randint(0, 2, ()).item()),
+            offsets=torch.randint(0, self.offset_max + 1, (n, 2), device=device),
+            flips=torch.randint(0, 4, (n,), device=device),
+            permutations=_PERMUTATIONS.to(device)[torch.randint(0, 6, (n,), device=device)],
+            colors=0.2 + 0.8 * torch.rand(n, 3, device=device),
+        )
+
+    def apply(self, draw: Draw, images: torch.Tensor) -> torch.Tensor:
+        """Apply ``draw`` to ``[0, 1]`` images ``(k*n, 3, H, W)`` (pair ``i`` at rows ``i + j*n``)."""
+        n = draw.offsets.shape[0]
+        k = images.shape[0] // n
+        x = images
+        if draw.scale > 1:
+            s = draw.scale
+            h, w = x.shape[-2:]
+            full_h = (s - 1 + h + s - 1) // s * s
+            full_w = (s - 1 + w + s - 1) // s * s
+            py, px = draw.scale_phase
+            x = _reflect_pad(x, (px, full_w - w - px, py, full_h - h - py))
+            x = F.avg_pool2d(x, s)
+        if self.offset_max > 0:
+            m = self.offset_max
+            h, w = x.shape[-2:]
+            padded = _reflect_pad(x, (m, m, m, m))
+            oy, ox = draw.offsets.repeat(k, 1).unbind(1)
+            rows = oy[:, None] + torch.arange(h + m, device=x.device)[None]
+            cols = ox[:, None] + torch.arange(w + m, device=x.device)[None]
+            batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+            x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(
+                0, 3, 1, 2
+            )
+        flips = draw.flips.repeat(k).view(-1, 1, 1, 1)
+        x = torch.where((flips == 0) | (flips == 2), x.flip(-1), x)
+        x = torch.where((flips == 1) | (flips == 2), x.flip(-2), x)
+        if draw.swap:
+            x = x.transpose(-1, -2)
+        perm = draw.permutations.repeat(k, 1)
+        x = torch.gather(x, 1, perm[:, :, None, None].expand(-1, -1, *x.shape[-2:]))
+        return x * draw.colors.repeat(k, 1)[:, :, None, None]
+
+    # --- network --------------------------------------------------------------------------
+
+    def _features(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """LPIPS-VGG features of ``[-1, 1]`` images ``(2n, ...)`` with pair-shared dropout."""
+        h = (x - self.shift) / self.scale
+        outs = []
+        for s, indices in enumerate(VGG_SLICES):
+            if s > 0:
+                h = F.max_pool2d(h, 2)
+            for index in indices:
+                if self.dropout_keep < 1.0:
+                    keep = torch.rand((n, *h.shape[1:]), device=h.device) < self.dropout_keep
+                    h = h * (keep.to(h.dtype) / self.dropout_keep).repeat(2, 1, 1, 1)
+                h = F.relu(self.convs[str(index)](h))
+            outs.append(normalize_channels(h))
+        return outs
+
+    def draw_distance(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """LPIPS-VGG distance of one random draw, ``(N,)``; inputs in ``[-1, 1]``."""
+        n = x.shape[0]
+        both = torch.cat([to_unit(ref), to_unit(x)])
+        if self.transforms:
+            both = self.apply(self.sample(n, x.device), both)
+        feats = self._features(both * 2.0 - 1.0, n)
+        total = 0.0
+        for f, lin in zip(feats, self.lins, strict=True):
+            total = total + lin((f[n:] - f[:n]) ** 2).mean(dim=(2, 3))
+        return total.flatten()
+
+    def prepare(self, ref: torch.Tensor) -> torch.Tensor:
+        return ref  # transformations are drawn per call, so no reference work is reusable
+
+    def score(self, prepared: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for _ in range(self.ensemble):
+            total = total + self.draw_distance(prepared, x)
+        return total / self.ensemble
+
+
+def _reflect_pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """Reflection padding that also works when a pad exceeds the size (repeated reflection)."""
+    left, right, top, bottom = pad
+    while max(left, right, top, bottom) > 0:
+        h, w = x.shape[-2:]
+        step = (min(left, w - 1), min(right, w - 1), min(top, h - 1), min(bottom, h - 1))
+        x = F.pad(x, step, mode="reflect")
+        left, right, top, bottom = (
+            a - b for a, b in zip((left, right, top, bottom), step, strict=True)
+        )
+    return x

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import attackpsm
+from attackpsm.cluster import finished_shard
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import attack_batch
 from attackpsm.loggers import NullLogger
@@ -85,6 +86,9 @@ def _pending(dataset: TripletDataset, store: ShardStore, cfg: DictConfig) -> Tri
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
+    done = finished_shard(cfg)  # a re-run of finished work: no compute, no files, no W&B run
+    if done is not None:
+        return done
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     # build everything before any work, so bad parameters fail fast

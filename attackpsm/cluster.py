@@ -1,0 +1,486 @@
+"""Cluster sweeps: shards as a sweep axis, end-of-sweep merge, one W&B aggregate per run.
+
+A sweep (``-m``) runs through Hydra's basic sweeper and, with ``hydra/launcher=slurm`` or
+``hydra/launcher=local``, through hydra-submitit-launcher (one SLURM job array). Three
+pieces make it a study that can be killed and resumed at any point:
+
+* ``conf/hydra/default.yaml`` sets ``hydra.sweeper.params`` to
+  ``shard.index: range(0,${shard.count})``, so ``shard.count=N`` gives N jobs per
+  configuration without the user writing the range (an explicit ``shard.index=...`` wins).
+* Every job is :func:`attackpsm.run.run`, which keys its results by the run's identity,
+  checkpoints each batch, resumes an unfinished shard and skips a finished one
+  (:func:`finished_shard`: no computation, no new W&B run). A task that SLURM preempts,
+  times out (submitit requeues it) or kills loses at most the batch in flight.
+* :class:`SweepCallback` (``hydra.callbacks.sweep``): before the sweep it refuses what cannot
+  work; in each job it records the job's run directory under ``<sweep dir>/.runs/``; after
+  the sweep it merges every run's shards, writes the per-run and sweep-wide summary tables
+  and logs one W&B *aggregate* run per run identity (the shards' runs share its group).
+
+After a sweep that failed or was killed, the same end-of-sweep step is::
+
+    python -m attackpsm.cluster merge logs/multiruns/<date>    # a sweep directory
+    python -m attackpsm.cluster merge results                   # every run under a results dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from attackpsm.results import SUMMARY_COLUMNS, ShardStore, merge_shards, summarize, write_summary
+
+log = logging.getLogger("attackpsm")
+
+RECORDS = ".runs"  # per-job records inside a sweep directory
+AGGREGATES = "wandb-aggregates.json"  # W&B aggregate runs already logged for a run directory
+_SHARD_FILE = re.compile(r"^shard-(\d{5})-of-(\d{5})(?:\.parquet|\.parts)$")
+
+
+# --- state of one run directory -----------------------------------------------------------
+
+
+@dataclass
+class RunStatus:
+    """Progress of one run identity split into ``count`` shards."""
+
+    run_dir: Path
+    count: int
+    finished: list[int] = field(default_factory=list)
+    partial: dict[int, int] = field(default_factory=dict)  # shard -> triplets checkpointed
+    merged: bool = False
+    samples: int = 0
+    flip_rate: float = float("nan")
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == self.count
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if i not in self.finished]
+
+
+def shard_counts(run_dir: Path) -> list[int]:
+    """The shard counts a run directory holds shards of (usually exactly one)."""
+    found = {
+        int(m.group(2)) for p in Path(run_dir).glob("shard-*") if (m := _SHARD_FILE.match(p.name))
+    }
+    return sorted(found)
+
+
+def run_status(run_dir: Path, count: int) -> RunStatus:
+    status = RunStatus(Path(run_dir), count)
+    for index in range(count):
+        store = ShardStore(status.run_dir, index, count)
+        if store.finished:
+            status.finished.append(index)
+        elif store.parts.exists():
+            status.partial[index] = len(store.done_ids())
+    merged = status.run_dir / "results.parquet"
+    if status.complete and merged.exists():
+        newest_shard = max(
+            ShardStore(status.run_dir, i, count).final.stat().st_mtime_ns for i in range(count)
+        )
+        status.merged = merged.stat().st_mtime_ns >= newest_shard
+    return status
+
+
+def _identity(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "identity.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
+
+
+def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
+    """Merge a run's shards and write its summary, unless that is already up to date.
+
+    Args:
+        run_dir: a run directory (``<results>/<dataset>/<metric>/<attack>/res<size>-<hash>``).
+        count: its shard count; by default the one found on disk (a complete one first).
+    Returns:
+        the run's status after merging (``merged`` is False while shards are missing).
+    """
+    run_dir = Path(run_dir)
+    if count is None:
+        counts = shard_counts(run_dir) or [1]
+        statuses = [run_status(run_dir, c) for c in counts]
+        count = next((s.count for s in statuses if s.complete), counts[0])
+    status = run_status(run_dir, count)
+    if status.complete and not status.merged:
+        results, errors = merge_shards(run_dir, count)
+        identity = _identity(run_dir)
+        metric = identity.get("metric", {}).get("name", "metric")
+        attack = identity.get("attack", {}).get("name", "attack")
+        write_summary(run_dir, summarize(results, metric, attack, skipped=len(errors)))
+        status = run_status(run_dir, count)
+    if status.merged:
+        table = pd.read_parquet(run_dir / "results.parquet", columns=["flipped"])
+        status.samples = len(table)
+        status.flip_rate = (
+            float(table["flipped"].astype(bool).mean()) if len(table) else float("nan")
+        )
+    return status
+
+
+def finished_shard(cfg: DictConfig) -> dict[str, Any] | None:
+    """What a re-run of an already finished and merged shard returns, without any work.
+
+    ``None`` when the shard (or the merge of its run) still has work to do. Called by
+    :func:`attackpsm.run.run` before it builds anything, so re-running a finished sweep
+    neither computes, nor rewrites files, nor opens W&B runs.
+    """
+    from attackpsm.run import _headline, run_dir_for
+
+    run_dir = run_dir_for(cfg)
+    if not ShardStore(run_dir, cfg.shard.index, cfg.shard.count).finished:
+        return None
+    if not run_status(run_dir, cfg.shard.count).merged:
+        return None
+    table = pd.read_parquet(run_dir / "results.parquet")
+    errors = run_dir / "errors.parquet"
+    skipped = len(pd.read_parquet(errors)) if errors.exists() else 0
+    log.info(
+        "shard %d/%d already finished and merged in %s: nothing to do",
+        cfg.shard.index,
+        cfg.shard.count,
+        run_dir,
+    )
+    summary = run_dir / "summary.md"
+    print(f"\n{run_dir} (already done)")
+    if summary.exists():
+        print(summary.read_text())
+    return {**_headline(table, skipped), "run_dir": str(run_dir)}
+
+
+# --- W&B aggregate runs --------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def log_aggregate(
+    run_dir: Path, logger_spec: dict[str, Any] | None, results_dir: Path | None = None
+) -> bool:
+    """Log one W&B run (job type ``aggregate``) with the merged results of a run identity.
+
+    It joins the group of the shards' runs (the run directory relative to the results
+    directory). Logged once per merged table and W&B destination: a re-run finds the
+    record in ``wandb-aggregates.json`` and logs nothing. Returns True when it logged.
+    """
+    from hydra.utils import instantiate
+
+    from attackpsm.run import _headline
+
+    run_dir = Path(run_dir)
+    if not logger_spec or not logger_spec.get("_target_") or logger_spec.get("mode") == "disabled":
+        return False
+    merged = run_dir / "results.parquet"
+    if not merged.exists():
+        return False
+    destination = json.dumps(
+        {k: logger_spec.get(k) for k in ("_target_", "mode", "project", "entity", "dir")},
+        sort_keys=True,
+        default=str,
+    )
+    digest = _sha256(merged)
+    record_path = run_dir / AGGREGATES
+    records = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if records.get(destination, {}).get("results_sha256") == digest:
+        return False
+    group = str(run_dir.relative_to(results_dir)) if results_dir else "/".join(run_dir.parts[-4:])
+    table = pd.read_parquet(merged)
+    errors_path = run_dir / "errors.parquet"
+    errors = pd.read_parquet(errors_path) if errors_path.exists() else pd.DataFrame()
+    summary_path = run_dir / "summary.csv"
+    logger = instantiate(logger_spec, group=group, name=f"{group}/all", job_type="aggregate")
+    try:
+        if getattr(logger, "run", None) is None:
+            return False
+        logger.run.config.update(
+            {"identity": _identity(run_dir), "run_dir": str(run_dir)}, allow_val_change=True
+        )
+        counts = shard_counts(run_dir)
+        logger.log_summary({**_headline(table, len(errors)), "shards": counts[0] if counts else 1})
+        if summary_path.exists():
+            logger.log_table("summary", pd.read_csv(summary_path))
+        logger.log_table("triplets", table)
+        run_id = logger.run.id
+    finally:
+        logger.finish()
+    records[destination] = {"results_sha256": digest, "run_id": run_id}
+    tmp = record_path.with_name(record_path.name + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
+    tmp.replace(record_path)
+    return True
+
+
+# --- a sweep's records and its summary -----------------------------------------------------
+
+
+def job_record(cfg: DictConfig) -> dict[str, Any]:
+    """What the end of a sweep needs to know about one job (JSON-able)."""
+    from attackpsm.run import run_dir_for
+
+    results_dir = Path(cfg.paths.results_dir).absolute()
+    run_dir = run_dir_for(cfg).absolute()
+    logger = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
+    if logger and logger.get("dir"):
+        logger["dir"] = str(Path(logger["dir"]).absolute())
+    return {
+        "run_dir": str(run_dir),
+        "results_dir": str(results_dir),
+        "shard_index": int(cfg.shard.index),
+        "shard_count": int(cfg.shard.count),
+        "dataset": cfg.dataset.name,
+        "metric": cfg.metric.name,
+        "attack": cfg.attack.name,
+        "resolution": cfg.resolution.size,
+        "logger": logger,
+    }
+
+
+def sweep_records(sweep_dir: Path) -> list[dict[str, Any]]:
+    folder = Path(sweep_dir) / RECORDS
+    return (
+        [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+        if folder.exists()
+        else []
+    )
+
+
+def finish_runs(
+    records: list[dict[str, Any]], wandb: bool = True
+) -> list[tuple[dict[str, Any], RunStatus]]:
+    """Merge each distinct run of ``records`` and log its W&B aggregate once complete."""
+    by_run: dict[tuple[str, int], dict[str, Any]] = {}
+    for rec in records:
+        by_run.setdefault((rec["run_dir"], rec["shard_count"]), rec)
+    out = []
+    for (run_dir, count), rec in sorted(by_run.items()):
+        status = merge_run(Path(run_dir), count)
+        if status.merged and wandb:
+            log_aggregate(Path(run_dir), rec.get("logger"), Path(rec["results_dir"]))
+        out.append((rec, status))
+    return out
+
+
+def sweep_summary(finished: list[tuple[dict[str, Any], RunStatus]]) -> pd.DataFrame:
+    """One table for the whole sweep: every merged run's Table-2 rows, with their axes."""
+    frames = []
+    for rec, status in finished:
+        path = status.run_dir / "summary.csv"
+        if status.merged and path.exists():
+            frame = pd.read_csv(path)
+            frame.insert(0, "dataset", rec.get("dataset"))
+            frame.insert(3, "resolution", rec.get("resolution") or "native")
+            frame["run_dir"] = str(status.run_dir)
+            frames.append(frame)
+    columns = ["dataset", *SUMMARY_COLUMNS[:2], "resolution", *SUMMARY_COLUMNS[2:], "run_dir"]
+    return (
+        pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    )
+
+
+def status_lines(finished: list[tuple[dict[str, Any], RunStatus]]) -> list[str]:
+    lines = []
+    for _, s in finished:
+        if s.merged:
+            state = f"done: {s.samples} triplets, flip rate {s.flip_rate:.1%}"
+        else:
+            partial = ", ".join(f"shard {i}: {n} done" for i, n in sorted(s.partial.items()))
+            state = f"{len(s.finished)}/{s.count} shards finished; missing {s.missing}" + (
+                f" ({partial})" if partial else ""
+            )
+        lines.append(f"{s.run_dir}: {state}")
+    return lines
+
+
+def write_sweep_summary(
+    sweep_dir: Path, finished: list[tuple[dict[str, Any], RunStatus]]
+) -> pd.DataFrame:
+    table = sweep_summary(finished)
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(sweep_dir / "summary.csv", index=False)
+    status = "\n".join(f"- {line}" for line in status_lines(finished))
+    (sweep_dir / "status.md").write_text(f"# Runs of this sweep\n\n{status}\n")
+    return table
+
+
+# --- the Hydra callback --------------------------------------------------------------------
+
+
+def _is_slurm(config: DictConfig) -> bool:
+    return "SlurmLauncher" in str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+
+
+class SweepCallback(Callback):
+    """Hydra callback of every run (see the module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        for o in overrides:
+            if o.get_key_element() == "shard.count" and o.is_sweep_override():
+                raise ValueError(
+                    "shard.count cannot be swept: the shard indices follow from one count. "
+                    "Run one sweep per shard count (each is resumable)."
+                )
+        if _is_slurm(config) and shutil.which("sbatch") is None:
+            raise RuntimeError(
+                "hydra/launcher=slurm but `sbatch` is not on PATH: run on a SLURM login node, "
+                "start a local cluster with launchers/start_slurm.sh (as root), or use "
+                "hydra/launcher=local"
+            )
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus and cpus.isdigit():  # one job per CPU allocation: no oversubscription
+            import torch
+
+            torch.set_num_threads(int(cpus))
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        try:
+            record = job_record(config)
+        except Exception as exc:  # the job itself reports bad configs, with context
+            log.warning("cannot record this job for the end of the sweep: %s", exc)
+            return
+        folder = Path(config.hydra.sweep.dir) / RECORDS
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{config.hydra.job.num:06d}.json"
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        tmp.replace(path)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        finished = finish_runs(sweep_records(sweep_dir))
+        table = write_sweep_summary(sweep_dir, finished)
+        print(f"\nSweep {sweep_dir}: {len(finished)} runs")
+        for line in status_lines(finished):
+            print(f"  {line}")
+        if len(table):
+            cols = [
+                "dataset",
+                "metric",
+                "attack",
+                "resolution",
+                "agrees",
+                "samples",
+                "flipped",
+                "flipped_pct",
+                "rmse_mean",
+                "psnr_mean",
+            ]
+            print(table[cols].to_string(index=False))
+            print(f"(all columns: {sweep_dir / 'summary.csv'})")
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _records_for(path: Path) -> list[dict[str, Any]]:
+    """Records for a sweep directory, a run directory or a results directory."""
+    path = Path(path).absolute()
+    if (path / RECORDS).exists():
+        return sweep_records(path)
+    run_dirs = (
+        [path]
+        if (path / "identity.yaml").exists()
+        else sorted(p.parent for p in path.rglob("identity.yaml"))
+    )
+    out = []
+    for run_dir in run_dirs:
+        identity = _identity(run_dir)
+        for count in shard_counts(run_dir) or [1]:
+            rel = run_dir.relative_to(path) if run_dir != path else Path(*run_dir.parts[-4:])
+            out.append(
+                {
+                    "run_dir": str(run_dir),
+                    "results_dir": str(run_dir.parents[3]) if len(rel.parts) == 4 else str(path),
+                    "shard_count": count,
+                    "dataset": identity.get("dataset", {}).get("name"),
+                    "metric": identity.get("metric", {}).get("name"),
+                    "attack": identity.get("attack", {}).get("name"),
+                    "resolution": identity.get("resolution"),
+                    "logger": None,
+                }
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m attackpsm.cluster",
+        description="Merge the shards of finished runs and write their summaries.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("merge", help="merge shards, write summaries, log W&B aggregates")
+    merge.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        help="sweep directories, run directories or results directories (default: $ATTACKPSM_RESULTS or results)",
+    )
+    merge.add_argument("--no-wandb", action="store_true", help="do not log W&B aggregate runs")
+    merge.add_argument(
+        "--wandb-dir",
+        type=Path,
+        default=None,
+        help="log aggregates of runs found outside a sweep directory here (offline)",
+    )
+    merge.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        help="also write the combined summary.csv/status.md into this folder",
+    )
+    args = parser.parse_args(argv)
+
+    paths = args.paths or [Path(os.environ.get("ATTACKPSM_RESULTS", "results"))]
+    records = []
+    for path in paths:
+        if not path.exists():
+            parser.error(f"{path} does not exist")
+        found = _records_for(path)
+        if args.wandb_dir:
+            spec = {
+                "_target_": "attackpsm.loggers.WandbLogger",
+                "mode": "offline",
+                "dir": str(args.wandb_dir.absolute()),
+            }
+            for rec in found:
+                rec["logger"] = rec.get("logger") or spec
+        records += found
+    finished = finish_runs(records, wandb=not args.no_wandb)
+    for line in status_lines(finished):
+        print(line)
+    if args.summary:
+        write_sweep_summary(args.summary, finished)
+    incomplete = [s for _, s in finished if not s.merged]
+    if incomplete:
+        print(
+            f"{len(incomplete)} of {len(finished)} runs are incomplete: re-run the same sweep command to finish them",
+            file=sys.stderr,
+        )
+    return 1 if incomplete else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -52,13 +52,25 @@ def attack_batch(
     if not ok.all():
         bad = (~ok).nonzero().flatten().tolist()
         extra = pd.DataFrame(
-            [{"triplet_id": batch.triplet_id[i], "subset": batch.subset[i], "reason": "non-finite metric score"} for i in bad]
+            [
+                {
+                    "triplet_id": batch.triplet_id[i],
+                    "subset": batch.subset[i],
+                    "reason": "non-finite metric score",
+                }
+                for i in bad
+            ]
         )
         errors = pd.concat([errors, extra], ignore_index=True)
         keep = ok.nonzero().flatten()
         batch = Batch(
-            [batch.triplet_id[i] for i in keep.tolist()], [batch.subset[i] for i in keep.tolist()],
-            batch.judge[keep], batch.ref[keep], batch.p0[keep], batch.p1[keep], [],
+            [batch.triplet_id[i] for i in keep.tolist()],
+            [batch.subset[i] for i in keep.tolist()],
+            batch.judge[keep],
+            batch.ref[keep],
+            batch.p0[keep],
+            batch.p1[keep],
+            [],
         )
         prepared, d0, d1 = select(prepared, keep), d0[keep], d1[keep]
         if len(batch) == 0:
@@ -80,32 +92,49 @@ def attack_batch(
         s_adv_uint8 = metric.score(prepared, quantize(adv))
     stats = perturbation_stats(adv, prey)
 
-    rows = pd.DataFrame({
-        "triplet_id": batch.triplet_id,
-        "subset": batch.subset,
-        "judge": batch.judge.cpu().numpy(),
-        "d0": d0.cpu().numpy(),
-        "d1": d1.cpu().numpy(),
-        "human_agrees": human_agreement(d0, d1, batch.judge),
-        "prey": rank.long().cpu().numpy(),
-        "s_other": s_other.cpu().numpy(),
-        "s_prey": s_prey.cpu().numpy(),
-        "s_adv": result.s_adv.detach().cpu().numpy(),
-        "flipped": result.flipped.cpu().numpy(),
-        "s_adv_uint8": s_adv_uint8.cpu().numpy(),
-        # the flip survives saving the adversarial image as an 8-bit PNG (REFERENCE §2)
-        "flipped_uint8": (result.flipped & rank_flipped(s_adv_uint8, s_other, reverse)).cpu().numpy(),
-        "iterations": result.columns.get("iterations", torch.zeros(len(batch), dtype=torch.long)).cpu().numpy(),
-        **{k: v.cpu().numpy() for k, v in stats.items()},
-        **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
-    })
+    rows = pd.DataFrame(
+        {
+            "triplet_id": batch.triplet_id,
+            "subset": batch.subset,
+            "judge": batch.judge.cpu().numpy(),
+            "d0": d0.cpu().numpy(),
+            "d1": d1.cpu().numpy(),
+            "human_agrees": human_agreement(d0, d1, batch.judge),
+            "prey": rank.long().cpu().numpy(),
+            "s_other": s_other.cpu().numpy(),
+            "s_prey": s_prey.cpu().numpy(),
+            "s_adv": result.s_adv.detach().cpu().numpy(),
+            "flipped": result.flipped.cpu().numpy(),
+            "s_adv_uint8": s_adv_uint8.cpu().numpy(),
+            # the flip survives saving the adversarial image as an 8-bit PNG (REFERENCE §2)
+            "flipped_uint8": (result.flipped & rank_flipped(s_adv_uint8, s_other, reverse))
+            .cpu()
+            .numpy(),
+            "iterations": result.columns.get(
+                "iterations", torch.zeros(len(batch), dtype=torch.long)
+            )
+            .cpu()
+            .numpy(),
+            **{k: v.cpu().numpy() for k, v in stats.items()},
+            **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
+        }
+    )
     if sink is not None:
         sink(metric, batch, rank, adv, rows)
     nonfinite = ~np.isfinite(rows["s_adv"].to_numpy(dtype=float))
     if nonfinite.any():  # a NaN during the attack: record the triplet as skipped, never a number
         bad = rows[nonfinite]
         errors = pd.concat(
-            [errors, pd.DataFrame({"triplet_id": bad["triplet_id"], "subset": bad["subset"], "reason": "non-finite score during attack"})],
+            [
+                errors,
+                pd.DataFrame(
+                    {
+                        "triplet_id": bad["triplet_id"],
+                        "subset": bad["subset"],
+                        "reason": "non-finite score during attack",
+                    }
+                ),
+            ],
             ignore_index=True,
         )
         rows = rows[~nonfinite].reset_index(drop=True)

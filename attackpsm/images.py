@@ -49,6 +49,8 @@ def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     squeeze = images.dim() == 3
     x = images.unsqueeze(0) if squeeze else images
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         x = x.clamp(LOW, HIGH)
     return x.squeeze(0) if squeeze else x

@@ -41,7 +41,7 @@ class WandbLogger(NullLogger):
         mode: ``offline`` (default), ``online`` or ``disabled``.
         project, entity, tags: W&B fields.
         dir: where ``wandb/`` run folders are written.
-        group, name, job_type, config: filled in by the runner.
+        group, name, job_type, run_config: filled in by the runner.
     """
 
     MODES = ("offline", "online", "disabled")
@@ -56,7 +56,7 @@ class WandbLogger(NullLogger):
         group: str | None = None,
         name: str | None = None,
         job_type: str = "shard",
-        config: dict[str, Any] | None = None,
+        run_config: dict[str, Any] | None = None,
         init_timeout: float = 60.0,
     ):
         if mode not in self.MODES:
@@ -64,8 +64,15 @@ class WandbLogger(NullLogger):
         self.run = None
         Path(dir).mkdir(parents=True, exist_ok=True)
         kwargs = dict(
-            project=project, entity=entity, dir=str(dir), tags=list(tags or []), group=group,
-            name=name, job_type=job_type, config=config, reinit="finish_previous",
+            project=project,
+            entity=entity,
+            dir=str(dir),
+            tags=list(tags or []),
+            group=group,
+            name=name,
+            job_type=job_type,
+            config=run_config,
+            reinit="finish_previous",
         )
         os.environ.setdefault("WANDB_SILENT", "true")
         try:
@@ -77,7 +84,9 @@ class WandbLogger(NullLogger):
             except Exception as exc:
                 if mode != "online":
                     raise
-                warnings.warn(f"W&B online init failed ({exc}); logging offline instead", stacklevel=2)
+                warnings.warn(
+                    f"W&B online init failed ({exc}); logging offline instead", stacklevel=2
+                )
                 self.run = wandb.init(mode="offline", settings=settings, **kwargs)
         except Exception as exc:
             warnings.warn(f"W&B disabled for this run: {type(exc).__name__}: {exc}", stacklevel=2)

@@ -28,9 +28,24 @@ from attackpsm.stats import THRESHOLDS, frac_column
 
 # The per-triplet columns every attack writes (attacks may add their own after these).
 BASE_COLUMNS = [
-    "triplet_id", "subset", "judge", "d0", "d1", "human_agrees", "prey",
-    "s_other", "s_prey", "s_adv", "flipped", "s_adv_uint8", "flipped_uint8",
-    "iterations", "linf", "rmse", "psnr", *[frac_column(t) for t in THRESHOLDS],
+    "triplet_id",
+    "subset",
+    "judge",
+    "d0",
+    "d1",
+    "human_agrees",
+    "prey",
+    "s_other",
+    "s_prey",
+    "s_adv",
+    "flipped",
+    "s_adv_uint8",
+    "flipped_uint8",
+    "iterations",
+    "linf",
+    "rmse",
+    "psnr",
+    *[frac_column(t) for t in THRESHOLDS],
 ]
 ERROR_COLUMNS = ["triplet_id", "subset", "reason"]
 
@@ -81,19 +96,32 @@ class ShardStore:
         """Persist one batch: results rows and error rows, in one atomic part file."""
         self.parts.mkdir(parents=True, exist_ok=True)
         seq = len(self._part_files())
-        frame = pd.concat(
-            [rows.assign(error=None), errors.assign(error=errors["reason"]).drop(columns="reason")],
-            ignore_index=True,
-        ) if len(errors) else rows.assign(error=None)
+        frame = (
+            pd.concat(
+                [
+                    rows.assign(error=None),
+                    errors.assign(error=errors["reason"]).drop(columns="reason"),
+                ],
+                ignore_index=True,
+            )
+            if len(errors)
+            else rows.assign(error=None)
+        )
         _atomic_parquet(frame, self.parts / f"part-{seq:07d}.parquet")
 
     def finalize(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Merge the parts into the shard's final files and drop the parts."""
         frames = [pd.read_parquet(f) for f in self._part_files()]
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*BASE_COLUMNS, "error"])
+        frame = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=[*BASE_COLUMNS, "error"])
+        )
         frame = frame.drop_duplicates("triplet_id", keep="first")
         is_err = frame["error"].notna()
-        errors = frame.loc[is_err, ["triplet_id", "subset", "error"]].rename(columns={"error": "reason"})
+        errors = frame.loc[is_err, ["triplet_id", "subset", "error"]].rename(
+            columns={"error": "reason"}
+        )
         results = frame.loc[~is_err].drop(columns="error")
         if len(results):  # a shard of only bad triplets keeps its columns (triplet_id, ...)
             results = results.dropna(axis=1, how="all")
@@ -107,7 +135,11 @@ class ShardStore:
         return results, errors
 
     def load(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        errors = pd.read_parquet(self.errors_final) if self.errors_final.exists() else pd.DataFrame(columns=ERROR_COLUMNS)
+        errors = (
+            pd.read_parquet(self.errors_final)
+            if self.errors_final.exists()
+            else pd.DataFrame(columns=ERROR_COLUMNS)
+        )
         return pd.read_parquet(self.final), errors
 
 
@@ -117,7 +149,9 @@ def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame]
     if not all(s.finished for s in stores):
         return None
     loaded = [s.load() for s in stores]
-    results = pd.concat([r for r, _ in loaded], ignore_index=True).sort_values("triplet_id", kind="stable")
+    results = pd.concat([r for r, _ in loaded], ignore_index=True).sort_values(
+        "triplet_id", kind="stable"
+    )
     errors = pd.concat([e for _, e in loaded], ignore_index=True)
     results = results.reset_index(drop=True)
     _atomic_parquet(results, Path(run_dir) / "results.parquet")
@@ -128,9 +162,20 @@ def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame]
 # --- Table 2 ------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = [
-    "metric", "attack", "agrees", "samples", "flipped", "flipped_pct", "flipped_uint8",
-    "rmse_mean", "rmse_std", "psnr_mean", "psnr_std",
-    *[f"pct_px_gt_{t:g}" for t in THRESHOLDS], "mean_eps", "skipped",
+    "metric",
+    "attack",
+    "agrees",
+    "samples",
+    "flipped",
+    "flipped_pct",
+    "flipped_uint8",
+    "rmse_mean",
+    "rmse_std",
+    "psnr_mean",
+    "psnr_std",
+    *[f"pct_px_gt_{t:g}" for t in THRESHOLDS],
+    "mean_eps",
+    "skipped",
 ]
 
 
@@ -156,12 +201,17 @@ def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0)
         flipped = part[part["flipped"].astype(bool)]
         finite_psnr = flipped["psnr"].replace([np.inf, -np.inf], np.nan)
         row = {
-            "metric": metric, "attack": attack, "agrees": label, "samples": len(part),
+            "metric": metric,
+            "attack": attack,
+            "agrees": label,
+            "samples": len(part),
             "flipped": len(flipped),
             "flipped_pct": 100.0 * len(flipped) / len(part) if len(part) else float("nan"),
             "flipped_uint8": int(part["flipped_uint8"].astype(bool).sum()) if len(part) else 0,
-            "rmse_mean": flipped["rmse"].mean(), "rmse_std": flipped["rmse"].std(),
-            "psnr_mean": finite_psnr.mean(), "psnr_std": finite_psnr.std(),
+            "rmse_mean": flipped["rmse"].mean(),
+            "rmse_std": flipped["rmse"].std(),
+            "psnr_mean": finite_psnr.mean(),
+            "psnr_std": finite_psnr.std(),
             "mean_eps": flipped["eps_found"].mean() if "eps_found" in flipped else float("nan"),
             "skipped": skipped,
         }
@@ -189,7 +239,9 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         lines.append(
             f"| {r.metric} | {r.attack} | {r.agrees} | {r.samples} | {r.flipped}/{_fmt(r.flipped_pct, 0)}% "
             f"| {r.flipped_uint8} | {_fmt(r.rmse_mean)} | {_fmt(r.rmse_std)} | {_fmt(r.psnr_mean, 2)} "
-            f"| {_fmt(r.psnr_std, 2)} | " + " | ".join(_fmt(r[c]) for c in px) + f" | {_fmt(r.mean_eps, 4)} |"
+            f"| {_fmt(r.psnr_std, 2)} | "
+            + " | ".join(_fmt(r[c]) for c in px)
+            + f" | {_fmt(r.mean_eps, 4)} |"
         )
     skipped = int(summary["skipped"].max()) if len(summary) else 0
     lines.append("")

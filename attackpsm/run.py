@@ -45,7 +45,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} requested but no CUDA device is available; use device=cpu")
+        raise RuntimeError(
+            f"device={name} requested but no CUDA device is available; use device=cpu"
+        )
     return torch.device(name)
 
 
@@ -59,7 +61,11 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """What determines a run's results (and so its directory): never the timestamp."""
     return {
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "metric": {k: v for k, v in OmegaConf.to_container(cfg.metric, resolve=True).items() if k not in ("weights_dir", "allow_fetch")},
+        "metric": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.metric, resolve=True).items()
+            if k not in ("weights_dir", "allow_fetch")
+        },
         "attack": OmegaConf.to_container(cfg.attack, resolve=True),
         "resolution": cfg.resolution.size,
         "seed": cfg.seed,
@@ -70,7 +76,9 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 def run_dir_for(cfg: DictConfig) -> Path:
     identity = run_identity(cfg)
     res = "native" if cfg.resolution.size is None else cfg.resolution.size
-    key = f"{cfg.dataset.name}/{cfg.metric.name}/{cfg.attack.name}/res{res}-{identity_hash(identity)}"
+    key = (
+        f"{cfg.dataset.name}/{cfg.metric.name}/{cfg.attack.name}/res{res}-{identity_hash(identity)}"
+    )
     return Path(cfg.paths.results_dir) / key
 
 
@@ -80,7 +88,13 @@ def _pending(dataset: TripletDataset, store: ShardStore, cfg: DictConfig) -> Tri
     view = copy.copy(dataset)
     view.records = [r for r in records if r.triplet_id not in done]
     if done:
-        log.info("resuming shard %d/%d: %d done, %d to go", cfg.shard.index, cfg.shard.count, len(done), len(view.records))
+        log.info(
+            "resuming shard %d/%d: %d done, %d to go",
+            cfg.shard.index,
+            cfg.shard.count,
+            len(done),
+            len(view.records),
+        )
     return view
 
 
@@ -96,7 +110,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metric = build(cfg.metric).to(device)
     attack = build(cfg.attack)
     if attack.white_box and not metric.differentiable:
-        raise ValueError(f"attack {attack.name!r} needs gradients but metric {metric.name!r} is not differentiable")
+        raise ValueError(
+            f"attack {attack.name!r} needs gradients but metric {metric.name!r} is not differentiable"
+        )
     if len(dataset) == 0:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no usable triplets")
 
@@ -108,25 +124,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
     group = str(run_dir.relative_to(Path(cfg.paths.results_dir)))
     logger = (
-        build(
-            cfg.logger, group=group, name=f"{group}/shard{cfg.shard.index}of{cfg.shard.count}",
-            config=OmegaConf.to_container(cfg, resolve=True),
+        build(cfg.logger, _partial_=True)(  # the run's config is data, not something to instantiate
+            group=group,
+            name=f"{group}/shard{cfg.shard.index}of{cfg.shard.count}",
+            run_config=OmegaConf.to_container(cfg, resolve=True),
         )
         if cfg.get("logger") and cfg.logger.get("_target_")
         else NullLogger()
     )
     try:
         if store.finished:
-            log.info("shard %d/%d already finished in %s", cfg.shard.index, cfg.shard.count, run_dir)
+            log.info(
+                "shard %d/%d already finished in %s", cfg.shard.index, cfg.shard.count, run_dir
+            )
             results, errors = store.load()
         else:
             pending = _pending(dataset, store, cfg)
             loader = DataLoader(
-                pending, batch_size=cfg.resolution.batch_size, shuffle=False, collate_fn=collate,
-                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                persistent_workers=False, prefetch_factor=4 if cfg.num_workers > 0 else None,
+                pending,
+                batch_size=cfg.resolution.batch_size,
+                shuffle=False,
+                collate_fn=collate,
+                num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,
+                prefetch_factor=4 if cfg.num_workers > 0 else None,
             )
-            bar = tqdm(loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress)
+            bar = tqdm(
+                loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress
+            )
             flips = total = 0
             for batch in bar:
                 rows, errs = attack_batch(metric, attack, batch.to(device))
@@ -141,7 +167,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         table, errs_all = merged if merged is not None else (results, errors)
         summary = summarize(table, metric.name, attack.name, skipped=len(errs_all))
         text = write_summary(run_dir, summary) if merged is not None else None
-        print(f"\n{cfg.dataset.name} · {metric.name} · {attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}")
+        print(
+            f"\n{cfg.dataset.name} · {metric.name} · {attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
+        )
         print(text or summary.to_string(index=False))
         headline = _headline(table, len(errs_all))
         logger.log_summary(headline)

@@ -1,0 +1,194 @@
+"""The Hydra application end to end: results schema, summary, CLI, W&B offline files."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from attackpsm.__main__ import normalise_argv
+from attackpsm.results import BASE_COLUMNS
+from attackpsm.run import run
+from tests import wandb_offline
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = [
+    "triplet_id",
+    "subset",
+    "judge",
+    "d0",
+    "d1",
+    "human_agrees",
+    "prey",
+    "s_other",
+    "s_prey",
+    "s_adv",
+    "flipped",
+    "flipped_uint8",
+    "iterations",
+    "linf",
+    "rmse",
+    "psnr",
+    "frac_gt_0.001",
+    "frac_gt_0.01",
+    "frac_gt_0.03",
+]
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "attackpsm", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_results_schema_and_summary(cfg_factory):
+    cfg = cfg_factory(
+        ["metric=lpips_alex", "attack=pgd", "dataset.num_triplets=12", "resolution='64'"]
+    )
+    out = run(cfg)
+    run_dir = Path(out["run_dir"])
+    table = pd.read_parquet(run_dir / "results.parquet")
+    assert set(REQUIRED) <= set(table.columns)
+    assert set(REQUIRED) <= set(BASE_COLUMNS)
+    assert len(table) == 12 and table["triplet_id"].is_unique
+    # the prey is the distortion the metric ranks closer to the reference
+    prey_d = table["d1"].where(table["prey"] == 1, table["d0"])
+    other_d = table["d0"].where(table["prey"] == 1, table["d1"])
+    assert (prey_d == table["s_prey"]).all() and (other_d == table["s_other"]).all()
+    assert (table["s_prey"] <= table["s_other"]).all()
+    assert (table["flipped"] == (table["s_adv"] > table["s_other"])).all()
+    assert (table["linf"] <= 0.03 + 1e-6).all()
+    assert (~table["flipped_uint8"] | table["flipped"]).all()
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert list(summary["agrees"]) == ["✓", "✗"]
+    assert summary["samples"].sum() == 12
+    assert summary["flipped"].sum() == table["flipped"].sum()
+    md = (run_dir / "summary.md").read_text()
+    assert "RMSE μ" in md and "| lpips_alex | pgd | ✓ | " in md
+    assert out["flip_rate"] == pytest.approx(table["flipped"].mean())
+
+
+def test_rerun_reuses_finished_results(cfg_factory):
+    cfg = cfg_factory(["metric=l2", "dataset.num_triplets=6"])
+    first = run(cfg)
+    stamp = (Path(first["run_dir"]) / "shard-00000-of-00001.parquet").stat().st_mtime_ns
+    second = run(cfg)
+    assert first == second
+    assert (Path(first["run_dir"]) / "shard-00000-of-00001.parquet").stat().st_mtime_ns == stamp
+
+
+def test_multirun_flag_anywhere():
+    assert normalise_argv(["attack=pgd", "metric=lpips_alex", "-m", "resolution=64,256"]) == [
+        "--multirun",
+        "attack=pgd",
+        "metric=lpips_alex",
+        "resolution='64','256'",
+    ]
+    assert normalise_argv(["metric=l2", "resolution=native", "resolution.batch_size=8"]) == [
+        "metric=l2",
+        "resolution=native",
+        "resolution.batch_size=8",
+    ]
+
+
+def test_documented_sweep_command_runs_two_jobs(tmp_path):
+    """`python -m attackpsm attack=pgd metric=lpips_alex -m resolution=64,256` as written
+    (plus size and output settings appended)."""
+    proc = cli(
+        "attack=pgd",
+        "metric=lpips_alex",
+        "-m",
+        "resolution=64,256",
+        "dataset.num_triplets=4",
+        "logger=none",
+        "progress=false",
+        f"paths.results_dir={tmp_path}/results",
+        f"paths.log_dir={tmp_path}/logs",
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = sorted(glob.glob(f"{tmp_path}/results/synthetic/lpips_alex/pgd/*/summary.csv"))
+    assert [Path(s).parent.name.split("-")[0] for s in summaries] == ["res256", "res64"]
+    assert "#0 : attack=pgd metric=lpips_alex resolution='64'" in proc.stdout + proc.stderr
+
+
+def test_help_lists_every_group(tmp_path):
+    proc = cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for group in (
+        "dataset:",
+        "metric:",
+        "attack:",
+        "resolution:",
+        "logger:",
+        "paths:",
+        "experiment:",
+    ):
+        assert group in proc.stdout
+    assert "lpips_alex" in proc.stdout and "pgd" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("metric=nope", "lpips_alex"),
+        ("attack=nope", "pgd"),
+        ("dataset=nope", "synthetic"),
+        ("attack.eps=-0.1", "eps must be >= 0"),
+        ("attack.alpha=0", "alpha must be > 0"),
+        ("attack.max_iterations=-1", "max_iterations"),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_any_work(tmp_path, override, expected):
+    proc = cli(
+        override,
+        "logger=none",
+        f"paths.results_dir={tmp_path}/r",
+        f"paths.log_dir={tmp_path}/l",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert expected in proc.stderr + proc.stdout
+    assert not list(Path(tmp_path).glob("r/**/*.parquet"))
+
+
+def test_wandb_offline_run_files_hold_the_summary(cfg_factory, tmp_path):
+    cfg = cfg_factory(
+        ["logger=wandb", "logger.mode=offline", "metric=l2", "dataset.num_triplets=6"]
+    )
+    out = run(cfg)
+    files = glob.glob(f"{tmp_path}/logs/wandb/offline-run-*/run-*.wandb")
+    assert len(files) == 1
+    summary = wandb_offline.wait_for_summary(files[0], "samples")
+    assert summary["samples"] == 6
+    assert summary["flip_rate"] == pytest.approx(out["flip_rate"])
+    info = wandb_offline.run_info(files[0])
+    assert info["group"] == str(Path(out["run_dir"]).relative_to(tmp_path / "results"))
+    assert info["config"]["metric"]["name"] == "l2"
+
+
+def test_wandb_unreachable_never_fails_the_run(cfg_factory, monkeypatch):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = cfg_factory(
+        [
+            "logger=wandb",
+            "logger.mode=online",
+            "+logger.init_timeout=5",
+            "metric=l2",
+            "dataset.num_triplets=4",
+        ]
+    )
+    out = run(cfg)
+    assert out["samples"] == 4

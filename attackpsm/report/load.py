@@ -1,0 +1,247 @@
+"""Find and load the runs below a results directory or a Hydra sweep directory.
+
+A *run* is one ``<results_dir>/<dataset>/<metric>/<attack>/res<size>-<hash>/`` folder
+(see :mod:`attackpsm.results`): its ``identity.yaml`` says what was run, its
+``results.parquet`` holds one row per triplet. A run whose shards are not all finished
+is loaded from the finished shards and marked incomplete.
+
+A Hydra sweep directory (``logs/multiruns/<date>/``) holds one ``<job>/.hydra/config.yaml``
+per job; each job's run folder is found from that config (the same identity, the same
+hash), so ``python -m attackpsm.report logs/multiruns/<date>`` reports exactly that sweep.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+# Attack parameters that do not define a variant (bookkeeping, not behaviour).
+_NOT_PARAMS = {"_target_", "name"}
+# Dataset parameters that do not change which triplets are used.
+_NOT_DATASET_PARAMS = {"_target_", "name", "root"}
+
+
+@dataclass
+class Run:
+    """One run folder, loaded.
+
+    Attributes:
+        run_dir: the folder.
+        identity: its ``identity.yaml`` as a dict.
+        results: the per-triplet table (``results.parquet`` or the finished shards).
+        skipped: number of triplets in the errors tables.
+        complete: every shard finished (``results.parquet`` exists).
+        variant: attack parameters that tell this run apart from other runs of the same
+            attack in the same report (e.g. ``alpha=0.00375``); empty when there is one.
+        dataset_variant: the same for dataset parameters (e.g. ``num_triplets=16``).
+    """
+
+    run_dir: Path
+    identity: dict[str, Any]
+    results: pd.DataFrame
+    skipped: int = 0
+    complete: bool = True
+    variant: str = ""
+    dataset_variant: str = ""
+
+    @property
+    def dataset(self) -> str:
+        return str(self.identity["dataset"]["name"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.identity["metric"]["name"])
+
+    @property
+    def attack(self) -> str:
+        return str(self.identity["attack"]["name"])
+
+    @property
+    def resolution(self) -> int | None:
+        res = self.identity.get("resolution")
+        return None if res is None else int(res)
+
+    @property
+    def attack_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.identity["attack"].items() if k not in _NOT_PARAMS}
+
+    @property
+    def dataset_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.identity["dataset"].items() if k not in _NOT_DATASET_PARAMS}
+
+    @property
+    def label(self) -> str:
+        """``attack`` or ``attack (variant)``: how tables name this run's attack."""
+        return f"{self.attack} ({self.variant})" if self.variant else self.attack
+
+    @property
+    def resolution_label(self) -> str:
+        return "native" if self.resolution is None else f"{self.resolution}x{self.resolution}"
+
+
+def _read_results(run_dir: Path) -> tuple[pd.DataFrame, int, bool] | None:
+    merged = run_dir / "results.parquet"
+    if merged.exists():
+        errors = run_dir / "errors.parquet"
+        skipped = len(pd.read_parquet(errors)) if errors.exists() else 0
+        return pd.read_parquet(merged), skipped, True
+    shards = sorted(
+        p for p in run_dir.glob("shard-*-of-*.parquet") if not p.name.endswith(".errors.parquet")
+    )
+    if not shards:
+        return None
+    frames = [pd.read_parquet(p) for p in shards]
+    skipped = sum(len(pd.read_parquet(p)) for p in run_dir.glob("shard-*-of-*.errors.parquet"))
+    return pd.concat(frames, ignore_index=True), skipped, False
+
+
+def load_run(run_dir: str | Path) -> Run | None:
+    """Load one run folder; ``None`` when it has no finished shard yet."""
+    run_dir = Path(run_dir)
+    identity = OmegaConf.to_container(OmegaConf.load(run_dir / "identity.yaml"), resolve=False)
+    loaded = _read_results(run_dir)
+    if loaded is None:
+        return None
+    results, skipped, complete = loaded
+    if not complete:
+        warnings.warn(
+            f"{run_dir}: not all shards finished; reporting the finished ones", stacklevel=2
+        )
+    return Run(
+        run_dir=run_dir, identity=identity, results=results, skipped=skipped, complete=complete
+    )
+
+
+def _sweep_run_dirs(root: Path) -> list[Path]:
+    """Run folders of the jobs of a Hydra sweep (``<job>/.hydra/config.yaml``)."""
+    from attackpsm.run import run_dir_for
+
+    found = []
+    for cfg_file in sorted(root.rglob(".hydra/config.yaml")):
+        try:
+            cfg = OmegaConf.load(cfg_file)
+            relative = run_dir_for(cfg)
+        except Exception as exc:  # a job config this version cannot read: say so, go on
+            warnings.warn(
+                f"{cfg_file}: cannot locate its results ({type(exc).__name__}: {exc})", stacklevel=2
+            )
+            continue
+        candidates = (
+            [relative]
+            if relative.is_absolute()
+            else [Path.cwd() / relative] + [p / relative for p in cfg_file.parents]
+        )
+        hit = next((c for c in candidates if (c / "identity.yaml").exists()), None)
+        if hit is None:
+            warnings.warn(
+                f"{cfg_file}: no results at {relative} (job unfinished or moved?)", stacklevel=2
+            )
+        else:
+            found.append(hit.resolve())
+    return found
+
+
+def discover(path: str | Path) -> list[Path]:
+    """Run folders below ``path`` (a results directory, one run, or a sweep directory)."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"no such results or sweep directory: {root}")
+    dirs = {p.parent.resolve() for p in root.rglob("identity.yaml")}
+    dirs.update(_sweep_run_dirs(root))
+    return sorted(dirs)
+
+
+def _varying(dicts: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for d in dicts for k in d})
+    return [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
+
+
+def _fmt_param(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def label_variants(runs: list[Run]) -> None:
+    """Fill ``variant`` / ``dataset_variant`` with the parameters that differ between runs."""
+    by_attack: dict[str, list[Run]] = {}
+    for r in runs:
+        by_attack.setdefault(r.attack, []).append(r)
+    for group in by_attack.values():
+        keys = _varying([r.attack_params for r in group])
+        for r in group:
+            r.variant = ", ".join(f"{k}={_fmt_param(r.attack_params.get(k))}" for k in keys)
+    by_dataset: dict[str, list[Run]] = {}
+    for r in runs:
+        by_dataset.setdefault(r.dataset, []).append(r)
+    for group in by_dataset.values():
+        keys = _varying([r.dataset_params for r in group])
+        for r in group:
+            r.dataset_variant = ", ".join(
+                f"{k}={_fmt_param(r.dataset_params.get(k))}" for k in keys
+            )
+    # runs that still collide (different seed or package version): name them by folder
+    seen: dict[tuple, list[Run]] = {}
+    for r in runs:
+        seen.setdefault((r.dataset, r.dataset_variant, r.resolution, r.metric, r.label), []).append(
+            r
+        )
+    for group in seen.values():
+        if len(group) > 1:
+            for r in group:
+                r.variant = ", ".join(x for x in (r.variant, r.run_dir.name) if x)
+
+
+def load_runs(path: str | Path) -> list[Run]:
+    """Every run below ``path`` with at least one finished shard, variants labelled."""
+    runs = [r for r in (load_run(d) for d in discover(path)) if r is not None]
+    label_variants(runs)
+    runs.sort(
+        key=lambda r: (
+            r.dataset,
+            r.dataset_variant,
+            r.resolution or 0,
+            r.metric,
+            r.attack,
+            r.variant,
+        )
+    )
+    return runs
+
+
+def runs_overview(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: what it is, how many triplets, where it lives."""
+    return pd.DataFrame(
+        [
+            {
+                "dataset": r.dataset,
+                "dataset_variant": r.dataset_variant,
+                "resolution": r.resolution_label,
+                "metric": r.metric,
+                "attack": r.attack,
+                "variant": r.variant,
+                "triplets": len(r.results),
+                "skipped": r.skipped,
+                "complete": r.complete,
+                "run_dir": str(r.run_dir),
+            }
+            for r in runs
+        ],
+        columns=[
+            "dataset",
+            "dataset_variant",
+            "resolution",
+            "metric",
+            "attack",
+            "variant",
+            "triplets",
+            "skipped",
+            "complete",
+            "run_dir",
+        ],
+    )

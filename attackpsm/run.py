@@ -70,6 +70,8 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         "resolution": cfg.resolution.size,
         "seed": cfg.seed,
         "version": attackpsm.__version__,
+        # a craft run (transfer benchmark) also saves its images: never mistake it for a plain run
+        **({"craft": str(cfg.craft)} if cfg.get("craft") else {}),
     }
 
 
@@ -115,6 +117,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     if len(dataset) == 0:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no usable triplets")
+    sink = None
+    if cfg.get("craft"):  # transfer benchmark, craft stage: save adversarial PNGs + manifest
+        from attackpsm.transfer import CraftWriter
+
+        sink = CraftWriter(cfg.craft, run_identity(cfg), reverse=attack.reverse)
 
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +162,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             flips = total = 0
             for batch in bar:
-                rows, errs = attack_batch(metric, attack, batch.to(device))
+                rows, errs = attack_batch(metric, attack, batch.to(device), sink=sink)
                 store.checkpoint(rows, errs)
                 if len(rows):
                     flips += int(rows["flipped"].sum())
@@ -163,6 +170,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     bar.set_postfix(flip_rate=f"{flips / total:.1%}")
             results, errors = store.finalize()
         merged = merge_shards(run_dir, cfg.shard.count)
+        if sink is not None and merged is not None:
+            sink.finalize()
         scope = "all shards" if merged is not None else f"shard {cfg.shard.index}/{cfg.shard.count}"
         table, errs_all = merged if merged is not None else (results, errors)
         summary = summarize(table, metric.name, attack.name, skipped=len(errs_all))

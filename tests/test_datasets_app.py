@@ -103,3 +103,6 @@ def test_count_command(tmp_path):
     assert (
         lines["cnn"] == ["2", "0"] and lines["color"] == ["1", "0"] and lines["total"] == ["3", "0"]
     )
+    missing = [sys.executable, "-m", "attackpsm.data", "count", "clic", f"dataset.root={root}/no"]
+    out = subprocess.run(missing, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Expected layout" in out.stderr and "oracle.csv" in out.stderr

@@ -60,7 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "count":
-        count(args.dataset, args.overrides)
+        from attackpsm.data.files import DatasetLayoutError
+
+        try:
+            count(args.dataset, args.overrides)
+        except Exception as exc:  # instantiate wraps the loader's error; show the loader's
+            cause = exc.__cause__ if isinstance(exc.__cause__, DatasetLayoutError) else exc
+            if not isinstance(cause, DatasetLayoutError):
+                raise
+            print(f"error: {cause}", file=sys.stderr)
+            return 2
         return 0
     from attackpsm.data import download
 

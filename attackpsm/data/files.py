@@ -65,7 +65,9 @@ class DiskTriplets(TripletDataset):
             raise self.layout_error(f"dataset root {self.root} does not exist")
 
     def layout_error(self, message: str) -> DatasetLayoutError:
-        return DatasetLayoutError(f"{self.name}: {message}.\nExpected layout:\n{self.layout}")
+        # one line: hydra's instantiate re-raises it inside a repr(), which escapes newlines
+        layout = "; ".join(line.strip() for line in self.layout.splitlines())
+        return DatasetLayoutError(f"{self.name}: {message}. Expected layout: {layout}")
 
     def check_usable(self) -> None:
         """Fail unless the index holds at least one triplet not already known to be bad."""

@@ -32,15 +32,15 @@ from attackpsm.metrics.classic import gaussian_window
 
 
 def _raised_cosine_high(log_rad: torch.Tensor) -> torch.Tensor:
-    """High-pass transition: 0 below ``log2 r = -1``, 1 above 0, ``cos(pi/2 * l)`` between."""
-    l = log_rad.clamp(-1.0, 0.0)
-    return torch.cos(math.pi / 2 * l)
+    """High-pass transition: 0 below ``log2 r = -1``, 1 above 0, ``cos(pi/2 * log2 r)`` between."""
+    t = log_rad.clamp(-1.0, 0.0)
+    return torch.cos(math.pi / 2 * t)
 
 
 def _raised_cosine_low(log_rad: torch.Tensor) -> torch.Tensor:
     """The complementary low-pass: ``sqrt(1 - high^2)``."""
-    l = log_rad.clamp(-1.0, 0.0)
-    return torch.sin(-math.pi / 2 * l)
+    t = log_rad.clamp(-1.0, 0.0)
+    return torch.sin(-math.pi / 2 * t)
 
 
 def _polar_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import attackpsm
+from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown, write_clean_accuracy
 from attackpsm.cluster import finished_shard
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import attack_batch
@@ -180,6 +181,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"\n{cfg.dataset.name} · {metric.name} · {attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
+        if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
+            table1 = clean_accuracy(table, metric.name)
+            print(write_clean_accuracy(run_dir, table1) if merged is not None else clean_accuracy_markdown(table1))
+            logger.log_table("table1", table1)
         headline = _headline(table, len(errs_all))
         logger.log_summary(headline)
         logger.log_table("summary", summary)

@@ -37,6 +37,9 @@ test: weights ## Fast test suite (under 20 minutes on 2 CPU cores)
 test-slow: weights ## Slow suites (cluster, notebooks, full attacks); needs launchers/start_slurm.sh for slurm
 	$(PY) -m pytest -m "slow or slurm" $(PYTEST_ARGS)
 
+bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, same decisions (bench.json)
+	$(PY) -m attackpsm.bench --out bench.json $(BENCH_ARGS)
+
 lint: install ## Ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,389 @@
+"""``make bench`` / ``python -m attackpsm.bench``: the engine against a per-triplet loop.
+
+For each workload both sides get the same triplets and the same attack parameters:
+
+* **reference** -- one triplet at a time, written the way the paper's algorithms read:
+  PGD and FGSM literally as Algorithms 1 and 3 (batch 1, ``f(I_ref, I_adv)`` evaluated from
+  scratch at every check, a Python-level early stop / ε scan); stAdv and One-pixel as the
+  framework's own attack called on one triplet at a time.
+* **engine** -- :func:`attackpsm.engine.attack_batch` on large batches (prepared
+  reference features, active-set early stopping, the batched ε scan, the batched
+  L-BFGS, the population scored as one batch). It also does the 8-bit re-check and the
+  perturbation statistics, which the reference skips: the comparison is conservative.
+
+It prints throughput (triplets/s) of each side, the ratio, peak memory, and whether both
+reach the same flip decision for every triplet (a disagreement counts as within float
+tolerance only when one side's final margin ``|s_adv - s_other|`` is below ``--tol``).
+Results go to a table on stdout and a JSON file.
+
+Weights are real (LPIPS from :mod:`attackpsm.metrics.weights`). Nothing here changes what
+is computed: both sides run the same attack with the same iterations and loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attackpsm.attacks.base import Attack, rank_loss
+from attackpsm.data.base import Batch, collate
+from attackpsm.data.synthetic import SyntheticTriplets
+from attackpsm.engine import attack_batch
+from attackpsm.images import HIGH, LOW
+from attackpsm.metrics.base import Metric
+
+# --- per-triplet reference loops ----------------------------------------------------------
+
+
+def _select_prey(metric: Metric, ref, p0, p1):
+    """Algorithm 1, lines 2-5, for one triplet."""
+    s0, s1 = metric(ref, p0).item(), metric(ref, p1).item()
+    return (p1, s0) if s0 > s1 else (p0, s1)
+
+
+def reference_pgd(metric: Metric, ref, p0, p1, eps=0.03, alpha=0.001, max_iterations=30):
+    """Algorithm 1 verbatim for one triplet; returns (flipped, s_adv, s_other)."""
+    prey, s_other = _select_prey(metric, ref, p0, p1)
+    delta = torch.zeros_like(prey)
+    k = 0
+    s_adv = float("nan")
+    while k <= max_iterations:
+        adv = (prey + delta).clamp(LOW, HIGH).detach().requires_grad_(True)
+        s = metric(ref, adv)
+        s_adv = s.item()
+        if s_adv > s_other:
+            return True, s_adv, s_other
+        if k == max_iterations:  # the gradient of the last check is never used
+            break
+        loss = rank_loss(torch.tensor(s_other), s).sum()
+        (grad,) = torch.autograd.grad(loss, adv)
+        stepped = adv.detach() + alpha * grad.sign()
+        delta = (stepped - prey).clamp(-eps, eps)
+        k += 1
+    return False, s_adv, s_other
+
+
+def reference_fgsm(metric: Metric, ref, p0, p1, max_eps=0.05, eps_step=0.0001):
+    """Algorithm 3 verbatim for one triplet: one gradient, then a linear ε scan."""
+    prey, s_other = _select_prey(metric, ref, p0, p1)
+    x = prey.detach().clone().requires_grad_(True)
+    loss = rank_loss(torch.tensor(s_other), metric(ref, x)).sum()
+    (grad,) = torch.autograd.grad(loss, x)
+    sign = grad.sign()
+    s_adv = float("nan")
+    k = 1
+    while k * eps_step <= max_eps + 1e-12:
+        with torch.no_grad():
+            adv = (prey + (k * eps_step) * sign).clamp(LOW, HIGH)
+            s_adv = metric(ref, adv).item()
+        if s_adv > s_other:
+            return True, s_adv, s_other
+        k += 1
+    return False, s_adv, s_other
+
+
+def reference_with(attack: Attack) -> Callable:
+    """The framework's attack applied to one triplet at a time (stAdv, One-pixel)."""
+
+    def one(metric: Metric, ref, p0, p1):
+        prey, s_other = _select_prey(metric, ref, p0, p1)
+        so = torch.tensor([s_other])
+        out = attack.run(metric, metric.prepare(ref), prey, so)
+        return bool(out.flipped[0]), float(out.s_adv[0]), s_other
+
+    return one
+
+
+# --- workloads ----------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    name: str
+    metric: str
+    size: int
+    attack: str
+    params: dict[str, Any]
+    triplets: int
+    batch_size: int
+
+
+def cpu_workloads(quick: bool) -> list[Workload]:
+    n = 16 if quick else 64
+    return [
+        Workload("pgd30_lpips_alex_64", "lpips_alex", 64, "pgd", {}, n, 64),
+        Workload(
+            "fgsm_lpips_alex_64", "lpips_alex", 64, "fgsm", {"max_eps": 0.03}, max(8, n // 4), 64
+        ),
+        Workload(
+            "stadv_lpips_alex_64",
+            "lpips_alex",
+            64,
+            "stadv",
+            {"max_iterations": 50},
+            8 if quick else 16,
+            16,
+        ),
+        Workload(
+            "onepixel_lpips_alex_64",
+            "lpips_alex",
+            64,
+            "onepixel",
+            {"population": 100, "generations": 10},
+            4 if quick else 8,
+            8,
+        ),
+        Workload("pgd30_lpips_vgg_256", "lpips_vgg", 256, "pgd", {}, 2 if quick else 4, 4),
+    ]
+
+
+def gpu_workloads(quick: bool) -> list[Workload]:
+    big = 2048 if quick else 12227
+    return [
+        Workload("pgd30_lpips_alex_64", "lpips_alex", 64, "pgd", {}, big, 4096),
+        Workload("pgd30_lpips_vgg_64", "lpips_vgg", 64, "pgd", {}, 2048, 2048),
+        Workload("fgsm_lpips_alex_64", "lpips_alex", 64, "fgsm", {}, 1024, 1024),
+        Workload("stadv_lpips_alex_64", "lpips_alex", 64, "stadv", {}, 512, 512),
+        Workload("onepixel_lpips_alex_64", "lpips_alex", 64, "onepixel", {}, 64, 16),
+        Workload("pgd30_lpips_vgg_256", "lpips_vgg", 256, "pgd", {}, 256, 128),
+    ]
+
+
+def build_metric(name: str, device: torch.device) -> Metric:
+    from attackpsm.metrics.lpips import LPIPS
+
+    nets = {"lpips_alex": "alex", "lpips_vgg": "vgg"}
+    return LPIPS(nets[name]).to(device)
+
+
+def build_attack(name: str, params: dict[str, Any]) -> Attack:
+    from attackpsm.attacks.fgsm import FGSM
+    from attackpsm.attacks.onepixel import OnePixel
+    from attackpsm.attacks.pgd import PGD
+    from attackpsm.attacks.stadv import StAdv
+
+    return {"pgd": PGD, "fgsm": FGSM, "stadv": StAdv, "onepixel": OnePixel}[name](**params)
+
+
+def reference_for(w: Workload, attack: Attack) -> Callable:
+    if w.attack == "pgd":
+        return lambda m, r, a, b: reference_pgd(
+            m, r, a, b, attack.eps, attack.alpha, attack.max_iterations
+        )
+    if w.attack == "fgsm":
+        return lambda m, r, a, b: reference_fgsm(m, r, a, b, attack.max_eps, attack.eps_step)
+    return reference_with(attack)
+
+
+# --- measurement --------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # reset the process's peak resident set size (Linux)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+@dataclass
+class Row:
+    workload: str
+    device: str
+    triplets: int
+    reference_triplets: int
+    reference_per_s: float
+    engine_per_s: float
+    ratio: float
+    reference_peak_mib: float
+    engine_peak_mib: float
+    agree: int
+    disagree_within_tol: int
+    disagree: int
+    engine_flip_rate: float
+    notes: list[str] = field(default_factory=list)
+
+
+def measure(w: Workload, device: torch.device, reference_limit: int, tol: float) -> Row:
+    metric = build_metric(w.metric, device)
+    attack = build_attack(w.attack, w.params)
+    data = SyntheticTriplets(size=w.size, num_triplets=w.triplets, seed=1234)
+    items = [data[i] for i in range(len(data))]
+    batches = [
+        collate(items[i : i + w.batch_size]).to(device) for i in range(0, len(items), w.batch_size)
+    ]
+
+    # engine (warm-up on the first batch's first triplets, then timed)
+    attack_batch(metric, attack, _head(batches[0], 2))
+    _sync(device)
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    engine_rows = [attack_batch(metric, attack, b)[0] for b in batches]
+    _sync(device)
+    engine_s = time.perf_counter() - t0
+    engine_peak = _peak_mib(device)
+    import pandas as pd
+
+    engine = pd.concat(engine_rows, ignore_index=True)
+
+    # per-triplet reference on the first `reference_limit` triplets (the same triplets)
+    ref_fn = reference_for(w, attack)
+    n_ref = min(reference_limit, len(items))
+    singles = collate(items[:n_ref]).to(device)
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    decisions = []
+    for i in range(n_ref):
+        r, a, b = singles.ref[i : i + 1], singles.p0[i : i + 1], singles.p1[i : i + 1]
+        decisions.append(ref_fn(metric, r, a, b))
+    _sync(device)
+    reference_s = time.perf_counter() - t0
+    reference_peak = _peak_mib(device)
+
+    agree = within = disagree = 0
+    for i, (flip, s_adv, s_other) in enumerate(decisions):
+        e = engine.iloc[i]
+        assert e["triplet_id"] == singles.triplet_id[i]
+        if bool(e["flipped"]) == flip:
+            agree += 1
+        elif min(abs(s_adv - s_other), abs(float(e["s_adv"]) - float(e["s_other"]))) <= tol * max(
+            abs(s_other), 1e-12
+        ):
+            within += 1
+        else:
+            disagree += 1
+    ref_rate = n_ref / reference_s
+    eng_rate = len(items) / engine_s
+    return Row(
+        w.name,
+        str(device),
+        len(items),
+        n_ref,
+        ref_rate,
+        eng_rate,
+        eng_rate / ref_rate,
+        reference_peak,
+        engine_peak,
+        agree,
+        within,
+        disagree,
+        float(engine["flipped"].mean()),
+    )
+
+
+def _head(batch: Batch, n: int) -> Batch:
+    return Batch(
+        batch.triplet_id[:n],
+        batch.subset[:n],
+        batch.judge[:n],
+        batch.ref[:n],
+        batch.p0[:n],
+        batch.p1[:n],
+        [],
+    )
+
+
+def format_table(rows: list[Row]) -> str:
+    head = "| workload | device | triplets (engine / ref) | reference/s | engine/s | ratio | peak MiB (ref / engine) | same decision | within tol | differ | flip rate |"
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r.workload} | {r.device} | {r.triplets} / {r.reference_triplets} | {r.reference_per_s:.2f} | "
+            f"{r.engine_per_s:.2f} | {r.ratio:.1f}x | {r.reference_peak_mib:.0f} / {r.engine_peak_mib:.0f} | "
+            f"{r.agree}/{r.reference_triplets} | {r.disagree_within_tol} | {r.disagree} | {r.engine_flip_rate:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--workloads", default="all", help="comma-separated names, or 'all'")
+    p.add_argument("--quick", action="store_true", help="smaller workloads (smoke test)")
+    p.add_argument(
+        "--reference-limit", type=int, default=None, help="triplets run by the per-triplet loop"
+    )
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-3,
+        help="relative margin under which a differing decision is float noise",
+    )
+    p.add_argument("--out", default="bench.json", help="JSON output path")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    workloads = gpu_workloads(args.quick) if device.type == "cuda" else cpu_workloads(args.quick)
+    if args.workloads != "all":
+        wanted = args.workloads.split(",")
+        unknown = sorted(set(wanted) - {w.name for w in workloads})
+        if unknown:
+            raise SystemExit(f"unknown workloads {unknown}; valid: {[w.name for w in workloads]}")
+        workloads = [w for w in workloads if w.name in wanted]
+    limit = args.reference_limit or (64 if device.type == "cuda" else 16)
+
+    rows = []
+    for w in workloads:
+        print(f"[bench] {w.name}: {w.triplets} triplets, batch {w.batch_size} ...", flush=True)
+        rows.append(measure(w, device, limit, args.tol))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    table = format_table(rows)
+    print()
+    print(table)
+    meta = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    Path(args.out).write_text(
+        json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2)
+    )
+    print(f"\nwritten: {args.out}")
+    bad = [r.workload for r in rows if r.disagree]
+    if bad:
+        print(f"decisions differ beyond float tolerance in: {bad}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -194,8 +194,8 @@ def accuracy_vs_robustness(
         ax.set_title(f"Accuracy vs robustness · {_block_title((dataset, variant, res))}")
         ax.grid(alpha=0.3)
         ax.set_ylim(-3, 103)
-        xs = acc.loc[part["metric"]].to_numpy()
-        ax.set_xlim(max(0.0, float(np.nanmin(xs)) - 5.0), min(101.0, float(np.nanmax(xs)) + 5.0))
+        ci = acc_ci.loc[part["metric"]].to_numpy()
+        ax.set_xlim(max(0.0, float(np.nanmin(ci)) - 3.0), min(101.0, float(np.nanmax(ci)) + 3.0))
         ax.legend(fontsize=8, loc="best")
         ax.text(
             0.99,

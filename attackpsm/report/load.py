@@ -12,6 +12,7 @@ hash), so ``python -m attackpsm.report logs/multiruns/<date>`` reports exactly t
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,17 +119,31 @@ def load_run(run_dir: str | Path) -> Run | None:
 
 
 def _sweep_run_dirs(root: Path) -> list[Path]:
-    """Run folders of the jobs of a Hydra sweep (``<job>/.hydra/config.yaml``)."""
+    """Run folders of the jobs of a sweep directory.
+
+    Each job of a sweep records its run folder in ``<sweep>/.runs/*.json`` (see
+    :mod:`attackpsm.cluster`); a sweep without those records is read from each job's
+    ``.hydra/config.yaml`` (the same identity gives the same folder).
+    """
     from attackpsm.run import run_dir_for
 
     found = []
+    for record in sorted(root.rglob(".runs/*.json")):
+        try:
+            run_dir = Path(json.loads(record.read_text())["run_dir"])
+        except (ValueError, KeyError) as exc:
+            warnings.warn(f"{record}: unreadable job record ({exc})", stacklevel=2)
+            continue
+        if (run_dir / "identity.yaml").exists():
+            found.append(run_dir.resolve())
     for cfg_file in sorted(root.rglob(".hydra/config.yaml")):
         try:
             cfg = OmegaConf.load(cfg_file)
             relative = run_dir_for(cfg)
         except Exception as exc:  # a job config this version cannot read: say so, go on
             warnings.warn(
-                f"{cfg_file}: cannot locate its results ({type(exc).__name__}: {exc})", stacklevel=2
+                f"{cfg_file}: cannot locate its results ({type(exc).__name__}: {exc})",
+                stacklevel=2,
             )
             continue
         candidates = (

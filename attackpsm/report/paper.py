@@ -461,6 +461,7 @@ def lookup(
     agrees: str | None = None,
     dataset: str | None = None,
     resolution: int | None = None,
+    attack: str | None = None,
     **params: Any,
 ) -> dict[str, float] | None:
     """Values of the record of ``table`` that matches every given key, or ``None``.
@@ -476,6 +477,8 @@ def lookup(
         if dataset is not None and rec["dataset"] != dataset:
             continue
         if resolution is not None and rec["resolution"] != resolution:
+            continue
+        if attack is not None and rec["attack"] != attack:
             continue
         if all(_same(rec["params"].get(k, v), v) for k, v in params.items()):
             return rec["values"]

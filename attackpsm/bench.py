@@ -23,6 +23,7 @@ is computed: both sides run the same attack with the same iterations and loss.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -195,10 +196,8 @@ def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        try:  # reset the process's peak resident set size (Linux)
+        with contextlib.suppress(OSError):  # reset the process's peak resident set size (Linux)
             Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
 
 
 def _peak_mib(device: torch.device) -> float:

@@ -16,7 +16,9 @@ class NoAttack(Attack):
     name = "none"
     white_box = False
 
-    def run(self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor) -> AttackResult:
+    def run(
+        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+    ) -> AttackResult:
         with torch.no_grad():
             s_adv = metric.score(prepared_ref, prey)
         return AttackResult(prey, s_adv, torch.zeros_like(s_adv, dtype=torch.bool))

@@ -1,0 +1,252 @@
+"""One-pixel attack (Su et al., 2019): black-box differential evolution on the metric's output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_flipped
+from attackpsm.images import to_uint8
+from attackpsm.metrics.base import Metric, select
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(c: int) -> int:
+    """An unsigned 64-bit constant as the int64 value with the same bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MUL1 = _signed(0xBF58476D1CE4E5B9)
+_MUL2 = _signed(0x94D049BB133111EB)
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser on int64 tensors (wrapping arithmetic): a counter-based hash."""
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _MUL1
+    z = (z ^ _shr(z, 27)) * _MUL2
+    return z ^ _shr(z, 31)
+
+
+def counter_uniform(key: torch.Tensor, *counters: torch.Tensor | int) -> torch.Tensor:
+    """Uniform floats in ``[0, 1)`` that depend only on ``key`` and the counters.
+
+    A counter-based generator: the number drawn for (triplet, generation, member, slot)
+    is a hash of those integers, so it is the same whatever the batch composition, the
+    device or the order of evaluation -- a batched run equals one-at-a-time runs.
+    """
+    z = key
+    for c in counters:
+        z = _mix(z ^ (c if torch.is_tensor(c) else torch.as_tensor(c, device=key.device)))
+    return _shr(z, 40).to(torch.float32) / float(1 << 24)
+
+
+def image_keys(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """One int64 key per image from its 8-bit pixel values and ``seed`` (content-addressed)."""
+    values = to_uint8(images).flatten(1).to(torch.int64)
+    position = torch.arange(values.shape[1], device=images.device, dtype=torch.int64)
+    return _mix(_mix(values * 1_000_003 + position).sum(dim=1) ^ _mix(torch.tensor(seed)))
+
+
+def _distinct(u: torch.Tensor, exclude: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Map uniforms to indices in ``[0, size)`` that avoid every index in ``exclude``.
+
+    Draws from the ``size - len(exclude)`` allowed values, then skips the excluded ones
+    in increasing order (they are distinct by construction).
+    """
+    v = (u * (size - len(exclude))).long().clamp(max=size - len(exclude) - 1)
+    for e in torch.stack(exclude, dim=-1).sort(dim=-1).values.unbind(-1):
+        v = v + (v >= e).long()
+    return v
+
+
+class OnePixel(Attack):
+    """Su et al.'s One-pixel attack (Eq. 3): maximise ``s_adv`` changing ``pixels`` pixels.
+
+    Distance measure: ℓ0 -- at most ``pixels`` pixel locations change (all three channels
+    of a pixel may change). Black-box: the attack only reads metric outputs; it runs under
+    ``torch.no_grad`` and never calls backward.
+
+    Each candidate is ``(x, y, r, g, b)`` per pixel; the population is initialised with
+    uniform coordinates and ``N(128, 127)`` colours (Su et al.) and evolved with DE/rand/1
+    (``child = a + F·(b - c)``, no crossover); a child replaces its parent when its score is
+    at least as high. A triplet stops at the generation where its best candidate flips the
+    rank (``s_adv > s_other``), otherwise after ``generations`` generations. The whole
+    population of every active triplet is scored in batched metric calls. Colours are
+    whole 8-bit levels, so a flip survives saving the image.
+
+    Per-triplet columns: ``queries`` (metric evaluations) and ``iterations`` (generations).
+
+    Args:
+        pixels: pixels changed per candidate (1).
+        population: candidates per triplet (400, Su et al.).
+        generations: maximum generations (100, Su et al.).
+        mutation: DE scale factor ``F`` (0.5, Su et al.).
+        seed: random seed; each triplet's random stream is a function of the seed and the
+            prey's pixels (identical results batched or one at a time).
+        max_batch: images per metric call (memory knob, no effect on results).
+
+    Example:
+        >>> result = OnePixel(population=400, generations=100).run(metric, prepared, prey, s_other)
+        >>> result.columns["queries"]
+    """
+
+    name = "onepixel"
+    white_box = False
+    columns = ("queries", "iterations")
+
+    def __init__(
+        self,
+        pixels: int = 1,
+        population: int = 400,
+        generations: int = 100,
+        mutation: float = 0.5,
+        seed: int = 0,
+        max_batch: int = 2048,
+    ):
+        if int(pixels) != pixels or pixels < 1:
+            raise ValueError(f"attack parameter pixels must be an integer >= 1, got {pixels}")
+        if int(population) != population or population < 4:
+            raise ValueError(
+                f"attack parameter population must be an integer >= 4 (DE/rand/1), got {population}"
+            )
+        if int(generations) != generations or generations < 0:
+            raise ValueError(
+                f"attack parameter generations must be an integer >= 0, got {generations}"
+            )
+        check_positive("mutation", mutation)
+        if max_batch < 1:
+            raise ValueError(f"attack parameter max_batch must be >= 1, got {max_batch}")
+        self.pixels = int(pixels)
+        self.population = int(population)
+        self.generations = int(generations)
+        self.mutation = float(mutation)
+        self.seed = int(seed)
+        self.max_batch = int(max_batch)
+
+    # -- candidates ---------------------------------------------------------------------
+
+    def _clip(self, cand: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Keep ``(x, y, r, g, b)`` inside the image and the 8-bit colour range."""
+        c = cand.view(*cand.shape[:-1], self.pixels, 5)
+        hi = torch.tensor([width - 1, height - 1, 255, 255, 255], dtype=c.dtype, device=c.device)
+        return torch.minimum(c.clamp(min=0), hi).flatten(-2)
+
+    def _initial(self, keys: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Initial population ``(n, P, 5·pixels)``: uniform positions, ``N(128, 127)`` colours."""
+        n, p, d = keys.shape[0], self.population, 5 * self.pixels
+        k = keys[:, None, None]
+        member = torch.arange(p, device=keys.device)[None, :, None]
+        slot = torch.arange(d, device=keys.device)[None, None, :]
+        u1 = counter_uniform(k, 0, member, slot)
+        u2 = counter_uniform(k, 0, member, slot + d)
+        normal = torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * torch.pi * u2)  # Box-Muller
+        scale = torch.tensor(
+            [width - 1, height - 1, 0, 0, 0], dtype=torch.float32, device=keys.device
+        )
+        is_pos = torch.tensor([1, 1, 0, 0, 0], dtype=torch.bool, device=keys.device)
+        scale, is_pos = scale.repeat(self.pixels), is_pos.repeat(self.pixels)
+        cand = torch.where(is_pos, u1 * scale, 128.0 + 127.0 * normal)
+        return self._clip(cand.expand(n, p, d), height, width)
+
+    def _mutants(self, keys: torch.Tensor, pop: torch.Tensor, generation: int) -> torch.Tensor:
+        """DE/rand/1: ``a + F·(b - c)`` with ``a, b, c`` distinct members other than the parent."""
+        n, p, _ = pop.shape
+        k = keys[:, None]
+        member = torch.arange(p, device=pop.device)[None, :].expand(n, p)
+        u = [counter_uniform(k, generation + 1, member, 1_000_000 + j) for j in range(3)]
+        r1 = _distinct(u[0], [member], p)
+        r2 = _distinct(u[1], [member, r1], p)
+        r3 = _distinct(u[2], [member, r1, r2], p)
+
+        def take(r: torch.Tensor) -> torch.Tensor:
+            return torch.gather(pop, 1, r[..., None].expand_as(pop))
+
+        return take(r1) + self.mutation * (take(r2) - take(r3))
+
+    def apply(self, prey: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """Images with the candidates' pixels set: ``prey (m, 3, H, W)``, ``cand (m, 5·pixels)``."""
+        m, channels, height, width = prey.shape
+        c = cand.view(m, self.pixels, 5)
+        x = c[..., 0].round().long()
+        y = c[..., 1].round().long()
+        rgb = c[..., 2:].round() / 127.5 - 1.0  # whole 8-bit levels on the [-1, 1] scale
+        out = prey.clone().view(m, channels, height * width)
+        index = (y * width + x)[:, None, :].expand(m, channels, self.pixels)
+        out.scatter_(2, index, rgb.transpose(1, 2).to(out.dtype))
+        return out.view(m, channels, height, width)
+
+    def _score(
+        self,
+        metric: Metric,
+        prepared_ref: Any,
+        prey: torch.Tensor,
+        rows: torch.Tensor,
+        cand: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores of candidates ``cand (m, P, D)`` of the triplets ``rows`` (indices into prey)."""
+        m, p, d = cand.shape
+        flat_rows = rows.repeat_interleave(p)
+        flat = cand.reshape(m * p, d)
+        out = torch.empty(m * p, device=cand.device)
+        for i in range(0, m * p, self.max_batch):
+            sl = slice(i, i + self.max_batch)
+            images = self.apply(prey[flat_rows[sl]], flat[sl])
+            out[sl] = metric.score(select(prepared_ref, flat_rows[sl]), images)
+        return out.view(m, p)
+
+    # -- attack --------------------------------------------------------------------------
+
+    def run(
+        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+    ) -> AttackResult:
+        with torch.no_grad():
+            return self._evolve(metric, prepared_ref, prey, s_other)
+
+    def _evolve(
+        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+    ) -> AttackResult:
+        n, _, height, width = prey.shape
+        device = prey.device
+        keys = image_keys(prey, self.seed)
+        best = torch.empty(n, 5 * self.pixels, device=device)
+        s_adv = torch.empty(n, device=device)
+        generations = torch.zeros(n, dtype=torch.long, device=device)
+
+        active = torch.arange(n, device=device)
+        pop = self._initial(keys, height, width)
+        fit = self._score(metric, prepared_ref, prey, active, pop)
+        if fit.requires_grad:
+            raise RuntimeError("One-pixel is black-box: metric scores must not carry gradients")
+        for g in range(self.generations + 1):
+            top, arg = fit.max(dim=1)
+            done = rank_flipped(top, s_other[active], self.reverse)
+            if g == self.generations:
+                done = torch.ones_like(done)
+            if done.any():
+                idx = active[done]
+                best[idx] = pop[done, arg[done]]
+                s_adv[idx] = top[done]
+                generations[idx] = g
+            keep = ~done
+            if not keep.any():
+                break
+            active, pop, fit = active[keep], pop[keep], fit[keep]
+            child = self._clip(self._mutants(keys[active], pop, g), height, width)
+            child_fit = self._score(metric, prepared_ref, prey, active, child)
+            better = child_fit >= fit
+            pop = torch.where(better[..., None], child, pop)
+            fit = torch.where(better, child_fit, fit)
+
+        adv = self.apply(prey, best)
+        flipped = rank_flipped(s_adv, s_other, self.reverse)
+        queries = self.population * (generations + 1)
+        return AttackResult(adv, s_adv, flipped, {"queries": queries, "iterations": generations})

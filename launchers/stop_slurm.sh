@@ -11,7 +11,7 @@ if [ -s "$STATE/slurmctld.pid" ] && command -v scancel >/dev/null; then
   timeout 10 scancel --user="$(id -un)" 2>/dev/null || true
 fi
 
-for name in slurmd slurmctld munged; do
+for name in slurmd slurmctld slurmdbd mariadbd munged; do
   file="$STATE/$name.pid"
   [ -s "$file" ] || continue
   pid="$(cat "$file")"

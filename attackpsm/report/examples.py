@@ -187,11 +187,10 @@ def example_grid(examples: list[Example], title: str = ""):
     Scores are the metric's distances to I_ref (lower = more similar); the I_adv title is
     red when the rank flipped (``s_adv > s_other``), as in the paper's figures.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(
-        len(examples), 5, figsize=(11, 2.5 * len(examples) + 0.6), squeeze=False
-    )
+    fig = Figure(figsize=(11, 2.5 * len(examples) + 0.6))
+    axes = fig.subplots(len(examples), 5, squeeze=False)
     for row, ex in zip(axes, examples, strict=True):
         delta = (ex.adv - ex.prey) / 2.0  # on the [0, 1] scale
         peak = float(delta.abs().max())

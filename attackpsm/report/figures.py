@@ -9,6 +9,9 @@
   upper bound on the ε that flip needed; the axis label says so).
 - :func:`perturbation_histograms` -- RMSE and ℓ∞ of the flipped samples, per attack.
 - Example grids: :mod:`attackpsm.report.examples`.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects (no pyplot state, any
+backend): save them with :func:`save_figure`, or show them in a notebook with ``display``.
 """
 
 from __future__ import annotations
@@ -18,16 +21,13 @@ import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from attackpsm.report import paper  # noqa: E402
-from attackpsm.report.load import Run  # noqa: E402
-from attackpsm.report.tables import ATTACK_TITLES, agree_labels, metric_order  # noqa: E402
+from attackpsm.report import paper
+from attackpsm.report.load import Run
+from attackpsm.report.tables import ATTACK_TITLES, agree_labels, metric_order
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
 
@@ -39,17 +39,16 @@ def slug(*parts: str) -> str:
 
 
 def metric_colour(metric: str, metrics: list[str]) -> tuple:
-    cmap = plt.get_cmap("tab10" if len(metrics) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(metrics) <= 10 else "tab20"]
     return cmap(sorted(metrics, key=metric_order).index(metric) % cmap.N)
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``<stem>.png`` (150 dpi) and ``<stem>.svg``; close the figure."""
+    """Write ``<stem>.png`` (150 dpi) and ``<stem>.svg``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
     return paths
 
 
@@ -154,7 +153,8 @@ def accuracy_vs_robustness(
         part = part[part["metric"].isin(acc.index)]
         if part.empty:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        fig = Figure(figsize=(6.4, 4.8))
+        ax = fig.subplots()
         labels = list(dict.fromkeys(part["attack"]))
         for i, label in enumerate(labels):
             sub = part[part["attack"] == label]
@@ -252,7 +252,8 @@ def flip_rate_vs_eps(runs: list[Run]) -> dict[str, Figure]:
             continue
         panels = list(dict.fromkeys(r.label for r, _ in curves))
         metrics = sorted({r.metric for r, _ in curves}, key=metric_order)
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+        fig = Figure(figsize=(5.2 * len(panels), 4.2))
+        axes = fig.subplots(1, len(panels), squeeze=False)
         for ax, panel in zip(axes[0], panels, strict=True):
             here = [(r, c) for r, c in curves if r.label == panel]
             how = here[0][1][2]
@@ -311,7 +312,8 @@ def perturbation_histograms(runs: list[Run]) -> dict[str, Figure]:
             continue
         panels = list(dict.fromkeys(r.label for r in chosen))
         metrics = sorted({r.metric for r in chosen}, key=metric_order)
-        fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.2 * len(panels)), squeeze=False)
+        fig = Figure(figsize=(10, 3.2 * len(panels)))
+        axes = fig.subplots(len(panels), 2, squeeze=False)
         for row, panel in zip(axes, panels, strict=True):
             runs_here = [r for r in chosen if r.label == panel]
             for ax, col, xlabel in (

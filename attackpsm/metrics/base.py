@@ -18,6 +18,27 @@ import torch
 from torch import nn
 
 
+class _FiniteGradient(torch.autograd.Function):
+    """Identity whose backward replaces non-finite gradient entries with 0."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def finite_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged; gradients flowing back into it have NaN/inf entries set to 0.
+
+    For formulas with points of no derivative (e.g. ``sqrt`` of a zero gradient magnitude
+    in flat image regions): there the gradient is taken as 0 instead of poisoning an attack.
+    """
+    return _FiniteGradient.apply(x) if x.requires_grad else x
+
+
 def select(prepared: Any, index: torch.Tensor) -> Any:
     """Index the batch dimension of a prepared reference (a tensor or nested list/tuple/dict)."""
     if torch.is_tensor(prepared):
@@ -45,6 +66,14 @@ class Metric(nn.Module):
     name: str = "metric"
     differentiable: bool = True
     stochastic: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.training = False  # metrics are never trained; see also :meth:`train`
+
+    def train(self, mode: bool = True) -> Metric:
+        """Always eval mode (dropout off, fixed statistics), whatever ``mode`` says."""
+        return super().train(False)
 
     def freeze(self) -> Metric:
         self.eval()

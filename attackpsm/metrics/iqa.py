@@ -6,8 +6,10 @@ indices (FSIMc, VIF, HaarPSI: 1 = identical) become distances with the paper's
 ``(1 - s) / 2``; GMSD and MDSI already are deviations (0 = identical) and are used as
 they are.
 
-Note: GMSD and MDSI take a standard deviation over the image; its gradient is undefined
-when the two images are identical (an attack starts from a distorted image, never there).
+Gradients: piq's gradient magnitudes and deviations use ``sqrt``, which has no derivative
+at 0 (flat regions; GMSD and MDSI between identical images). There the gradient w.r.t. the
+input is taken as 0 (:func:`~attackpsm.metrics.base.finite_gradient`) so that white-box
+attacks never step on NaN.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import piq
 import torch
 
 from attackpsm.images import to_unit
-from attackpsm.metrics.base import Metric
+from attackpsm.metrics.base import Metric, finite_gradient
 
 
 class PiqMetric(Metric):
@@ -30,7 +32,7 @@ class PiqMetric(Metric):
         raise NotImplementedError
 
     def score(self, prepared: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        value = self.index(to_unit(x).clamp(0, 1), to_unit(prepared).clamp(0, 1))
+        value = self.index(to_unit(finite_gradient(x)).clamp(0, 1), to_unit(prepared).clamp(0, 1))
         return (1.0 - value) / 2.0 if self.similarity else value
 
 

@@ -125,11 +125,14 @@ def results(tmp_path) -> Path:
     eps = np.full(15, np.nan)
     eps[:3] = [0.01, 0.02, 0.03]
     eps[10:12] = [0.001, 0.002]
+    fgsm = {"_target_": "attackpsm.attacks.fgsm.FGSM", "name": "fgsm", "max_eps": 0.05}
+    write_run(root, "lpips_alex", fgsm, triplets(10, 3, 5, 2, eps_found=eps))
+    # FGSM at PGD's budget (Table 10): ✓ 2/10
     write_run(
         root,
         "lpips_alex",
-        {"_target_": "x", "name": "fgsm", "max_eps": 0.05},
-        triplets(10, 3, 5, 2, eps_found=eps),
+        {**fgsm, "name": "fgsm003", "max_eps": 0.03},
+        triplets(10, 2, 5, 2, eps_found=np.where(np.arange(15) < 2, 0.02, np.nan)),
     )
     # One-pixel with its own column
     write_run(
@@ -138,10 +141,16 @@ def results(tmp_path) -> Path:
         {"_target_": "x", "name": "onepixel", "pixels": 1},
         triplets(10, 8, 5, 5, queries=np.arange(15, dtype=float)),
     )
-    # transfer of stAdv images to L2: 16 accurate of 20 labelled, 4 of them flipped
-    write_run(
-        root, "l2", {"_target_": "x", "name": "transfer", "source": "stadv"}, triplets(16, 4, 4, 1)
-    )
+    # transfer evaluation (dataset=transfer attack=saved) of the stAdv images crafted on
+    # LPIPS(Alex) from BAPPS, on L2: 16 accurate of 20 labelled, 4 of them flipped
+    transfer = {
+        "_target_": "attackpsm.transfer.TransferTriplets", "name": "transfer", "column": "stadv",
+        "select": "stadv", "max_rmse": 3.0, "accurate_only": True, "source": "bapps",
+        "source_overrides": [], "source_metric": "lpips_alex", "manifest": None,
+    }  # fmt: skip
+    saved = {"_target_": "attackpsm.transfer.SavedAdversarial", "name": "saved", "source": transfer}
+    write_run(root, "l2", saved, triplets(16, 4, 4, 1), dataset=transfer)
+    write_run(root, "l2", saved, triplets(16, 6, 4, 1), dataset={**transfer, "column": "pgd10"})
     return root
 
 
@@ -212,7 +221,8 @@ def _row(table, **keys) -> pd.Series:
 
 def test_tables_from_known_counts(results):
     runs = load_runs(results)
-    assert len(runs) == 6
+    assert len(runs) == 8
+    assert {r.family for r in runs} == {"none", "fgsm", "pgd", "onepixel", "transfer"}
     tables = {t.name: t for t in build_tables(runs)}
     assert {
         "table1_accuracy",
@@ -272,7 +282,7 @@ def test_tables_from_known_counts(results):
     assert psnr["paper_psnr_mean"] == 46.82
 
     # Table 5: 16 accurate of 20, 4 of them flipped; paper stAdv on L2: 77/4%
-    t5 = _row(tables["table5_transfer"], metric="l2")
+    t5 = _row(tables["table5_transfer"], metric="l2", source="stAdv")
     assert (t5["source"], t5["accurate"], t5["accurate_pct"], t5["flipped"]) == (
         "stAdv",
         16,
@@ -282,6 +292,16 @@ def test_tables_from_known_counts(results):
     assert t5["flipped_pct"] == 25.0
     assert (t5["paper_flipped"], t5["paper_flipped_pct"]) == (77, 4.0)
     assert "4/25% [10–49] (paper 77/4%)" in tables["table5_transfer"].markdown
+
+    assert _row(tables["table5_transfer"], source="PGD(10)")["paper_flipped"] == 101
+    assert "crafted on lpips_alex / bapps" in tables["table5_transfer"].markdown
+
+    # Table 10: FGSM at ε ≤ 0.03 next to PGD, each with its published row
+    t10 = tables["table10_fgsm_vs_pgd"]
+    assert set(t10.data["attack"]) == {"fgsm003", "pgd"}
+    f003 = _row(t10, attack="fgsm003", agrees="✓")
+    assert (f003["flipped"], f003["paper_flipped"], f003["paper_table"]) == (2, 5620, 10)
+    assert "FGSM (ε ≤ 0.03)" in t10.markdown
 
     # Table 11: both step sizes, each with its own published row
     t11 = tables["table11_pgd_alpha"]

@@ -63,8 +63,8 @@ def example_runs(
     return [
         r
         for r in runs
-        if r.attack != "none"
-        and not r.attack.startswith("transfer")
+        if r.family != "none"
+        and not r.is_transfer
         and len(r.results)
         and (not metrics or r.metric in metrics)
         and (not attacks or r.attack in attacks)

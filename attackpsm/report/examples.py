@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from attackpsm.images import to_uint8
 from attackpsm.report import paper
 from attackpsm.report.load import Run, load_run
-from attackpsm.report.tables import ATTACK_TITLES, agree_labels
+from attackpsm.report.tables import agree_labels
 
 
 @dataclass
@@ -219,7 +219,4 @@ def example_grid(examples: list[Example], title: str = ""):
 
 
 def grid_title(run: Run) -> str:
-    attack = ATTACK_TITLES.get(run.attack, run.attack) + (
-        f" ({run.variant})" if run.variant else ""
-    )
-    return f"{attack} on {paper.display_name(run.metric)} · {run.dataset} · {run.resolution_label}  (regenerated from identity.yaml)"
+    return f"{run.title} on {paper.display_name(run.metric)} · {run.dataset} · {run.resolution_label}  (regenerated from identity.yaml)"

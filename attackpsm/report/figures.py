@@ -26,8 +26,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from attackpsm.report import paper
-from attackpsm.report.load import Run
-from attackpsm.report.tables import ATTACK_TITLES, agree_labels, metric_order
+from attackpsm.report.load import Run, attack_title
+from attackpsm.report.tables import agree_labels, metric_order
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
 
@@ -93,9 +93,7 @@ def accuracy_vs_robustness(
     if attacks is not None and not attacks.empty:
         acc_rows = attacks[attacks["agrees"] == "✓"]
         for _, r in acc_rows.iterrows():
-            label = ATTACK_TITLES.get(r["attack"], r["attack"]) + (
-                f" ({r['variant']})" if r["variant"] else ""
-            )
+            label = attack_title(r["attack"], r["variant"])
             points.append(
                 (
                     r["dataset"],
@@ -228,7 +226,7 @@ def eps_at_flip(run: Run) -> tuple[pd.Series, float, str] | None:
         top = float(params.get("max_eps") or eps.max() or 0.05)
         return eps, top, "exact (first ε of the scan that flips)"
     if (
-        run.attack in ("pgd", "pgd_reverse")
+        run.family in ("pgd", "pgd_reverse")
         and params.get("early_stop", True)
         and "alpha" in params
     ):
@@ -250,12 +248,12 @@ def flip_rate_vs_eps(runs: list[Run]) -> dict[str, Figure]:
         curves = [(r, c) for r, c in curves if c is not None and len(r.results)]
         if not curves:
             continue
-        panels = list(dict.fromkeys(r.label for r, _ in curves))
+        panels = list(dict.fromkeys(r.title for r, _ in curves))
         metrics = sorted({r.metric for r, _ in curves}, key=metric_order)
         fig = Figure(figsize=(5.2 * len(panels), 4.2))
         axes = fig.subplots(1, len(panels), squeeze=False)
         for ax, panel in zip(axes[0], panels, strict=True):
-            here = [(r, c) for r, c in curves if r.label == panel]
+            here = [(r, c) for r, c in curves if r.title == panel]
             how = here[0][1][2]
             for r, (eps, top, _) in here:
                 labels = agree_labels(r.results)
@@ -274,10 +272,7 @@ def flip_rate_vs_eps(runs: list[Run]) -> dict[str, Figure]:
                         color=metric_colour(r.metric, metrics),
                         label=f"{paper.display_name(r.metric)} {agree} (n={n})",
                     )
-            name = panel.replace(
-                panel.split(" ")[0], ATTACK_TITLES.get(panel.split(" ")[0], panel.split(" ")[0]), 1
-            )
-            ax.set_title(f"{name}\nε at flip: {how}", fontsize=9)
+            ax.set_title(f"{panel}\nε at flip: {how}", fontsize=9)
             ax.set_xlabel("ℓ∞ budget ε ([-1, 1] scale)")
             ax.set_ylabel("samples flipped within ε (%)")
             ax.set_ylim(-2, 102)
@@ -303,19 +298,19 @@ def perturbation_histograms(runs: list[Run]) -> dict[str, Figure]:
             r
             for r in _by_metric(runs)
             if _block(r) == block
-            and r.attack != "none"
-            and not r.attack.startswith("transfer")
+            and r.family != "none"
+            and not r.is_transfer
             and len(r.results)
             and r.results["flipped"].astype(bool).any()
         ]
         if not chosen:
             continue
-        panels = list(dict.fromkeys(r.label for r in chosen))
+        panels = list(dict.fromkeys(r.title for r in chosen))
         metrics = sorted({r.metric for r in chosen}, key=metric_order)
         fig = Figure(figsize=(10, 3.2 * len(panels)))
         axes = fig.subplots(len(panels), 2, squeeze=False)
         for row, panel in zip(axes, panels, strict=True):
-            runs_here = [r for r in chosen if r.label == panel]
+            runs_here = [r for r in chosen if r.title == panel]
             for ax, col, xlabel in (
                 (row[0], "rmse", "RMSE of δ ([0, 255] scale)"),
                 (row[1], "linf", "ℓ∞ of δ ([-1, 1] scale)"),
@@ -342,11 +337,7 @@ def perturbation_histograms(runs: list[Run]) -> dict[str, Figure]:
                         color=metric_colour(r.metric, metrics),
                         label=f"{paper.display_name(r.metric)} (n={len(v)})",
                     )
-                head = panel.split(" ")[0]
-                ax.set_title(
-                    f"{ATTACK_TITLES.get(head, head)}{panel[len(head) :]} · flipped samples",
-                    fontsize=9,
-                )
+                ax.set_title(f"{panel} · flipped samples", fontsize=9)
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("samples")
                 ax.grid(alpha=0.3)

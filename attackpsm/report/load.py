@@ -22,9 +22,43 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 # Attack parameters that do not define a variant (bookkeeping, not behaviour).
-_NOT_PARAMS = {"_target_", "name"}
+_NOT_PARAMS = {"_target_", "name", "max_batch"}
 # Dataset parameters that do not change which triplets are used.
-_NOT_DATASET_PARAMS = {"_target_", "name", "root"}
+_NOT_DATASET_PARAMS = {"_target_", "name", "root", "device", "batch_size", "store"}
+# Attack class -> family: what the tables group by (``fgsm003`` is an FGSM, ``pgd10`` a PGD).
+FAMILIES = {
+    "NoAttack": "none",
+    "FGSM": "fgsm",
+    "PGD": "pgd",
+    "ReversePGD": "pgd_reverse",
+    "OnePixel": "onepixel",
+    "StAdv": "stadv",
+    "StAdvPGD": "stadv_pgd",
+    "SavedAdversarial": "transfer",
+}
+ATTACK_TITLES = {  # attack config name -> how tables and figures print it
+    "fgsm": "FGSM",
+    "fgsm003": "FGSM (ε ≤ 0.03)",
+    "pgd": "PGD",
+    "pgd10": "PGD(10)",
+    "pgd20": "PGD(20)",
+    "onepixel": "One-pixel",
+    "stadv": "stAdv",
+    "stadv_pgd": "stAdv+PGD",
+    **{f"stadv_pgd{k}": f"stAdv+PGD({k})" for k in (5, 10, 15, 20)},
+    "pgd_reverse": "Reverse PGD",
+    "saved": "transfer",
+    "none": "none",
+}
+
+
+def attack_title(name: str, variant: str = "") -> str:
+    """``PGD``, ``PGD (alpha=0.00375)``, ``stAdv+PGD(10)``: an attack run's printed name."""
+    return ATTACK_TITLES.get(name, name) + (f" ({variant})" if variant else "")
+
+
+# Transfer evaluations: dataset parameters that name the crafted images (one Table-5 column).
+_TRANSFER_COLUMN_KEYS = ("column", "manifest")
 
 
 @dataclass
@@ -63,6 +97,17 @@ class Run:
         return str(self.identity["attack"]["name"])
 
     @property
+    def family(self) -> str:
+        """Attack family from the attack's class (``fgsm``, ``pgd``, ``transfer``, ...)."""
+        target = str(self.identity["attack"].get("_target_", ""))
+        return FAMILIES.get(target.rsplit(".", 1)[-1], self.attack)
+
+    @property
+    def is_transfer(self) -> bool:
+        """An evaluation of transferred images (Table 5), not an attack on this metric."""
+        return self.family == "transfer" or self.dataset == "transfer"
+
+    @property
     def resolution(self) -> int | None:
         res = self.identity.get("resolution")
         return None if res is None else int(res)
@@ -79,6 +124,11 @@ class Run:
     def label(self) -> str:
         """``attack`` or ``attack (variant)``: how tables name this run's attack."""
         return f"{self.attack} ({self.variant})" if self.variant else self.attack
+
+    @property
+    def title(self) -> str:
+        """How tables and figures print this run's attack: ``PGD (alpha=0.00375)``."""
+        return attack_title(self.attack, self.variant)
 
     @property
     def resolution_label(self) -> str:
@@ -182,11 +232,27 @@ def _fmt_param(v: Any) -> str:
     return str(v)
 
 
+def transfer_column(run: Run) -> str:
+    """Which crafted images a transfer evaluation scored (a Table-5 column, e.g. ``stadv``):
+    the dataset's ``column``, or the name of its ``manifest`` folder."""
+    p = run.dataset_params
+    if p.get("manifest"):
+        return Path(str(p["manifest"])).name
+    for params in (p, run.attack_params):
+        for key in ("column", "source_attack", "craft_attack"):
+            if params.get(key):
+                return str(params[key])
+    return run.attack
+
+
 def label_variants(runs: list[Run]) -> None:
     """Fill ``variant`` / ``dataset_variant`` with the parameters that differ between runs."""
     by_attack: dict[str, list[Run]] = {}
     for r in runs:
-        by_attack.setdefault(r.attack, []).append(r)
+        if r.is_transfer:
+            r.variant = transfer_column(r)
+        else:
+            by_attack.setdefault(r.attack, []).append(r)
     for group in by_attack.values():
         keys = _varying([r.attack_params for r in group])
         for r in group:
@@ -194,12 +260,16 @@ def label_variants(runs: list[Run]) -> None:
     by_dataset: dict[str, list[Run]] = {}
     for r in runs:
         by_dataset.setdefault(r.dataset, []).append(r)
-    for group in by_dataset.values():
-        keys = _varying([r.dataset_params for r in group])
+    for name, group in by_dataset.items():
+        transfer = name == "transfer"
+        skip = (*_TRANSFER_COLUMN_KEYS, "source", "source_metric") if transfer else ()
+        keys = [k for k in _varying([r.dataset_params for r in group]) if k not in skip]
         for r in group:
-            r.dataset_variant = ", ".join(
-                f"{k}={_fmt_param(r.dataset_params.get(k))}" for k in keys
-            )
+            p = r.dataset_params
+            parts = [f"{k}={_fmt_param(p.get(k))}" for k in keys]
+            if transfer:  # every column of one Table 5 shares its source
+                parts.insert(0, f"crafted on {p.get('source_metric')} / {p.get('source')}")
+            r.dataset_variant = ", ".join(parts)
     # runs that still collide (different seed or package version): name them by folder
     seen: dict[tuple, list[Run]] = {}
     for r in runs:

@@ -31,35 +31,26 @@ import numpy as np
 import pandas as pd
 
 from attackpsm.report import paper
-from attackpsm.report.load import Run
+from attackpsm.report.load import Run, attack_title
 from attackpsm.results import BASE_COLUMNS
 from attackpsm.stats import THRESHOLDS, frac_column
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 AGREE_ORDER = ("✓", "✗", "n/a")
 PX_COLUMNS = [f"pct_px_gt_{t:g}" for t in THRESHOLDS]
-TABLE2_ATTACKS = ("fgsm", "pgd", "onepixel")
-ATTACK_TITLES = {
-    "fgsm": "FGSM",
-    "pgd": "PGD",
-    "onepixel": "One-pixel",
-    "stadv": "stAdv",
-    "stadv_pgd": "stAdv+PGD",
-    "pgd_reverse": "Reverse PGD",
-    "none": "none",
-}
-
+TABLE2_ATTACKS = ("fgsm", "pgd", "onepixel")  # attack families, in the paper's column order
 # The paper's attack settings (REFERENCE §1); a run is compared with the paper only when
 # its parameters match these wherever it has them.
 PAPER_PARAMS: dict[str, dict[str, Any]] = {
     "fgsm": {"max_eps": 0.05},
     "pgd": {"eps": 0.03, "alpha": 0.001, "max_iterations": 30, "early_stop": True},
     "onepixel": {"pixels": 1},
-    "stadv": {"alpha": 50.0, "beta": 0.05},
+    "pgd_reverse": {"eps": 0.03, "alpha": 0.001, "max_iterations": 30, "early_stop": True},
+    "stadv": {"alpha": 50.0, "beta": 0.05, "variant": "paper", "max_iterations": None},
 }
 # Parameters that the paper's tables vary (so they are looked up, not required).
 _VARIED = {"fgsm": ("max_eps",), "pgd": ("alpha",), "stadv": ("alpha",)}
-# Which tables may hold the published numbers of a run, by dataset and attack.
+# Which tables may hold the published numbers of a run, by dataset and attack family.
 _PAPER_TABLES = {
     ("bapps", "fgsm"): (2, 10),
     ("bapps", "pgd"): (2, 11),
@@ -211,18 +202,19 @@ def paper_values(run: Run, agrees: str) -> tuple[int | None, dict[str, float]]:
         return None, {}
     if run.dataset == "bapps" and run.dataset_params.get("filter", "unanimous") != "unanimous":
         return None, {}
-    tables = _PAPER_TABLES.get((run.dataset, run.attack), ())
+    family = run.family
+    tables = _PAPER_TABLES.get((run.dataset, family), ())
     params = run.attack_params
-    if not tables or not paper_like(run.attack, params, varied_ok=True):
+    if not tables or not paper_like(family, params, varied_ok=True):
         return None, {}
-    keys = {k: params[k] for k in _VARIED.get(run.attack, ()) if k in params}
+    keys = {k: params[k] for k in _VARIED.get(family, ()) if k in params}
     for table in tables:
         values = paper.lookup(
-            table, run.metric, agrees, run.dataset, run.resolution, attack=run.attack, **keys
+            table, run.metric, agrees, run.dataset, run.resolution, attack=family, **keys
         )
         if values is not None:
             values = dict(values)
-            if table == 2 and run.attack in ("fgsm", "pgd"):  # Table 4 has their PSNR
+            if table == 2 and family in ("fgsm", "pgd"):  # Table 4 has their PSNR
                 values.update(
                     paper.lookup(
                         4,
@@ -230,7 +222,7 @@ def paper_values(run: Run, agrees: str) -> tuple[int | None, dict[str, float]]:
                         agrees,
                         run.dataset,
                         run.resolution,
-                        attack=run.attack,
+                        attack=family,
                         **keys,
                     )
                     or {}
@@ -312,6 +304,9 @@ def _render_blocks(
     return "\n".join(parts)
 
 
+_ATTACK_KEYS = ("attack", "family", "variant")
+
+
 def _run_keys(run: Run) -> dict[str, Any]:
     return {
         "dataset": run.dataset,
@@ -319,6 +314,7 @@ def _run_keys(run: Run) -> dict[str, Any]:
         "resolution": run.resolution_label,
         "metric": run.metric,
         "attack": run.attack,
+        "family": run.family,
         "variant": run.variant,
     }
 
@@ -331,19 +327,29 @@ def _sorted(frame: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFrame
         _a=frame["agrees"].map(AGREE_ORDER.index) if "agrees" in frame else 0,
     )
     keys = ["dataset", "dataset_variant", "_res", "_m", *(extra or []), "_a"]
-    frame = frame.assign(_res=frame["resolution"].map(lambda r: (len(r), r)))
+    frame = frame.assign(
+        _res=frame["resolution"].map(lambda r: (len(r), r)),
+        _family=frame["family"].map(_family_order) if "family" in frame else 0,
+    )
     return (
         frame.sort_values(keys, kind="stable")
-        .drop(columns=["_m", "_a", "_res"])
+        .drop(columns=["_m", "_a", "_res", "_family"])
         .reset_index(drop=True)
     )
 
 
+FAMILY_ORDER = ("none", "fgsm", "pgd", "onepixel", "stadv", "stadv_pgd", "pgd_reverse", "transfer")
+
+
+def _family_order(family: str) -> tuple[int, str]:
+    return (
+        (FAMILY_ORDER.index(family), family)
+        if family in FAMILY_ORDER
+        else (len(FAMILY_ORDER), family)
+    )
+
+
 # --- Table 1 and 3: clean metric ------------------------------------------------------------
-
-
-def _is_transfer(run: Run) -> bool:
-    return run.attack.startswith("transfer")
 
 
 def clean_runs(runs: list[Run]) -> list[Run]:
@@ -351,12 +357,12 @@ def clean_runs(runs: list[Run]) -> list[Run]:
     is one, else the run with the most triplets (the clean scores do not depend on the attack)."""
     best: dict[tuple, Run] = {}
     for r in runs:
-        if _is_transfer(r):
+        if r.is_transfer:
             continue
         key = (r.dataset, r.dataset_variant, r.resolution, r.metric)
         cur = best.get(key)
-        rank = (r.attack == "none", len(r.results))
-        if cur is None or rank > (cur.attack == "none", len(cur.results)):
+        rank = (r.family == "none", len(r.results))
+        if cur is None or rank > (cur.family == "none", len(cur.results)):
             best[key] = r
     return list(best.values())
 
@@ -389,7 +395,7 @@ def table1_accuracy(runs: list[Run]) -> Table:
         unanimous = r.dataset_params.get("filter", "unanimous") == "unanimous"
         rows.append(
             {
-                **{k_: v for k_, v in _run_keys(r).items() if k_ not in ("attack", "variant")},
+                **{k_: v for k_, v in _run_keys(r).items() if k_ not in _ATTACK_KEYS},
                 "from_run": r.label,
                 "samples": len(res),
                 "labelled": n,
@@ -464,7 +470,7 @@ def table1_by_subset(runs: list[Run]) -> Table:
             lo, hi = wilson_interval(k, n)
             rows.append(
                 {
-                    **{k_: v for k_, v in _run_keys(r).items() if k_ not in ("attack", "variant")},
+                    **{k_: v for k_, v in _run_keys(r).items() if k_ not in _ATTACK_KEYS},
                     "subset": subset,
                     "labelled": n,
                     "accurate": k,
@@ -527,7 +533,7 @@ def table3_similarity_difference(runs: list[Run]) -> Table:
             )
             rows.append(
                 {
-                    **{k: v for k, v in _run_keys(r).items() if k not in ("attack", "variant")},
+                    **{k: v for k, v in _run_keys(r).items() if k not in _ATTACK_KEYS},
                     "agrees": label,
                     "samples": len(part),
                     "sim_diff_mean": _mean(part["_diff"]),
@@ -578,7 +584,7 @@ def attack_rows(runs: list[Run]) -> pd.DataFrame:
     """Every attack run x ✓/✗: :func:`flip_stats` plus the paper's numbers (``paper_*``)."""
     rows = []
     for r in runs:
-        if r.attack == "none" or _is_transfer(r):
+        if r.family == "none" or r.is_transfer:
             continue
         res = r.results
         labels = agree_labels(res)
@@ -592,7 +598,10 @@ def attack_rows(runs: list[Run]) -> pd.DataFrame:
                     **_run_keys(r),
                     "agrees": label,
                     **flip_stats(part),
-                    "paper_setting": paper_like(r.attack, r.attack_params),
+                    "paper_setting": paper_like(r.family, r.attack_params),
+                    "paper_setting_but_varied": paper_like(
+                        r.family, r.attack_params, varied_ok=True
+                    ),
                     "paper_table": table if table is not None else pd.NA,
                     **{f"paper_{k}": v for k, v in pub.items()},
                     "skipped": r.skipped,
@@ -604,7 +613,7 @@ def attack_rows(runs: list[Run]) -> pd.DataFrame:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
     frame["paper_table"] = frame["paper_table"].astype("Int64")
-    return _sorted(frame, ["attack", "variant"])
+    return _sorted(frame, ["_family", "attack", "variant"])
 
 
 def _flip_cell(row: pd.Series) -> str:
@@ -650,8 +659,7 @@ def long_render(part: pd.DataFrame) -> pd.DataFrame:
         {
             "Metric": part["metric"].map(paper.display_name).to_numpy(),
             "Attack": [
-                f"{ATTACK_TITLES.get(a, a)}" + (f" ({v})" if v else "")
-                for a, v in zip(part["attack"], part["variant"], strict=True)
+                attack_title(a, v) for a, v in zip(part["attack"], part["variant"], strict=True)
             ],
             "Same rank by human & metric": part["agrees"].to_numpy(),
             "Samples": part["samples"].map(_num).to_numpy(),
@@ -690,16 +698,41 @@ def long_render(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def _select_table2(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset block and attack, the paper's setting if run, else the most common variant."""
+    """Per dataset block and attack family, the paper's setting if it was run, else the
+    attack (and variant) with the most runs; one attack per family and block."""
     keep = []
-    for _, part in rows[rows["attack"].isin(TABLE2_ATTACKS)].groupby(
-        ["dataset", "dataset_variant", "resolution", "attack"], sort=False
+    chosen_rows = rows[rows["family"].isin(TABLE2_ATTACKS)]
+    for _, part in chosen_rows.groupby(
+        ["dataset", "dataset_variant", "resolution", "family"], sort=False
     ):
-        variants = part.drop_duplicates("run_dir")
-        params_ok = variants["paper_setting"].astype(bool)
-        chosen = variants.loc[params_ok, "variant"] if params_ok.any() else variants["variant"]
-        keep.append(part[part["variant"] == chosen.value_counts().index[0]])
+        label = part["attack"] + "\0" + part["variant"]
+        runs = part.assign(_label=label).drop_duplicates("run_dir")
+        ok = runs["paper_setting"].astype(bool)
+        candidates = runs.loc[ok, "_label"] if ok.any() else runs["_label"]
+        keep.append(part[label == candidates.value_counts().index[0]])
     return pd.concat(keep, ignore_index=True) if keep else rows.iloc[0:0]
+
+
+def _by_family(part: pd.DataFrame, family: str) -> tuple[str, dict]:
+    """(printed attack name, {(metric, agrees): row}) of one family in a Table-2 block."""
+    sub = part[part["family"] == family]
+    first = sub.iloc[0]
+    by = {(r["metric"], r["agrees"]): r for _, r in sub.iterrows()}
+    return attack_title(first["attack"], first["variant"]), by
+
+
+def _row_index(part: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    index = part[["metric", "agrees"]].drop_duplicates()
+    index = index.assign(
+        _m=index["metric"].map(metric_order), _a=index["agrees"].map(AGREE_ORDER.index)
+    ).sort_values(["_m", "_a"])
+    table = pd.DataFrame(
+        {
+            "Metric": index["metric"].map(paper.display_name).to_numpy(),
+            "Same rank by human & metric": index["agrees"].to_numpy(),
+        }
+    )
+    return table, list(zip(index["metric"], index["agrees"], strict=True))
 
 
 def table2_attacks(rows: pd.DataFrame) -> Table | None:
@@ -707,31 +740,17 @@ def table2_attacks(rows: pd.DataFrame) -> Table | None:
     data = _select_table2(rows)
     if data.empty:
         return None
-    data = _sorted(data, ["attack"])
+    data = _sorted(data, ["_family"])
 
     def render(part: pd.DataFrame) -> pd.DataFrame:
-        index = part[["metric", "agrees"]].drop_duplicates()
-        index = index.assign(
-            _m=index["metric"].map(metric_order), _a=index["agrees"].map(AGREE_ORDER.index)
-        ).sort_values(["_m", "_a"])
-        table = pd.DataFrame(
-            {
-                "Metric": index["metric"].map(paper.display_name).to_numpy(),
-                "Same rank by human & metric": index["agrees"].to_numpy(),
-            }
-        )
-        samples = part.drop_duplicates(["metric", "agrees"]).set_index(["metric", "agrees"])[
-            "samples"
-        ]
-        keys = list(zip(index["metric"], index["agrees"], strict=True))
-        table["Samples"] = [_num(samples.get(k)) for k in keys]
-        for attack in TABLE2_ATTACKS:
-            sub = part[part["attack"] == attack]
-            if sub.empty:
+        table, keys = _row_index(part)
+        samples = part.drop_duplicates(["metric", "agrees"]).set_index(["metric", "agrees"])
+        table["Samples"] = [_num(samples["samples"].get(k)) for k in keys]
+        for family in TABLE2_ATTACKS:
+            if not (part["family"] == family).any():
                 continue
-            variant = sub["variant"].iloc[0]
-            name = ATTACK_TITLES[attack] + (f" ({variant})" if variant else "")
-            by = {(r["metric"], r["agrees"]): r for _, r in sub.iterrows()}
+            name, by = _by_family(part, family)
+            sub = pd.DataFrame(list(by.values()))
 
             def col(fn, by=by):
                 return [fn(by[k]) if k in by else "–" for k in keys]
@@ -739,21 +758,21 @@ def table2_attacks(rows: pd.DataFrame) -> Table | None:
             table[f"{name} #Flipped [95% CI]"] = col(_flip_cell)
             if _has_paper(sub, "paper_flipped"):
                 table[f"{name} paper"] = col(_paper_flip_cell)
-            if attack == "fgsm":
+            if family == "fgsm":
                 table[f"{name} mean ε"] = col(lambda r: _num(r["mean_eps"], 4))
                 if _has_paper(sub, "paper_mean_eps"):
                     table[f"{name} paper mean ε"] = col(lambda r: _num(r.get("paper_mean_eps"), 3))
-            if attack == "pgd":
+            if family == "pgd":
                 table[f"{name} %px ε>0.001 / >0.01 / >0.03"] = col(_px_cell)
                 if _has_paper(sub, "paper_pct_px_gt_0.001"):
                     table[f"{name} paper %px"] = col(_paper_px_cell)
-            if attack in ("fgsm", "pgd"):
+            if family in ("fgsm", "pgd"):
                 table[f"{name} RMSE μ/σ"] = col(
                     lambda r: fmt_mu_sigma(r["rmse_mean"], r["rmse_std"])
                 )
                 if _has_paper(sub, "paper_rmse_mean"):
                     table[f"{name} paper RMSE"] = col(lambda r: _paper_mu_sigma(r, "rmse"))
-            if attack == "onepixel" and "queries_mean" in sub:
+            if family == "onepixel" and "queries_mean" in sub:
                 table[f"{name} queries μ"] = col(lambda r: _num(r.get("queries_mean"), 0))
         return table
 
@@ -769,49 +788,25 @@ def table2_attacks(rows: pd.DataFrame) -> Table | None:
 def table4_psnr(rows: pd.DataFrame) -> Table | None:
     """Table 4: PSNR (over flipped samples) of the Table-2 attacks."""
     data = _select_table2(rows)
-    data = data[data["attack"].isin(("fgsm", "pgd", "onepixel"))]
     if data.empty:
         return None
     cols = [
-        c
-        for c in [
-            "dataset",
-            "dataset_variant",
-            "resolution",
-            "metric",
-            "attack",
-            "variant",
-            "agrees",
-            "flipped",
-            "psnr_mean",
-            "psnr_std",
-            "paper_psnr_mean",
-            "paper_psnr_std",
-        ]
-        if c in data
-    ]
-    data = _sorted(data[cols], ["attack"])
+        "dataset", "dataset_variant", "resolution", "metric", "attack", "family", "variant",
+        "agrees", "flipped", "psnr_mean", "psnr_std", "paper_psnr_mean", "paper_psnr_std",
+    ]  # fmt: skip
+    data = _sorted(data[[c for c in cols if c in data]], ["_family"])
 
     def render(part: pd.DataFrame) -> pd.DataFrame:
-        index = part[["metric", "agrees"]].drop_duplicates()
-        keys = list(zip(index["metric"], index["agrees"], strict=True))
-        table = pd.DataFrame(
-            {
-                "Metric": index["metric"].map(paper.display_name).to_numpy(),
-                "Same rank by human & metric": index["agrees"].to_numpy(),
-            }
-        )
-        for attack in ("fgsm", "pgd", "onepixel"):
-            sub = part[part["attack"] == attack]
-            if sub.empty:
+        table, keys = _row_index(part)
+        for family in TABLE2_ATTACKS:
+            if not (part["family"] == family).any():
                 continue
-            by = {(r["metric"], r["agrees"]): r for _, r in sub.iterrows()}
-            name = ATTACK_TITLES[attack]
+            name, by = _by_family(part, family)
             table[f"{name} PSNR μ/σ"] = [
                 fmt_mu_sigma(by[k]["psnr_mean"], by[k]["psnr_std"], 2) if k in by else "–"
                 for k in keys
             ]
-            if _has_paper(sub, "paper_psnr_mean"):
+            if _has_paper(pd.DataFrame(list(by.values())), "paper_psnr_mean"):
                 table[f"{name} paper"] = [
                     _paper_mu_sigma(by[k], "psnr") if k in by else "" for k in keys
                 ]
@@ -824,9 +819,8 @@ def table4_psnr(rows: pd.DataFrame) -> Table | None:
 def _long_table(name: str, title: str, data: pd.DataFrame, note: str = "") -> Table | None:
     if data.empty:
         return None
-    return Table(
-        name, title, data.reset_index(drop=True), _render_blocks(title, data, long_render, note)
-    )
+    data = _sorted(data, ["_family", "attack", "variant"])
+    return Table(name, title, data, _render_blocks(title, data, long_render, note))
 
 
 def variant_tables(rows: pd.DataFrame) -> list[Table]:
@@ -834,50 +828,49 @@ def variant_tables(rows: pd.DataFrame) -> list[Table]:
     if rows.empty:
         return []
     tables = []
-    pgd = rows[rows["attack"] == "pgd"]
-    n_res = pgd.groupby(["dataset", "metric"])["resolution"].transform("nunique")
+    block = ["dataset", "dataset_variant", "resolution", "metric"]
+    pgd = rows[rows["family"] == "pgd"]
+    paper_pgd = pgd[pgd["paper_setting"].astype(bool)]
+    n_res = paper_pgd.groupby(["dataset", "dataset_variant", "metric"])["resolution"].transform(
+        "nunique"
+    )
     tables.append(
         _long_table(
             "table6_7_pgd_by_resolution",
             "Tables 6-7: PGD by resolution",
-            pgd[(n_res > 1) | pgd["dataset"].isin(("pieapp", "clic"))],
+            paper_pgd[(n_res > 1) | paper_pgd["dataset"].isin(("pieapp", "clic"))],
             "The paper's Table 6 (PieAPP) and Table 7 (CLIC): PGD at several image resolutions.",
         )
     )
     tables.append(
         _long_table(
             "table8_stadv",
-            "Table 8: stAdv variants",
-            rows[rows["attack"] == "stadv"],
+            "Table 8: stAdv",
+            rows[rows["family"] == "stadv"],
             "The paper's Table 8: stAdv on LPIPS(Alex), PieAPP, α of Eq. 4 = 50, 200, 1000.",
         )
     )
-    fgsm = rows[rows["attack"] == "fgsm"]
-    small = fgsm[~fgsm["paper_setting"].astype(bool)]
+    fgsm = rows[rows["family"] == "fgsm"]
+    small = fgsm[~fgsm["paper_setting"].astype(bool)]  # FGSM at another budget (fgsm003)
     if not small.empty:
-        blocks = set(zip(small["dataset"], small["resolution"], small["metric"], strict=True))
-        match = pgd[
-            [
-                k in blocks
-                for k in zip(pgd["dataset"], pgd["resolution"], pgd["metric"], strict=True)
-            ]
-        ]
+        keys = set(small[block].itertuples(index=False, name=None))
+        match = paper_pgd[[k in keys for k in paper_pgd[block].itertuples(index=False, name=None)]]
         tables.append(
             _long_table(
                 "table10_fgsm_vs_pgd",
                 "Table 10: FGSM and PGD at the same ℓ∞ budget",
-                _sorted(pd.concat([small, match]), ["attack", "variant"]),
+                pd.concat([small, match]),
                 "The paper's Table 10: FGSM with max ε = 0.03 next to PGD (ε = 0.03).",
             )
         )
-    n_alpha = pgd.groupby(["dataset", "dataset_variant", "resolution", "metric"])[
-        "variant"
-    ].transform("nunique")
+    # PGD in the paper's setting but for the step size (Table 11 varies only α)
+    alpha_like = pgd[pgd["paper_setting_but_varied"].astype(bool)]
+    n_alpha = alpha_like.groupby(block)["run_dir"].transform("nunique")
     tables.append(
         _long_table(
             "table11_pgd_alpha",
-            "Table 11: PGD variants (step size α)",
-            pgd[n_alpha > 1],
+            "Table 11: PGD with other step sizes α",
+            alpha_like[n_alpha > 1],
             "The paper's Table 11: PGD with α = 0.001, 0.00375, 0.006.",
         )
     )
@@ -885,8 +878,9 @@ def variant_tables(rows: pd.DataFrame) -> list[Table]:
         _long_table(
             "table12_reverse_pgd",
             "Table 12: reverse PGD",
-            rows[rows["attack"] == "pgd_reverse"],
-            "The paper's Table 12 (Appendix F): the less similar image is attacked to become more similar.",
+            rows[rows["family"] == "pgd_reverse"],
+            "The paper's Table 12 (Appendix F): the less similar image is attacked to become "
+            "more similar; a flip is s_adv < s_other.",
         )
     )
     return [t for t in tables if t is not None]
@@ -903,86 +897,64 @@ def all_attacks_table(rows: pd.DataFrame) -> Table | None:
 # --- Table 5: transfer ----------------------------------------------------------------------
 
 
-_SOURCE_KEYS = ("source", "source_attack", "craft_attack", "label", "manifest")
-
-
-def transfer_source(run: Run) -> str:
-    """What the transferred images were crafted with: an identity parameter when the
-    evaluation records one (``source``, ``source_attack``, ``manifest``, ...), else the variant."""
-    params = run.attack_params
-    for key in _SOURCE_KEYS:
-        value = params.get(key)
-        if value:
-            text = str(value)
-            if key == "manifest":  # .../<label>/manifest.csv -> <label>
-                parts = [p for p in text.replace("\\", "/").split("/") if p]
-                stem = parts[-1].rsplit(".", 1)[0]
-                text = parts[-2] if stem == "manifest" and len(parts) > 1 else stem
-            return text
-    return run.variant or run.attack
-
-
 def _canon_source(label: str) -> str | None:
-    """Map a source label (``stadv_pgd10``, ``PGD(20)``, ...) to a column of Table 5."""
+    """Map a crafted column (``stadv_pgd10``, ``pgd20``, ``PGD(20)``) to Table 5's name."""
     key = "".join(ch for ch in label.lower() if ch.isalnum())
-    key = key.replace("steps", "").replace("pgdsteps", "pgd")
     names = {
         "".join(ch for ch in v.lower() if ch.isalnum()): v for v in paper.TRANSFER_SOURCES.values()
     }
-    for k, v in names.items():
-        if key == k or key.endswith(k) and k.startswith("stadv"):
-            return v
     return names.get(key)
+
+
+def _transfer_paper(run: Run, source: str | None) -> dict[str, float] | None:
+    """Published Table 5 (BAPPS source) or Table 9 (PieAPP source) cell, if comparable."""
+    p = run.dataset_params
+    if source is None or p.get("source_overrides") or p.get("manifest"):
+        return None
+    table = {"bapps": 5, "pieapp": 9}.get(str(p.get("source", "")))
+    if table is None or p.get("source_metric", "lpips_alex") != "lpips_alex":
+        return None
+    return paper.lookup(table, run.metric, "✓", attack="transfer", source=source)
 
 
 def table5_transfer(runs: list[Run]) -> Table | None:
     """Tables 5 and 9: flips of transferred images on each target metric's accurate samples.
 
     Accurate samples = the target metric ranks the clean pair as the humans did (✓);
-    #Flipped counts those whose rank the transferred adversarial image flips.
+    #Flipped counts those whose rank the transferred adversarial image flips. One column
+    per crafted attack (the evaluation's ``dataset.column``).
     """
     rows = []
     for r in runs:
-        if not _is_transfer(r):
+        if not r.is_transfer:
             continue
         res = r.results
-        col = next(
-            (c for c in ("source", "source_attack", "craft_attack") if c in res.columns), None
+        labels = agree_labels(res)
+        acc = res[labels == "✓"]
+        n_lab = int((labels != "n/a").sum())
+        k = int(acc["flipped"].astype(bool).sum())
+        lo, hi = wilson_interval(k, len(acc))
+        canon = _canon_source(r.variant)
+        pub = _transfer_paper(r, canon)
+        rows.append(
+            {
+                **_run_keys(r),
+                "source": canon or r.variant,
+                "samples": len(res),
+                "labelled": n_lab,
+                "accurate": len(acc),
+                "accurate_pct": 100.0 * len(acc) / n_lab if n_lab else float("nan"),
+                "flipped": k,
+                "flipped_pct": 100.0 * k / len(acc) if len(acc) else float("nan"),
+                "ci_low_pct": 100.0 * lo,
+                "ci_high_pct": 100.0 * hi,
+                "paper_accurate": pub["accurate"] if pub else float("nan"),
+                "paper_accurate_pct": pub["accurate_pct"] if pub else float("nan"),
+                "paper_flipped": pub["flipped"] if pub else float("nan"),
+                "paper_flipped_pct": pub["flipped_pct"] if pub else float("nan"),
+                "run_dir": str(r.run_dir),
+            }
         )
-        groups = res.groupby(col, sort=True) if col else [(transfer_source(r), res)]
-        for source, part in groups:
-            labels = agree_labels(part)
-            acc = part[labels == "✓"]
-            n_lab = int((labels != "n/a").sum())
-            k = int(acc["flipped"].astype(bool).sum())
-            lo, hi = wilson_interval(k, len(acc))
-            canon = _canon_source(str(source))
-            pub = None
-            if canon and paper_dataset(r):
-                pub = paper.lookup(
-                    5, r.metric, "✓", r.dataset, r.resolution, attack="transfer", source=canon
-                ) or paper.lookup(
-                    9, r.metric, "✓", r.dataset, r.resolution, attack="transfer", source=canon
-                )
-            rows.append(
-                {
-                    **_run_keys(r),
-                    "source": canon or str(source),
-                    "samples": len(part),
-                    "labelled": n_lab,
-                    "accurate": len(acc),
-                    "accurate_pct": 100.0 * len(acc) / n_lab if n_lab else float("nan"),
-                    "flipped": k,
-                    "flipped_pct": 100.0 * k / len(acc) if len(acc) else float("nan"),
-                    "ci_low_pct": 100.0 * lo,
-                    "ci_high_pct": 100.0 * hi,
-                    "paper_accurate": pub["accurate"] if pub else float("nan"),
-                    "paper_accurate_pct": pub["accurate_pct"] if pub else float("nan"),
-                    "paper_flipped": pub["flipped"] if pub else float("nan"),
-                    "paper_flipped_pct": pub["flipped_pct"] if pub else float("nan"),
-                    "run_dir": str(r.run_dir),
-                }
-            )
     if not rows:
         return None
     data = _sorted(pd.DataFrame(rows).assign(agrees="✓"), ["source"]).drop(columns="agrees")
@@ -998,6 +970,13 @@ def table5_transfer(runs: list[Run]) -> Table | None:
         table["#Accurate samples"] = [
             fmt_flips(first.loc[m, "accurate"], first.loc[m, "accurate_pct"]) for m in metrics
         ]
+        if first["paper_accurate"].notna().any():
+            table["Paper #Accurate"] = [
+                fmt_flips(first.loc[m, "paper_accurate"], first.loc[m, "paper_accurate_pct"])
+                if pd.notna(first.loc[m, "paper_accurate"])
+                else ""
+                for m in metrics
+            ]
         for s in sources:
             sub = part[part["source"] == s].set_index("metric")
             cells = []

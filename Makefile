@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run test test-slow test-all lint format bench clean data-bapps data-pieapp
+.PHONY: help install weights run test test-slow test-all lint format bench clean data-bapps data-pieapp report
 DATA ?= data
+RESULTS ?= results
+REPORT_ARGS ?=
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +41,9 @@ test-slow: weights ## Slow suites (cluster, notebooks, full attacks); needs laun
 
 bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, same decisions (bench.json)
 	$(PY) -m attackpsm.bench --out bench.json $(BENCH_ARGS)
+
+report: weights ## Paper tables and figures of a results or sweep dir: make report RESULTS=results (writes <dir>/report)
+	$(PY) -m attackpsm.report $(RESULTS) $(REPORT_ARGS)
 
 lint: install ## Ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,19 @@
-"""Metrics: every metric is a :class:`~attackpsm.metrics.base.Metric` (a distance)."""
+"""Metrics: every metric is a :class:`~attackpsm.metrics.base.Metric` (a distance).
 
-from attackpsm.metrics.base import Metric, select
+One module per family (config names in ``conf/metric/``):
 
-__all__ = ["Metric", "select"]
+- :mod:`.classic`: ``l2``, ``ssim``, ``ms_ssim`` (MS-SSIM that runs at 64x64);
+- :mod:`.cw_ssim`: ``cw_ssim`` on a differentiable complex steerable pyramid;
+- :mod:`.iqa`: ``fsimc``, ``gmsd``, ``vif``, ``haarpsi``, ``mdsi`` (piq);
+- :mod:`.lpips`: ``lpips_alex``, ``lpips_vgg``, ``lpips_squeeze`` (online-only weights);
+- :mod:`.dists`: ``dists``;
+- :mod:`.stlpips`: ``stlpips_alex``, ``stlpips_vgg``;
+- :mod:`.elpips`: ``elpips_vgg`` (stochastic: an ensemble of random transformations);
+- :mod:`.pieapp`: ``pieapp`` (online-only weights).
+
+Pretrained weights come from :mod:`.weights` (``make weights``), checksummed.
+"""
+
+from attackpsm.metrics.base import Metric, finite_gradient, select
+
+__all__ = ["Metric", "finite_gradient", "select"]

@@ -79,3 +79,14 @@ def write_clean_accuracy(run_dir: Path, table: pd.DataFrame) -> str:
         tmp.write_text(content)
         tmp.replace(Path(run_dir) / name)
     return text
+
+
+def sweep_clean_accuracy(run_dirs: list[Path]) -> pd.DataFrame:
+    """The ``all`` rows of every run's ``table1.csv``: one Table-1 line per metric of a sweep."""
+    frames = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "table1.csv"
+        if path.exists():
+            table = pd.read_csv(path)
+            frames.append(table[table["subset"] == "all"])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TABLE1_COLUMNS)

@@ -41,6 +41,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from attackpsm.accuracy import (
+    clean_accuracy,
+    clean_accuracy_markdown,
+    sweep_clean_accuracy,
+    write_clean_accuracy,
+)
 from attackpsm.results import SUMMARY_COLUMNS, ShardStore, merge_shards, summarize, write_summary
 
 log = logging.getLogger("attackpsm")
@@ -125,6 +131,8 @@ def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
         metric = identity.get("metric", {}).get("name", "metric")
         attack = identity.get("attack", {}).get("name", "attack")
         write_summary(run_dir, summarize(results, metric, attack, skipped=len(errors)))
+        if attack == "none":  # the clean metric: Table 1
+            write_clean_accuracy(run_dir, clean_accuracy(results, metric))
         status = run_status(run_dir, count)
     if status.merged:
         table = pd.read_parquet(run_dir / "results.parquet", columns=["flipped"])
@@ -390,6 +398,9 @@ class SweepCallback(Callback):
             ]
             print(table[cols].to_string(index=False))
             print(f"(all columns: {sweep_dir / 'summary.csv'})")
+        clean = sweep_clean_accuracy([status.run_dir for _, status in finished if status.merged])
+        if len(clean):  # attack=none runs: one Table-1 line per metric
+            print("\n" + clean_accuracy_markdown(clean))
 
 
 # --- command line --------------------------------------------------------------------------

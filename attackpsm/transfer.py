@@ -307,7 +307,7 @@ class TransferTriplets(TripletDataset):
         manifest: a crafted directory to evaluate; ``None``: the craft of ``column`` below
             (made now if missing).
         select_manifest: the crafted directory whose flips choose the triplets; ``None``:
-            the craft of ``select``.
+            ``manifest`` itself when given, else the craft of ``select``.
         source, source_overrides, source_metric, column, select, seed, device, batch_size,
             store: how a missing craft is made (``source`` is a ``dataset`` option,
             ``column``/``select`` are ``attack`` options).
@@ -343,17 +343,27 @@ class TransferTriplets(TripletDataset):
             seed=seed,
             store=store,
         )
-        self.column_dir = Path(manifest) if manifest else self.locate(column=column, **common)
-        self.select_dir = (
-            Path(select_manifest) if select_manifest else self.locate(column=select, **common)
-        )
-        for d, col in ((self.select_dir, select), (self.column_dir, column)):
-            if not (d / MANIFEST).exists():
-                if (manifest and d == self.column_dir) or (
-                    select_manifest and d == self.select_dir
-                ):
+        if manifest:  # evaluate a given craft; it selects its own triplets unless told otherwise
+            self.column_dir = Path(manifest)
+            self.select_dir = Path(select_manifest) if select_manifest else self.column_dir
+            for d in {self.column_dir, self.select_dir}:
+                if not (d / MANIFEST).exists():
                     raise FileNotFoundError(f"no transfer manifest at {d / MANIFEST}")
-                craft(d, column=col, device=device, batch_size=batch_size, **common)
+        else:
+            self.column_dir = self.locate(column=column, **common)
+            self.select_dir = (
+                Path(select_manifest) if select_manifest else self.locate(column=select, **common)
+            )
+            if not (self.select_dir / MANIFEST).exists():
+                if select_manifest:
+                    raise FileNotFoundError(f"no transfer manifest at {self.select_dir / MANIFEST}")
+                craft(
+                    self.select_dir, column=select, device=device, batch_size=batch_size, **common
+                )
+            if not (self.column_dir / MANIFEST).exists():
+                craft(
+                    self.column_dir, column=column, device=device, batch_size=batch_size, **common
+                )
         chosen = selected_ids(read_manifest(self.select_dir), max_rmse, accurate_only)
         frame = read_manifest(self.column_dir)
         frame = frame[frame["triplet_id"].isin(chosen)]
@@ -488,7 +498,7 @@ def table5(results_dir: str | Path) -> pd.DataFrame:
         table = pd.read_parquet(results)
         accurate = table["human_agrees"].fillna(False).astype(bool)
         metric = identity["metric"]["name"]
-        selection = ds.get("select_manifest") or ds.get("select")
+        selection = ds.get("select_manifest") or ds.get("manifest") or ds.get("select")
         key = (
             metric,
             f"{ds.get('source')}/{ds.get('source_metric')}/res{identity.get('resolution')}/{selection}",

@@ -1,0 +1,193 @@
+"""Transfer benchmark: craft on LPIPS(Alex) (real weights), evaluate L2 and SSIM from the files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from attackpsm.data.base import collate
+from attackpsm.metrics.classic import L2
+from attackpsm.run import run
+from attackpsm.stats import perturbation_stats
+from attackpsm.transfer import (
+    SavedAdversarial,
+    TransferTriplets,
+    load_png,
+    read_manifest,
+    selected_ids,
+    table5,
+)
+
+SOURCE = ["dataset.num_triplets=6", "attack.max_iterations=20"]
+
+
+def _overrides(metric: str, column: str = "stadv", *extra: str) -> list[str]:
+    return [
+        "experiment=table5",
+        f"metric={metric}",
+        f"dataset.column={column}",
+        "dataset.source_overrides=[" + ",".join(f"'{o}'" for o in SOURCE) + "]",
+        "dataset.max_rmse=null",
+        "resolution.size=32",
+        "resolution.batch_size=4",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Craft stAdv on LPIPS(Alex) once, then evaluate L2 and SSIM on the saved images."""
+    from tests.conftest import make_cfg
+
+    tmp = tmp_path_factory.mktemp("transfer")
+    out = {}
+    for metric in ("l2", "ssim"):
+        cfg = make_cfg(tmp, _overrides(metric))
+        out[metric] = (cfg, run(cfg))
+    return tmp, out
+
+
+def _dataset(cfg) -> TransferTriplets:
+    from attackpsm.run import build
+
+    return build(cfg.dataset, size=cfg.resolution.size)
+
+
+def test_craft_saves_pngs_and_a_manifest(evaluated, lpips_alex):
+    _, out = evaluated
+    cfg, _ = out["l2"]
+    data = _dataset(cfg)
+    manifest = read_manifest(data.column_dir)
+    assert len(manifest) == 6
+    assert set(manifest["source_metric"]) == {"lpips_alex"} and set(manifest["attack"]) == {"stadv"}
+    assert '"max_iterations": 20' in manifest["params"].iloc[0]
+    assert (data.column_dir / "source.yaml").exists()
+    # the flip is re-checked on the saved 8-bit files, and the RMSE is that of the files
+    for row in manifest.itertuples():
+        folder = data.column_dir / row.dir
+        ref, p0, p1, adv = (load_png(folder / f"{s}.png")[None] for s in ("ref", "p0", "p1", "adv"))
+        prey, other = (p1, p0) if row.prey == 1 else (p0, p1)
+        with torch.no_grad():
+            prepared = lpips_alex.prepare(ref)
+            s_adv, s_other, s_prey = (
+                lpips_alex.score(prepared, x).item() for x in (adv, other, prey)
+            )
+        assert row.flipped_saved == (s_adv > s_other and not s_prey > s_other)
+        assert row.rmse_saved == pytest.approx(
+            perturbation_stats(adv, prey)["rmse"].item(), abs=1e-4
+        )
+        changed = (adv != prey).any().item()
+        assert changed or not row.flipped_saved
+    assert manifest["flipped_saved"].any()
+
+
+def test_evaluation_counts_flips_of_the_target_from_the_files(evaluated):
+    _, out = evaluated
+    for metric in ("l2", "ssim"):
+        cfg, headline = out[metric]
+        data = _dataset(cfg)
+        chosen = selected_ids(read_manifest(data.select_dir), max_rmse=None)
+        results = pd.read_parquet(f"{headline['run_dir']}/results.parquet")
+        assert set(results["triplet_id"]) == chosen and len(chosen) > 0
+        accurate = results["human_agrees"].fillna(False).astype(bool)
+        # where source and target both agree with humans they attack the same prey
+        assert results.loc[accurate, "transferred"].all()
+        if metric != "l2":
+            continue
+        # re-score L2 from the PNGs: a flip is s_adv > s_other on the target
+        batch = collate([data[i] for i in range(len(data))])
+        prey_is_p1 = torch.tensor(results["prey"].to_numpy(), dtype=torch.bool)
+        advs = torch.stack(
+            [load_png(data.column_dir / data._dirs[t] / "adv.png") for t in results["triplet_id"]]
+        )
+        other = torch.where(prey_is_p1[:, None, None, None], batch.p0, batch.p1)
+        l2 = L2()
+        s_adv, s_other = l2(batch.ref, advs), l2(batch.ref, other)
+        transferred = torch.tensor(results["transferred"].to_numpy())
+        expected = (s_adv > s_other) & transferred
+        assert torch.equal(torch.tensor(results["flipped"].to_numpy()), expected)
+
+
+def test_table5_layout(evaluated):
+    tmp, out = evaluated
+    frame = table5(tmp / "results")
+    assert set(frame["metric"]) == {"l2", "ssim"}
+    assert "stadv" in frame.columns
+    for metric in ("l2", "ssim"):
+        results = pd.read_parquet(f"{out[metric][1]['run_dir']}/results.parquet")
+        accurate = results["human_agrees"].fillna(False).astype(bool)
+        row = frame[frame["metric"] == metric].iloc[0]
+        assert row["accurate"] == accurate.sum()
+        assert row["stadv"] == (results["flipped"].astype(bool) & accurate).sum()
+
+
+def test_every_column_uses_the_stadv_selection(evaluated):
+    """PGD(10) is evaluated on the triplets stAdv selected (the paper's 2,726), not its own;
+    a craft made by a plain run with ``craft=<dir>`` is evaluated through ``dataset.manifest``."""
+    tmp, out = evaluated
+    from tests.conftest import make_cfg
+
+    pgd_dir = tmp / "pgd10"
+    source = ["metric=lpips_alex", "attack=pgd10", "dataset.num_triplets=6", "resolution.size=32"]
+    run(make_cfg(tmp, [*source, "resolution.batch_size=4", f"++craft={pgd_dir}"]))
+    stadv_dir = _dataset(out["l2"][0]).select_dir
+    cfg = make_cfg(
+        tmp,
+        _overrides(
+            "l2", "pgd10", f"dataset.manifest={pgd_dir}", f"dataset.select_manifest={stadv_dir}"
+        ),
+    )
+    headline = run(cfg)
+    results = pd.read_parquet(f"{headline['run_dir']}/results.parquet")
+    stadv = pd.read_parquet(f"{out['l2'][1]['run_dir']}/results.parquet")
+    assert set(results["triplet_id"]) == set(stadv["triplet_id"])
+    pgd10 = read_manifest(pgd_dir)
+    assert set(pgd10["attack"]) == {"pgd10"} and len(pgd10) == 6
+    linf = pgd10["linf_saved"].to_numpy()
+    assert (linf <= 0.03 + 1 / 127.5 + 1e-6).all()  # ε = 0.03, then 8-bit rounding
+    frame = table5(tmp / "results")
+    assert {"pgd10", "stadv"} <= set(frame.columns)
+    assert list(frame.columns).index("pgd10") < list(frame.columns).index("stadv")  # Table 5 order
+
+
+def test_rmse_filter_and_prey_mismatch(evaluated):
+    _, out = evaluated
+    cfg, _ = out["l2"]
+    data = _dataset(cfg)
+    manifest = read_manifest(data.select_dir)
+    everything = selected_ids(manifest, max_rmse=None, accurate_only=False)
+    strict = selected_ids(
+        manifest, max_rmse=float(np.median(manifest["rmse_saved"])), accurate_only=False
+    )
+    assert strict < everything or len(everything) <= 1
+    assert all(
+        manifest.set_index("triplet_id").loc[list(strict), "rmse_saved"]
+        <= np.median(manifest["rmse_saved"])
+    )
+
+    attack = SavedAdversarial(craft_dir=str(data.column_dir))
+    batch = collate([data[i] for i in range(2)])
+    saved_prey = torch.tensor(
+        read_manifest(data.column_dir)
+        .set_index("triplet_id")
+        .loc[batch.triplet_id, "prey"]
+        .to_numpy()
+        == 1
+    )
+    l2 = L2()
+    prepared = l2.prepare(batch.ref)
+    for prey_is_p1, expect in ((saved_prey, True), (~saved_prey, False)):
+        prey = torch.where(prey_is_p1[:, None, None, None], batch.p1, batch.p0)
+        other = torch.where(prey_is_p1[:, None, None, None], batch.p0, batch.p1)
+        attack.on_batch(batch, prey_is_p1)
+        result = attack.run(l2, prepared, prey, l2(batch.ref, other))
+        assert (result.columns["transferred"] == expect).all()
+        if not expect:  # a target that picks the other prey gets no saved image
+            assert torch.equal(result.adv, prey) and not result.flipped.any()
+
+
+def test_missing_manifest_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        TransferTriplets(size=32, manifest=str(tmp_path / "nothing"))

@@ -340,18 +340,19 @@ class SweepCallback(Callback):
     """Hydra callback of every run (see the module docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings: refusals exit instead
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         for o in overrides:
             if o.get_key_element() == "shard.count" and o.is_sweep_override():
-                raise ValueError(
-                    "shard.count cannot be swept: the shard indices follow from one count. "
+                raise SystemExit(
+                    "error: shard.count cannot be swept: the shard indices follow from one count. "
                     "Run one sweep per shard count (each is resumable)."
                 )
         if _is_slurm(config) and shutil.which("sbatch") is None:
-            raise RuntimeError(
-                "hydra/launcher=slurm but `sbatch` is not on PATH: run on a SLURM login node, "
+            raise SystemExit(
+                "error: hydra/launcher=slurm but `sbatch` is not on PATH: run on a SLURM login node, "
                 "start a local cluster with launchers/start_slurm.sh (as root), or use "
                 "hydra/launcher=local"
             )

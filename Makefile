@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run test test-slow test-all lint format bench clean data-bapps data-pieapp report
+.PHONY: help install weights run test test-slow test-cluster test-all lint format bench clean data-bapps data-pieapp report
 DATA ?= data
 RESULTS ?= results
 REPORT_ARGS ?=
@@ -38,6 +38,9 @@ test: weights ## Fast test suite (under 20 minutes on 2 CPU cores)
 
 test-slow: weights ## Slow suites (cluster, notebooks, full attacks); needs launchers/start_slurm.sh for slurm
 	$(PY) -m pytest -m "slow or slurm" $(PYTEST_ARGS)
+
+test-cluster: weights ## Real SLURM job arrays: needs a cluster (sudo launchers/start_slurm.sh starts one here)
+	ATTACKPSM_REQUIRE_SLURM=1 $(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
 bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, same decisions (bench.json)
 	$(PY) -m attackpsm.bench --out bench.json $(BENCH_ARGS)

@@ -257,8 +257,11 @@ def test_stadv_loss_decreases(variant, lpips_rand, batch):
         initial = attack.loss(
             zero, s_other[:4], lpips_rand.score(select(prepared, torch.arange(4)), prey[:4])
         )
-    trace = torch.stack([initial, *opt.trace])
-    assert (trace[1:] <= trace[:-1] + 1e-6).all()
+    for i, trace in enumerate(opt.trace):
+        trace = torch.tensor(trace)
+        assert trace[0].item() == pytest.approx(initial[i].item(), rel=1e-5)
+        assert (trace[1:] <= trace[:-1] + 1e-6).all()
+        assert trace[-1] < trace[0]
     assert (opt.loss < initial).all()
     assert (opt.iterations >= 1).all()
 

@@ -89,9 +89,10 @@ class StAdv(Attack):
     Distance measure: flow smoothness (Eq. 5); the image is a bilinear backward warp of the
     prey, so no pixel value leaves the range of its neighbours. Each triplet's flow starts
     at zero and L-BFGS minimises ``α·L_rank + β·L_flow`` (Eq. 4); the loss is 0 once the
-    rank flips, and a flipped triplet stops there: its flow never changes again. Triplets
-    are optimised side by side by :func:`attackpsm.attacks.lbfgs.minimize` (per-triplet
-    curvature, step lengths and stopping), so a batched run equals one-at-a-time runs.
+    rank flips, and a triplet whose accepted iterate flips stops there: its flow never
+    changes again. Each triplet runs its own scipy L-BFGS-B (as the reference code does)
+    and all triplets' function evaluations are batched
+    (:func:`attackpsm.attacks.lbfgs.minimize`), so a batched run equals one-at-a-time runs.
 
     Variants (REFERENCE §2): ``paper`` (default): Eq. 6 squared, Eq. 5 with square roots
     over the 4-neighbours, 250 iterations. ``official``: the released code's unsquared
@@ -107,7 +108,7 @@ class StAdv(Attack):
         max_iterations: L-BFGS iterations (``None``: 250 for ``paper``, 50 for ``official``).
         variant: ``paper`` or ``official``.
         history: L-BFGS memory (10, scipy's default).
-        max_line_search: backtracking steps per iteration (20).
+        max_line_search: line-search evaluations per iteration (20, scipy's default).
 
     Example:
         >>> result = StAdv(alpha=50, beta=0.05).run(metric, metric.prepare(ref), prey, s_other)

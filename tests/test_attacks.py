@@ -395,3 +395,49 @@ def test_repr_shows_hyper_parameters():
     text = repr(StAdv(variant="official"))
     assert "variant='official'" in text and "max_iterations=50" in text
     assert "pgd_steps=5" in repr(StAdvPGD(pgd_steps=5))
+
+
+# --- every attack option runs from the command-line configuration ------------------------
+
+CHEAP = {
+    "fgsm": ["attack.max_eps=0.03"],
+    "fgsm003": [],
+    "pgd": ["attack.max_iterations=3"],
+    "pgd10": ["attack.max_iterations=3"],
+    "pgd20": ["attack.max_iterations=3"],
+    "pgd_reverse": ["attack.max_iterations=3"],
+    "onepixel": ["attack.population=6", "attack.generations=2"],
+    "stadv": ["attack.max_iterations=3"],
+    "stadv_pgd": ["attack.max_iterations=3", "attack.pgd_steps=2"],
+    "stadv_pgd5": ["attack.max_iterations=3"],
+    "stadv_pgd10": ["attack.max_iterations=3"],
+    "stadv_pgd15": ["attack.max_iterations=3"],
+    "stadv_pgd20": ["attack.max_iterations=3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHEAP))
+def test_attack_configs_run_end_to_end(name, cfg_factory):
+    from pathlib import Path
+
+    from attackpsm.run import run
+
+    assert {p.stem for p in Path("conf/attack").glob("*.yaml")} >= set(CHEAP)
+    cfg = cfg_factory(
+        [
+            f"attack={name}",
+            "metric=l2",
+            "dataset.num_triplets=3",
+            "resolution.size=16",
+            *CHEAP[name],
+        ]
+    )
+    out = run(cfg)
+    assert out["samples"] == 3
+    import pandas as pd
+
+    results = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    from attackpsm.run import build
+
+    for column in build(cfg.attack).columns:
+        assert column in results.columns

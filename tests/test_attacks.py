@@ -7,7 +7,9 @@ come from the real weights.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -24,6 +26,7 @@ from attackpsm.images import quantize
 from attackpsm.metrics.base import select
 from attackpsm.metrics.classic import L2
 from attackpsm.metrics.lpips import LPIPS
+from attackpsm.run import build, run
 
 
 @pytest.fixture(scope="module")
@@ -418,10 +421,6 @@ CHEAP = {
 
 @pytest.mark.parametrize("name", sorted(CHEAP))
 def test_attack_configs_run_end_to_end(name, cfg_factory):
-    from pathlib import Path
-
-    from attackpsm.run import run
-
     assert {p.stem for p in Path("conf/attack").glob("*.yaml")} >= set(CHEAP)
     cfg = cfg_factory(
         [
@@ -434,10 +433,6 @@ def test_attack_configs_run_end_to_end(name, cfg_factory):
     )
     out = run(cfg)
     assert out["samples"] == 3
-    import pandas as pd
-
     results = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
-    from attackpsm.run import build
-
     for column in build(cfg.attack).columns:
         assert column in results.columns

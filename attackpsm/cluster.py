@@ -144,32 +144,39 @@ def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
 
 
 def finished_shard(cfg: DictConfig) -> dict[str, Any] | None:
-    """What a re-run of an already finished and merged shard returns, without any work.
+    """What a re-run of an already finished shard returns, without computing anything.
 
-    ``None`` when the shard (or the merge of its run) still has work to do. Called by
-    :func:`attackpsm.run.run` before it builds anything, so re-running a finished sweep
-    neither computes, nor rewrites files, nor opens W&B runs.
+    ``None`` when the shard still has work to do. Called by :func:`attackpsm.run.run` before
+    it builds anything: a finished shard opens no W&B run (it has one already) and rewrites
+    no file; it only merges the run when it is the last piece missing from the merge.
     """
     from attackpsm.run import _headline, run_dir_for
 
     run_dir = run_dir_for(cfg)
-    if not ShardStore(run_dir, cfg.shard.index, cfg.shard.count).finished:
+    store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
+    if not store.finished:
         return None
-    if not run_status(run_dir, cfg.shard.count).merged:
-        return None
-    table = pd.read_parquet(run_dir / "results.parquet")
-    errors = run_dir / "errors.parquet"
-    skipped = len(pd.read_parquet(errors)) if errors.exists() else 0
+    status = merge_run(run_dir, cfg.shard.count)
     log.info(
-        "shard %d/%d already finished and merged in %s: nothing to do",
+        "shard %d/%d already finished in %s: nothing to do",
         cfg.shard.index,
         cfg.shard.count,
         run_dir,
     )
-    summary = run_dir / "summary.md"
-    print(f"\n{run_dir} (already done)")
-    if summary.exists():
-        print(summary.read_text())
+    if status.merged:
+        table = pd.read_parquet(run_dir / "results.parquet")
+        errors = run_dir / "errors.parquet"
+        skipped = len(pd.read_parquet(errors)) if errors.exists() else 0
+        print(f"\n{run_dir} (all shards, already done)")
+        summary = run_dir / "summary.md"
+        if summary.exists():
+            print(summary.read_text())
+    else:
+        table, errors_table = store.load()
+        skipped = len(errors_table)
+        print(
+            f"\n{run_dir} (shard {cfg.shard.index}/{cfg.shard.count}, already done; missing shards {status.missing})"
+        )
     return {**_headline(table, skipped), "run_dir": str(run_dir)}
 
 

@@ -9,6 +9,7 @@ when no cluster answers, unless ``ATTACKPSM_REQUIRE_SLURM=1`` makes that a failu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -405,8 +406,9 @@ def array_ids(sweep_logs: Path) -> dict[str, list[str]]:
     """SLURM array job id -> its task ids, from submitit's folders (``<array>_<task>``)."""
     out: dict[str, list[str]] = defaultdict(list)
     for p in sorted((sweep_logs / "multiruns").glob("*/.submitit/*_*")):
-        array, task = p.name.split("_")
-        out[array].append(task)
+        if re.fullmatch(r"\d+_\d+", p.name):
+            array, task = p.name.split("_")
+            out[array].append(task)
     return dict(out)
 
 
@@ -471,9 +473,8 @@ def test_slurm_sweep_matches_single_process_and_reruns_for_free(slurm, tmp_path)
     assert len(offline_runs(logs)) == n_runs
     second = [a for a in array_ids(logs) if a != array]
     assert len(second) == 1 and set(sacct_states(second[0]).values()) == {"COMPLETED"}
-    task_logs = [
-        p.read_text() for p in (logs / "multiruns").glob(f"*/.submitit/{second[0]}_*/*_log.err")
-    ]
+    task_dirs = sorted((logs / "multiruns").glob(f"*/.submitit/{second[0]}_*"))
+    task_logs = ["".join(f.read_text() for f in d.glob("*_log.*")) for d in task_dirs]
     assert len(task_logs) == 8 and all("nothing to do" in t for t in task_logs)
     print(f"re-run of the finished sweep: {rerun:.0f} s wall")
     assert "done: 8 triplets" in out
@@ -518,7 +519,7 @@ def test_slurm_cancelled_shard_resubmitted_ends_exactly_once(slurm, tmp_path):
     assert kept >= 1
 
     out = check(app(KILL, tmp_path))
-    task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.err"))
+    task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))
     assert f"resuming shard 0/2: {2 * kept} done" in task_logs
     assert "shard 1/2 already finished" in task_logs
     table = pd.read_parquet(run_dir / "results.parquet")
@@ -553,7 +554,7 @@ def test_slurm_preempted_task_is_requeued_and_resumes(slurm, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.err"))
+    task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))
     assert "this job is preempted" in task_logs and "Requeued job" in task_logs
     done = int(task_logs.split("resuming shard 0/2: ")[1].split(" done")[0])
     assert 0 < done < 8
@@ -629,5 +630,9 @@ def test_slurm_task_never_downloads_and_names_the_fix(slurm, tmp_path):
     assert "make weights" in proc.stdout + proc.stderr
     assert time.monotonic() - start < 120
     assert list(empty.iterdir()) == []
-    (array,) = array_ids(tmp_path / "logs")
-    assert set(sacct_states(array).values()) == {"FAILED"}
+    # it failed inside a SLURM job (one job: no array), whose environment came from sbatch
+    (job,) = [
+        p.name for p in (tmp_path / "logs").glob("multiruns/*/.submitit/*") if p.name.isdigit()
+    ]
+    assert set(sacct_states(job)) == {job}
+    assert "downloads are disabled here" in proc.stdout + proc.stderr

@@ -36,9 +36,15 @@ alive() {  # alive <pidfile> <command name>: the recorded pid runs that command
 }
 
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
+ours() {  # ours <name>: started by this script (not a system service that was already up)
+  [ ! -e "$STATE/$1.external" ]
+}
 all_alive() {
   local d
-  for d in "${DAEMONS[@]}"; do alive "$STATE/$d.pid" "$d" || return 1; done
+  for d in "${DAEMONS[@]}"; do
+    ours "$d" || continue
+    alive "$STATE/$d.pid" "$d" || return 1
+  done
 }
 if all_alive && [ -e "$CONF" ] && [ "$(sha256sum <"$CONF")" = "$(cat "$STATE/slurm.conf.sha256" 2>/dev/null)" ]; then
   say "already running (pids in $STATE)"
@@ -151,13 +157,25 @@ EOF
 mv "$DBCONF.tmp" "$DBCONF"
 
 # 4. daemons (each one daemonizes; its pid is recorded for stop_slurm.sh)
-if ! alive "$STATE/munged.pid" munged; then
+# munged and MariaDB may already run as system services (apt starts them where systemd
+# runs): those are used as they are, and stop_slurm.sh leaves them alone
+if ! alive "$STATE/munged.pid" munged && munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+  say "using the munged that is already running"
+  touch "$STATE/munged.external"
+  rm -f "$STATE/munged.pid"
+elif ! alive "$STATE/munged.pid" munged; then
+  rm -f "$STATE/munged.external"
   su -s /bin/sh munge -c "/usr/sbin/munged --force --pid-file=/run/munge/munged.pid"
   for _ in $(seq 50); do [ -s /run/munge/munged.pid ] && break; sleep 0.1; done
   cp /run/munge/munged.pid "$STATE/munged.pid"
 fi
 munge -n | unmunge >/dev/null || die "munge does not work (see /var/log/munge)"
-if ! alive "$STATE/mariadbd.pid" mariadbd; then
+if ! alive "$STATE/mariadbd.pid" mariadbd && mariadb -e "select 1" >/dev/null 2>&1; then
+  say "using the MariaDB server that is already running"
+  touch "$STATE/mariadbd.external"
+  rm -f "$STATE/mariadbd.pid"
+elif ! alive "$STATE/mariadbd.pid" mariadbd; then
+  rm -f "$STATE/mariadbd.external"
   install -d -o mysql -g mysql -m 0755 /run/mysqld
   [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
   rm -f "$STATE/mariadbd.pid" /run/mysqld/mariadbd.pid
@@ -186,7 +204,7 @@ for name in slurmctld slurmd; do
   fi
 done
 sha256sum <"$CONF" >"$STATE/slurm.conf.sha256"
-for name in mariadbd slurmdbd slurmctld slurmd; do
+for name in slurmdbd slurmctld slurmd; do
   for _ in $(seq 100); do alive "$STATE/$name.pid" "$name" && break; sleep 0.1; done
   alive "$STATE/$name.pid" "$name" || die "$name did not start (see $LOGDIR/$name.log)"
 done
@@ -201,6 +219,6 @@ case "$state" in idle | mixed | allocated) ;; *) false ;; esac || die "node stat
 timeout 60 srun -N1 -t 1 hostname >/dev/null || die "srun hostname failed (see $LOGDIR)"
 sacct -n -X -o JobID >/dev/null || die "sacct does not answer (see $LOGDIR/slurmdbd.log)"
 pids=""
-for d in "${DAEMONS[@]}"; do pids="$pids $d=$(cat "$STATE/$d.pid")"; done
+for d in "${DAEMONS[@]}"; do ours "$d" && pids="$pids $d=$(cat "$STATE/$d.pid")"; done
 say "up:$pids"
 sinfo

@@ -120,7 +120,9 @@ def test_documented_sweep_command_runs_two_jobs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = sorted(glob.glob(f"{tmp_path}/results/synthetic/lpips_alex/pgd/*/summary.csv"))
     assert [Path(s).parent.name.split("-")[0] for s in summaries] == ["res256", "res64"]
-    assert "#0 : attack=pgd metric=lpips_alex resolution='64'" in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "Launching 2 jobs" in log
+    assert "resolution='64'" in log and "resolution='256'" in log
 
 
 def test_help_lists_every_group(tmp_path):

@@ -175,6 +175,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             sink.finalize()
         scope = "all shards" if merged is not None else f"shard {cfg.shard.index}/{cfg.shard.count}"
         table, errs_all = merged if merged is not None else (results, errors)
+        if merged is not None and len(table) == 0:
+            reasons = errs_all["reason"].value_counts().head(3).to_dict() if len(errs_all) else {}
+            raise ValueError(
+                f"dataset {cfg.dataset.name!r} yielded zero usable triplets: all {len(errs_all)} "
+                f"were skipped (most common reasons: {reasons}; every one is listed in "
+                f"{run_dir / 'errors.parquet'})"
+            )
         summary = summarize(table, metric.name, attack.name, skipped=len(errs_all))
         text = write_summary(run_dir, summary) if merged is not None else None
         print(
@@ -183,7 +190,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print(text or summary.to_string(index=False))
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
             table1 = clean_accuracy(table, metric.name)
-            print(write_clean_accuracy(run_dir, table1) if merged is not None else clean_accuracy_markdown(table1))
+            print(
+                write_clean_accuracy(run_dir, table1)
+                if merged is not None
+                else clean_accuracy_markdown(table1)
+            )
             logger.log_table("table1", table1)
         headline = _headline(table, len(errs_all))
         logger.log_summary(headline)

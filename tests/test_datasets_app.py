@@ -106,3 +106,14 @@ def test_count_command(tmp_path):
     missing = [sys.executable, "-m", "attackpsm.data", "count", "clic", f"dataset.root={root}/no"]
     out = subprocess.run(missing, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Expected layout" in out.stderr and "oracle.csv" in out.stderr
+
+
+def test_all_triplets_unusable_is_an_error_after_recording_them(tmp_path):
+    root = make_bapps(tmp_path / "bapps", {"cnn": [0.0, 1.0, 1.0]})
+    for i in range(3):
+        bapps_path(root, "cnn", "p1", i).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    cfg = compose_cfg(tmp_path, ["dataset=bapps", f"dataset.root={root}"])
+    with pytest.raises(ValueError, match="zero usable triplets: all 3 were skipped"):
+        run(cfg)
+    errors = list((tmp_path / "results").glob("**/errors.parquet"))
+    assert len(errors) == 1 and len(pd.read_parquet(errors[0])) == 3

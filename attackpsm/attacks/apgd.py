@@ -1,0 +1,257 @@
+"""Auto-PGD (Croce & Hein, 2020) on the rank-flip margin of a 2AFC triplet.
+
+APGD needs no step size: it starts with a large step, keeps a momentum term, and halves
+the step at fixed checkpoints whenever progress stalls, restarting from the best point
+found so far. Here it maximises the rank-flip margin ``s_adv - s_other`` (the paper's
+success condition ``s_adv > s_other`` is a positive margin), so every metric is attacked
+with the same scale-free objective.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_flipped
+from attackpsm.images import HIGH, LOW
+from attackpsm.metrics.base import Metric, select
+
+NORMS = ("linf", "l2")
+
+
+def margin(s_other: torch.Tensor, s_adv: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Rank-flip margin, positive exactly when the rank flipped: ``s_adv - s_other``."""
+    return s_other - s_adv if reverse else s_adv - s_other
+
+
+def checkpoints(iterations: int) -> list[int]:
+    """APGD's step-size checkpoints ``w_j = ceil(p_j N)`` (Croce & Hein, 2020, Sec. 3.2).
+
+    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
+    """
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    points = sorted({math.ceil(round(q * iterations, 6)) for q in p[1:] if q <= 1.0})
+    return [w for w in points if 0 < w < iterations]
+
+
+def _per_sample(value: float | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    if torch.is_tensor(value):
+        return value.to(device=device, dtype=torch.float32).reshape(n)
+    return torch.full((n,), float(value), device=device)
+
+
+def project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Project each ``delta[i]`` onto the ``norm`` ball of radius ``eps[i]``."""
+    e = eps.view(-1, 1, 1, 1)
+    if norm == "linf":
+        return torch.maximum(torch.minimum(delta, e), -e)
+    length = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    return delta * torch.clamp(e / length.clamp_min(1e-12), max=1.0)
+
+
+def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest ascent direction of unit size: ``sign(g)`` (ℓ∞) or ``g / ||g||_2`` (ℓ2)."""
+    if norm == "linf":
+        return grad.sign()
+    length = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return grad / length
+
+
+class APGD(Attack):
+    """Auto-PGD on the rank-flip margin, ℓ∞ or ℓ2, batched with per-triplet early stop.
+
+    Distance measure: ℓ∞ (or ℓ2) on the ``[-1, 1]`` scale. Budget as :class:`PGD`:
+    ``max_iterations`` gradient steps and one more check (31 metric calls by default).
+    Per triplet: step ``η = 2ε``; ``z = P(x + η·dir(∇f))``, ``x ← P(x + 0.75(z - x) +
+    0.25(x - x_prev))``; at each checkpoint ``w_j`` the step halves and ``x`` restarts
+    from the best point if fewer than ``ρ = 0.75`` of the steps since ``w_{j-1}`` improved
+    the margin, or if neither step nor best margin changed since then. A triplet leaves
+    the active set at its first flip and keeps that image.
+
+    With ``eot_samples > 1`` (stochastic metrics such as E-LPIPS) every gradient is that of
+    the mean of ``eot_samples`` draws and flips are judged on that expected score.
+
+    Args:
+        eps: budget on the ``[-1, 1]`` scale (0.03 for ℓ∞, as PGD).
+        max_iterations: gradient steps (30, as PGD).
+        norm: ``"linf"`` or ``"l2"``.
+        rho: checkpoint condition (0.75).
+        momentum: weight of the new step ``α`` (0.75).
+        eot_samples: score draws per step for stochastic metrics (1).
+        restarts: extra runs from random starts for triplets still unflipped (0).
+        seed: random starts.
+
+    References:
+        Croce, F., Hein, M. (2020). Reliable evaluation of adversarial robustness with an
+        ensemble of diverse parameter-free attacks. ICML.
+
+    Example:
+        >>> result = APGD(eps=0.03).run(metric, metric.prepare(ref), prey, s_other)
+    """
+
+    name = "apgd"
+    columns = ("iterations", "queries")
+
+    def __init__(
+        self,
+        eps: float = 0.03,
+        max_iterations: int = 30,
+        norm: str = "linf",
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        eot_samples: int = 1,
+        restarts: int = 0,
+        seed: int = 0,
+    ):
+        check_positive("eps", eps, allow_zero=True)
+        if norm not in NORMS:
+            raise ValueError(f"attack parameter norm must be one of {NORMS}, got {norm!r}")
+        if int(max_iterations) != max_iterations or max_iterations < 0:
+            raise ValueError(
+                f"attack parameter max_iterations must be an integer >= 0, got {max_iterations}"
+            )
+        if int(eot_samples) != eot_samples or eot_samples < 1:
+            raise ValueError(
+                f"attack parameter eot_samples must be an integer >= 1, got {eot_samples}"
+            )
+        if int(restarts) != restarts or restarts < 0:
+            raise ValueError(f"attack parameter restarts must be an integer >= 0, got {restarts}")
+        check_positive("rho", rho)
+        check_positive("momentum", momentum)
+        self.eps = float(eps)
+        self.max_iterations = int(max_iterations)
+        self.norm = norm
+        self.rho = float(rho)
+        self.momentum = float(momentum)
+        self.eot_samples = int(eot_samples)
+        self.restarts = int(restarts)
+        self.seed = int(seed)
+
+    def run(
+        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+    ) -> AttackResult:
+        return self.attack(metric, prepared_ref, prey, s_other, self.eps)
+
+    def attack(
+        self,
+        metric: Metric,
+        prepared_ref: Any,
+        prey: torch.Tensor,
+        s_other: torch.Tensor,
+        eps: float | torch.Tensor,
+    ) -> AttackResult:
+        """APGD with a per-triplet budget ``eps`` (a float or an ``(N,)`` tensor)."""
+        n = prey.shape[0]
+        eps = _per_sample(eps, n, prey.device)
+        result = self._single(metric, prepared_ref, prey, s_other, eps, start=None)
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        for _ in range(self.restarts):
+            todo = (~result.flipped).nonzero().flatten()
+            if len(todo) == 0:
+                break
+            noise = torch.rand(prey[todo].shape, generator=generator).to(prey.device) * 2 - 1
+            start = prey[todo] + project(noise * eps[todo].view(-1, 1, 1, 1), eps[todo], self.norm)
+            again = self._single(
+                metric, select(prepared_ref, todo), prey[todo], s_other[todo], eps[todo], start
+            )
+            result.columns["queries"][todo] += again.columns["queries"]
+            better = again.flipped | (
+                margin(s_other[todo], again.s_adv, self.reverse)
+                > margin(s_other[todo], result.s_adv[todo], self.reverse)
+            )
+            idx = todo[better]
+            result.adv[idx] = again.adv[better]
+            result.s_adv[idx] = again.s_adv[better]
+            result.flipped[idx] = again.flipped[better]
+            result.columns["iterations"][idx] = again.columns["iterations"][better]
+        return result
+
+    def _score(self, metric: Metric, prepared: Any, x: torch.Tensor) -> torch.Tensor:
+        return metric.expected_score(prepared, x, self.eot_samples)
+
+    def _single(
+        self,
+        metric: Metric,
+        prepared_ref: Any,
+        prey: torch.Tensor,
+        s_other: torch.Tensor,
+        eps: torch.Tensor,
+        start: torch.Tensor | None,
+    ) -> AttackResult:
+        n, device = prey.shape[0], prey.device
+        draws = self.eot_samples if metric.stochastic else 1
+        x = (prey if start is None else start).clone().clamp(LOW, HIGH)
+        x_prev = x.clone()
+        adv = x.clone()  # best point so far; the flipping image once flipped
+        s_adv = torch.full((n,), float("nan"), device=device)
+        best = torch.full((n,), -float("inf"), device=device)  # best margin f_max
+        flipped = torch.zeros(n, dtype=torch.bool, device=device)
+        iterations = torch.full((n,), self.max_iterations, dtype=torch.long, device=device)
+        queries = torch.zeros(n, dtype=torch.long, device=device)
+        step = 2.0 * eps
+        improved = torch.zeros(n, device=device)  # successful steps since the last checkpoint
+        last_best = best.clone()  # f_max at the last checkpoint
+        last_step = step.clone()
+        marks = checkpoints(self.max_iterations)
+        previous_mark = 0
+        active = torch.arange(n, device=device)
+        for k in range(self.max_iterations + 1):
+            final = k == self.max_iterations
+            xa = x[active].clone().requires_grad_(not final)
+            with torch.set_grad_enabled(not final):
+                s = self._score(metric, select(prepared_ref, active), xa)
+            queries[active] += draws
+            s_det = s.detach()
+            f = margin(s_other[active], s_det, self.reverse)
+            gain = f > best[active]
+            if k > 0:
+                improved[active] += (f > best[active]).float()
+            ia = active[gain]
+            best[ia] = f[gain]
+            adv[ia] = xa.detach()[gain]
+            s_adv[ia] = s_det[gain]
+            done = rank_flipped(s_det, s_other[active], self.reverse)
+            if done.any():
+                idx = active[done]
+                adv[idx] = xa.detach()[done]
+                s_adv[idx] = s_det[done]
+                flipped[idx] = True
+                iterations[idx] = k
+            if final:
+                break
+            keep = ~done
+            if not keep.any():
+                break
+            (grad,) = torch.autograd.grad(margin(s_other[active], s, self.reverse).sum(), xa)
+            xa, grad, a = xa.detach()[keep], grad[keep], active[keep]
+            center, e = prey[a], eps[a]
+            direction = ascent_direction(grad, self.norm)
+            z = (
+                center + project(xa + step[a].view(-1, 1, 1, 1) * direction - center, e, self.norm)
+            ).clamp(LOW, HIGH)
+            if k == 0:
+                new = z
+            else:
+                new = xa + self.momentum * (z - xa) + (1 - self.momentum) * (xa - x_prev[a])
+                new = (center + project(new - center, e, self.norm)).clamp(LOW, HIGH)
+            x_prev[a] = xa
+            x[a] = new
+            active = a
+            if k + 1 in marks:  # checkpoint w_j: halve the step where progress stalled
+                span = k + 1 - previous_mark
+                stalled = (improved[a] < self.rho * span) | (
+                    (last_step[a] == step[a]) & (last_best[a] == best[a])
+                )
+                last_step[a] = step[a]
+                last_best[a] = best[a]
+                idx = a[stalled]
+                step[idx] = step[idx] / 2
+                x[idx] = adv[idx]  # restart from the best point
+                x_prev[idx] = adv[idx]
+                improved[a] = 0
+                previous_mark = k + 1
+        return AttackResult(adv, s_adv, flipped, {"iterations": iterations, "queries": queries})

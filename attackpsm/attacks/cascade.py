@@ -1,0 +1,89 @@
+"""AutoAttack-style cascade: run attacks in order on the triplets still unflipped.
+
+A triplet counts as robust only if every attack in the list fails on it, so the flip rate
+of the cascade is the worst case over its attacks (Croce & Hein, 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from attackpsm.attacks.apgd import margin
+from attackpsm.attacks.base import Attack, AttackResult
+from attackpsm.metrics.base import Metric, select
+
+
+class Cascade(Attack):
+    """Run ``attacks`` one after another, each on the triplets none before it flipped.
+
+    Columns: ``attack_index`` (position of the attack that flipped the triplet, -1 for
+    none), ``queries`` (metric calls of every attack that ran on it, where reported).
+    An unflipped triplet keeps the image with the largest rank-flip margin.
+
+    Args:
+        attacks: attack objects (in a config, a list of nodes with ``_target_``).
+
+    Example:
+        >>> Cascade([APGD(), PGD(), APGD(max_iterations=100, restarts=1), Square()])
+    """
+
+    name = "autoattack"
+    columns = ("iterations", "attack_index", "queries")
+
+    def __init__(self, attacks: Sequence[Attack]):
+        self.attacks = list(attacks)
+        if not self.attacks:
+            raise ValueError("attack parameter attacks must list at least one attack")
+        if len({a.reverse for a in self.attacks}) > 1:
+            raise ValueError("a cascade cannot mix forward and reverse attacks")
+        self.white_box = any(a.white_box for a in self.attacks)
+        self.reverse = self.attacks[0].reverse
+
+    def on_batch(self, batch: Any, prey_is_p1: torch.Tensor) -> None:
+        for a in self.attacks:
+            a.on_batch(batch, prey_is_p1)
+
+    def run(
+        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+    ) -> AttackResult:
+        n, device = prey.shape[0], prey.device
+        adv = prey.clone()
+        s_adv = torch.full((n,), float("nan"), device=device)
+        flipped = torch.zeros(n, dtype=torch.bool, device=device)
+        index = torch.full((n,), -1, dtype=torch.long, device=device)
+        iterations = torch.zeros(n, dtype=torch.long, device=device)
+        queries = torch.zeros(n, dtype=torch.long, device=device)
+        for i, attack in enumerate(self.attacks):
+            todo = (~flipped).nonzero().flatten()
+            if len(todo) == 0:
+                break
+            out = attack.run(metric, select(prepared_ref, todo), prey[todo], s_other[todo])
+            s_new = out.s_adv.detach()
+            if "queries" in out.columns:
+                queries[todo] += out.columns["queries"]
+            iterations[todo] += out.columns.get(
+                "iterations", torch.zeros(len(todo), dtype=torch.long, device=device)
+            )
+            old = s_adv[todo]
+            better = (
+                out.flipped
+                | torch.isnan(old)
+                | (
+                    margin(s_other[todo], s_new, self.reverse)
+                    > margin(s_other[todo], old, self.reverse)
+                )
+            )
+            idx = todo[better]
+            adv[idx] = out.adv.detach()[better]
+            s_adv[idx] = s_new[better]
+            flipped[todo[out.flipped]] = True
+            index[todo[out.flipped]] = i
+        return AttackResult(
+            adv,
+            s_adv,
+            flipped,
+            {"iterations": iterations, "attack_index": index, "queries": queries},
+        )

@@ -1,0 +1,75 @@
+"""Expectation over transformation (Athalye et al., 2018) for stochastic metrics.
+
+A stochastic metric such as E-LPIPS draws fresh random transformations at every call, so
+one gradient is a noisy estimate. :class:`ExpectedScore` turns a metric into the mean of
+``samples`` draws (:meth:`Metric.expected_score`): its gradient is the average of
+``samples`` gradients, and an attack run on it judges flips on the expected score.
+:class:`EoT` wraps any gradient attack (``attack=pgd_eot``) so that it sees that metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from attackpsm.attacks.base import Attack, AttackResult
+from attackpsm.metrics.base import Metric
+
+
+class ExpectedScore(Metric):
+    """``metric`` averaged over ``samples`` draws; a deterministic metric is unchanged.
+
+    Args:
+        metric: the metric to average.
+        samples: draws per score call.
+    """
+
+    def __init__(self, metric: Metric, samples: int):
+        super().__init__()
+        if int(samples) != samples or samples < 1:
+            raise ValueError(f"eot_samples must be an integer >= 1, got {samples}")
+        self.metric = metric
+        self.samples = int(samples)
+        self.name = metric.name
+        self.differentiable = metric.differentiable
+        self.stochastic = metric.stochastic
+
+    def prepare(self, ref: torch.Tensor) -> Any:
+        return self.metric.prepare(ref)
+
+    def score(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
+        return self.metric.expected_score(prepared, x, self.samples)
+
+
+class EoT(Attack):
+    """Run ``attack`` on the expected score over ``eot_samples`` draws of the metric.
+
+    Args:
+        attack: a gradient attack (e.g. :class:`~attackpsm.attacks.pgd.PGD`).
+        eot_samples: draws averaged at every score and gradient (8).
+
+    Example:
+        >>> EoT(PGD(eps=0.03), eot_samples=8).run(elpips, elpips.prepare(ref), prey, s_other)
+    """
+
+    name = "eot"
+
+    def __init__(self, attack: Attack, eot_samples: int = 8):
+        if int(eot_samples) != eot_samples or eot_samples < 1:
+            raise ValueError(
+                f"attack parameter eot_samples must be an integer >= 1, got {eot_samples}"
+            )
+        self.attack = attack
+        self.eot_samples = int(eot_samples)
+        self.white_box = attack.white_box
+        self.reverse = attack.reverse
+        self.columns = attack.columns
+
+    def on_batch(self, batch: Any, prey_is_p1: torch.Tensor) -> None:
+        self.attack.on_batch(batch, prey_is_p1)
+
+    def run(
+        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+    ) -> AttackResult:
+        return self.attack.run(ExpectedScore(metric, self.eot_samples), prepared_ref, prey, s_other)

@@ -1,0 +1,306 @@
+"""Stronger evaluation: APGD, EoT, Square, minimal ε by bisection, the cascade, the leaderboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from attackpsm.attacks.apgd import APGD, checkpoints
+from attackpsm.attacks.cascade import Cascade
+from attackpsm.attacks.eot import EoT, ExpectedScore
+from attackpsm.attacks.min_eps import MinEps, median_radius, robustness_curve
+from attackpsm.attacks.pgd import PGD
+from attackpsm.attacks.square import Square, square_fraction
+from attackpsm.data.base import collate
+from attackpsm.data.synthetic import SyntheticTriplets
+from attackpsm.metrics.base import Metric
+from attackpsm.metrics.classic import L2, SSIM
+from attackpsm.metrics.lpips import LPIPS
+from attackpsm.run import build, run
+
+
+@pytest.fixture(scope="module")
+def batch():
+    data = SyntheticTriplets(size=32, num_triplets=16, seed=5)
+    return collate([data[i] for i in range(len(data))])
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    torch.manual_seed(0)
+    return {"l2": L2(), "ssim": SSIM(), "lpips_rand": LPIPS("alex", random_backbone=True)}
+
+
+def _prey(metric, batch):
+    prepared = metric.prepare(batch.ref)
+    with torch.no_grad():
+        d0, d1 = metric.score(prepared, batch.p0), metric.score(prepared, batch.p1)
+    rank = d0 > d1
+    prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
+    return prepared, prey, torch.where(rank, d0, d1)
+
+
+class Spy(Metric):
+    """Wraps a metric; records every score call (batch size, whether autograd was on)."""
+
+    def __init__(self, metric: Metric):
+        super().__init__()
+        self.metric = metric
+        self.calls: list[tuple[int, bool]] = []
+
+    def prepare(self, ref):
+        return self.metric.prepare(ref)
+
+    def score(self, prepared, x):
+        self.calls.append((x.shape[0], torch.is_grad_enabled() or x.requires_grad))
+        return self.metric.score(prepared, x)
+
+
+class NoisyL2(Metric):
+    """L2 of a randomly jittered input: a stochastic metric with a noisy gradient."""
+
+    stochastic = True
+
+    def score(self, prepared, x):
+        noise = torch.randn_like(x) * 0.5
+        return ((x * (1 + noise) - prepared) ** 2).flatten(1).mean(1)
+
+
+# --- APGD ---------------------------------------------------------------------------------
+
+
+def test_checkpoints_follow_the_paper():
+    marks = checkpoints(100)
+    assert marks[:3] == [22, 41, 57]  # p = 0.22, 0.41, 0.57
+    assert marks == sorted(marks) and all(0 < w < 100 for w in marks)
+
+
+@pytest.mark.parametrize("metric_name", ["l2", "ssim", "lpips_rand"])
+@pytest.mark.parametrize("eps", [0.03, 0.005])
+def test_apgd_flips_at_least_as_many_as_pgd(metric_name, eps, metrics, batch):
+    metric = metrics[metric_name]
+    prepared, prey, s_other = _prey(metric, batch)
+    pgd = PGD(eps=eps, alpha=0.001, max_iterations=30).run(metric, prepared, prey, s_other)
+    apgd = APGD(eps=eps, max_iterations=30).run(metric, prepared, prey, s_other)
+    assert int(apgd.flipped.sum()) >= int(pgd.flipped.sum())
+    # the same budget: ε-ball, valid image, at most 31 metric calls per triplet
+    assert (apgd.adv - prey).abs().max() <= eps + 1e-6
+    assert apgd.adv.min() >= -1 and apgd.adv.max() <= 1
+    assert int(apgd.columns["queries"].max()) <= 31
+    # the reported score and flip are those of the returned image
+    with torch.no_grad():
+        s = metric.score(prepared, apgd.adv)
+    assert torch.allclose(s, apgd.s_adv, atol=1e-5)
+    assert torch.equal(apgd.flipped, s > s_other)
+
+
+def test_apgd_l2_respects_its_ball(metrics, batch):
+    metric = metrics["lpips_rand"]
+    prepared, prey, s_other = _prey(metric, batch)
+    out = APGD(eps=0.5, norm="l2", max_iterations=10).run(metric, prepared, prey, s_other)
+    assert (out.adv - prey).flatten(1).norm(dim=1).max() <= 0.5 + 1e-4
+    assert out.flipped.any()
+
+
+def test_apgd_restarts_never_lose_flips(metrics, batch):
+    metric = metrics["lpips_rand"]
+    prepared, prey, s_other = _prey(metric, batch)
+    plain = APGD(eps=0.002, max_iterations=5).run(metric, prepared, prey, s_other)
+    again = APGD(eps=0.002, max_iterations=5, restarts=2).run(metric, prepared, prey, s_other)
+    assert (again.flipped | ~plain.flipped).all()
+    assert (again.adv - prey).abs().max() <= 0.002 + 1e-6
+
+
+def test_apgd_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="norm"):
+        APGD(norm="l1")
+    with pytest.raises(ValueError, match="eot_samples"):
+        APGD(eot_samples=0)
+
+
+# --- EoT ----------------------------------------------------------------------------------
+
+
+def _gradient_variance(metric, x, ref, draws, repeats=24):
+    grads = []
+    for _ in range(repeats):
+        xi = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(metric.expected_score(ref, xi, draws).sum(), xi)
+        grads.append(g)
+    return torch.stack(grads).var(0).mean().item()
+
+
+def test_eot_gradient_variance_shrinks_with_samples(batch):
+    torch.manual_seed(0)
+    metric = NoisyL2()
+    x, ref = batch.p0[:4], batch.ref[:4]
+    v1 = _gradient_variance(metric, x, ref, draws=1)
+    v8 = _gradient_variance(metric, x, ref, draws=8)
+    assert v8 < 0.35 * v1  # the mean of 8 independent draws: 1/8 of the variance
+    # a deterministic metric is scored once whatever the number of draws
+    spy = Spy(L2())
+    spy.expected_score(ref, x, 8)
+    assert len(spy.calls) == 1
+
+
+@pytest.mark.slow
+def test_eot_on_elpips_averages_draws(batch):
+    from attackpsm.metrics.elpips import ELPIPS
+
+    torch.manual_seed(0)
+    metric = ELPIPS(ensemble=1, scale_levels=1)
+    x, ref = batch.p0[:2], metric.prepare(batch.ref[:2])
+    v1 = _gradient_variance(metric, x, ref, draws=1, repeats=6)
+    v4 = _gradient_variance(metric, x, ref, draws=4, repeats=6)
+    assert v4 < v1
+
+
+def test_eot_attack_judges_flips_on_the_expected_score(batch):
+    torch.manual_seed(0)
+    metric = NoisyL2()
+    spy = Spy(metric)
+    spy.stochastic = True
+    prepared, prey, s_other = _prey(ExpectedScore(metric, 16), batch)
+    out = EoT(PGD(eps=0.03, max_iterations=4), eot_samples=4).run(spy, prepared, prey, s_other)
+    n = prey.shape[0]
+    # every PGD check draws 4 scores of the active triplets
+    assert len(spy.calls) % 4 == 0 and spy.calls[0][0] == n
+    assert out.flipped.any()
+    # APGD's own eot_samples draws the same way
+    spy.calls.clear()
+    APGD(eps=0.03, max_iterations=3, eot_samples=4).run(spy, prepared, prey, s_other)
+    assert len(spy.calls) % 4 == 0
+
+
+# --- Square -------------------------------------------------------------------------------
+
+
+def test_square_schedule_halves():
+    assert square_fraction(0.8, 0, 10000) == 0.8
+    assert square_fraction(0.8, 11, 10000) == 0.4
+    assert square_fraction(0.8, 9000, 10000) == 0.8 / 2**9
+    assert square_fraction(0.8, 100, 1000) == square_fraction(0.8, 1000, 10000)
+
+
+@pytest.mark.parametrize("metric_name", ["l2", "lpips_rand"])
+def test_square_is_black_box_and_respects_its_budget(metric_name, metrics, batch, monkeypatch):
+    metric = metrics[metric_name]
+    prepared, prey, s_other = _prey(metric, batch)
+    spy = Spy(metric)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the Square attack called backward")
+
+    monkeypatch.setattr(torch.autograd, "grad", forbidden)
+    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
+    attack = Square(eps=0.03, max_queries=60, seed=1)
+    out = attack.run(spy, prepared, prey, s_other)
+    assert not attack.white_box
+    assert spy.calls and not any(grad for _, grad in spy.calls)
+    queries = out.columns["queries"]
+    assert int(queries.max()) <= 60 and int(queries.min()) >= 1
+    # the recorded queries are exactly the images each triplet sent to the metric
+    assert int(queries.sum()) == sum(size for size, _ in spy.calls)
+    assert (queries[~out.flipped] == 60).all()
+    assert (out.adv - prey).abs().max() <= 0.03 + 1e-6
+    assert out.adv.min() >= -1 and out.adv.max() <= 1
+    monkeypatch.undo()
+    with torch.no_grad():
+        s = metric.score(prepared, out.adv)
+    assert torch.allclose(s, out.s_adv, atol=1e-5)
+    assert torch.equal(out.flipped, s > s_other)
+    assert out.flipped.any()
+
+
+# --- minimal ε ----------------------------------------------------------------------------
+
+
+def test_min_eps_flips_and_eps_minus_tol_does_not(metrics, batch):
+    metric = metrics["l2"]
+    prepared, prey, s_other = _prey(metric, batch)
+    inner = APGD(max_iterations=10)
+    attack = MinEps(inner, eps_max=0.1, tol=0.002)
+    out = attack.run(metric, prepared, prey, s_other)
+    min_eps = out.columns["min_eps"]
+    found = torch.isfinite(min_eps)
+    assert found.any()
+    assert torch.equal(found, out.flipped)
+    idx = found.nonzero().flatten()
+    # the returned image flips within its budget
+    assert ((out.adv[idx] - prey[idx]).flatten(1).abs().amax(1) <= min_eps[idx] + 1e-6).all()
+    with torch.no_grad():
+        assert (metric.score(prepared, out.adv)[idx] > s_other[idx]).all()
+    # the attack at min_eps flips; at min_eps - tol it does not
+    sub = (metric.prepare(batch.ref[idx]), prey[idx], s_other[idx])
+    assert inner.attack(metric, *sub, min_eps[idx]).flipped.all()
+    assert not inner.attack(metric, *sub, (min_eps[idx] - 0.002).clamp_min(0)).flipped.any()
+    # an unflippable triplet at eps_max reports inf
+    assert torch.isinf(min_eps[~found]).all()
+
+
+def test_robustness_curve_and_median_radius():
+    radii = np.array([0.01, 0.02, 0.03, np.inf])
+    curve = robustness_curve(radii, np.array([0.0, 0.015, 0.03, 1.0]))
+    assert curve.tolist() == [0.0, 0.25, 0.75, 0.75]
+    assert median_radius(radii) == pytest.approx(0.025)
+    assert median_radius(np.array([0.01, np.inf, np.inf])) == np.inf
+
+
+# --- cascade ------------------------------------------------------------------------------
+
+
+def test_cascade_is_the_worst_case_of_its_attacks(metrics, batch):
+    metric = metrics["lpips_rand"]
+    prepared, prey, s_other = _prey(metric, batch)
+    members = [PGD(eps=0.002, max_iterations=5), Square(eps=0.002, max_queries=20, seed=0)]
+    alone = [a.run(metric, prepared, prey, s_other).flipped for a in members]
+    out = Cascade(members).run(metric, prepared, prey, s_other)
+    # the first attack runs on every triplet, so its flips are the cascade's
+    assert (out.flipped | ~alone[0]).all()
+    assert int(out.flipped.sum()) >= max(int(f.sum()) for f in alone)
+    index = out.columns["attack_index"]
+    assert torch.equal(index >= 0, out.flipped)
+    assert torch.equal(index == 0, alone[0])
+    assert (out.adv - prey).abs().max() <= 0.002 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(metric.score(prepared, out.adv) > s_other, out.flipped)
+
+
+# --- configs and the leaderboard ----------------------------------------------------------
+
+CHEAP = {
+    "apgd": ["attack.max_iterations=3"],
+    "apgd_l2": ["attack.max_iterations=3"],
+    "apgd_eot": ["attack.max_iterations=3", "attack.eot_samples=2"],
+    "pgd_eot": ["attack.attack.max_iterations=3", "attack.eot_samples=2"],
+    "square": ["attack.max_queries=10"],
+    "min_eps": ["attack.attack.max_iterations=3", "attack.tol=0.02"],
+    "autoattack": [
+        "attack.attacks.0.max_iterations=2",
+        "attack.attacks.1.max_iterations=2",
+        "attack.attacks.2.max_iterations=2",
+        "attack.attacks.3.max_queries=5",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHEAP))
+def test_configs_run_end_to_end(name, cfg_factory):
+    cfg = cfg_factory(
+        [
+            f"attack={name}",
+            "metric=l2",
+            "dataset.num_triplets=3",
+            "resolution.size=16",
+            *CHEAP[name],
+        ]
+    )
+    out = run(cfg)
+    assert out["samples"] == 3
+    results = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    for column in build(cfg.attack).columns:
+        assert column in results.columns

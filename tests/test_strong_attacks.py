@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,50 @@ def test_configs_run_end_to_end(name, cfg_factory):
     results = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
     for column in build(cfg.attack).columns:
         assert column in results.columns
+
+
+def test_leaderboard_from_runs(cfg_factory, tmp_path):
+    from attackpsm.leaderboard import write_leaderboard
+
+    tables = {}
+    for metric in ("l2", "ssim"):
+        for name in ("none", "pgd", "apgd", "square", "min_eps"):
+            cfg = cfg_factory(
+                [
+                    f"attack={name}",
+                    f"metric={metric}",
+                    "dataset.num_triplets=4",
+                    "resolution.size=16",
+                    *CHEAP.get(name, []),
+                ]
+            )
+            out = run(cfg)
+            tables[metric, name] = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    md = write_leaderboard(tmp_path / "results", tmp_path / "board")
+    for metric in ("l2", "ssim"):
+        entry = json.loads(
+            (tmp_path / "board" / "synthetic-res16" / f"{metric}.linf.json").read_text()
+        )
+        # worst case over the attacks at ε = 0.03: flipped by any of them
+        union = pd.concat([tables[metric, a] for a in ("pgd", "apgd", "square")])
+        expected = union.groupby("triplet_id")["flipped"].any().mean()
+        assert entry["flip_rate"] == pytest.approx(expected)
+        assert entry["flip_rate"] >= entry["flip_rate_by_attack"]["pgd"]["flip_rate"]
+        assert entry["clean_accuracy"] == pytest.approx(
+            tables[metric, "none"]["human_agrees"].astype(bool).mean()
+        )
+        radii = tables[metric, "min_eps"]["min_eps"].to_numpy()
+        assert entry["median_radius"] in (pytest.approx(float(np.median(radii))), "inf")
+        assert entry["queries_mean"] == pytest.approx(tables[metric, "square"]["queries"].mean())
+        assert set(entry["attacks"]) == {"pgd", "apgd", "square", "min_eps"}
+        black = json.loads(
+            (tmp_path / "board" / "synthetic-res16" / f"{metric}.linf-blackbox.json").read_text()
+        )
+        assert black["attacks"] == ["square"]
+    text = md.read_text()
+    section = text.split("## synthetic · res16 · linf (")[1].split("##")[0]
+    rows = [
+        line for line in section.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    rates = [float(r.split("|")[4]) for r in rows]
+    assert len(rates) == 2 and rates == sorted(rates)  # most robust first

@@ -1,0 +1,284 @@
+"""Robustness leaderboard: one JSON per metric x threat model and a ranked markdown table.
+
+Reads the runs below a results (or sweep) directory (:mod:`attackpsm.report.load`) and,
+for each dataset x resolution x metric x threat model, writes::
+
+    <out>/<dataset>-res<size>/<metric>.<threat>.json
+    <out>/leaderboard.md
+
+A threat model is the perturbation set and the access: ``linf`` (white-box, which may also
+use black-box attacks), ``linf-blackbox`` (metric outputs only), ``l2``. Its flip rate at a
+budget is the worst case over every attack run at that budget: a triplet counts as flipped
+when any attack flipped it. ``min_eps`` runs give the per-triplet radius, the robustness
+curve and the median robust radius; ``attack=none`` runs give the clean accuracy (Table 1).
+
+Usage::
+
+    python -m attackpsm.leaderboard results [--out results/leaderboard] [--budget 0.03]
+        [--budget-l2 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attackpsm.attacks.min_eps import median_radius, robustness_curve
+from attackpsm.report.load import Run, load_runs
+
+PAPER_BUDGET = 0.03  # ℓ∞ ε of PGD in the paper, on the [-1, 1] scale
+L2_BUDGET = 1.0  # ε of attack=apgd_l2, on the [-1, 1] scale
+CURVE_BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+BLACK_BOX = {"Square", "OnePixel"}
+LINF = {"FGSM", "PGD", "APGD", "Square", "Cascade", "EoT"}
+
+
+def _cls(node: dict[str, Any]) -> str:
+    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def _eps(node: dict[str, Any]) -> float | None:
+    cls = _cls(node)
+    if cls == "Cascade":
+        values = [_eps(a) for a in node.get("attacks", [])]
+        values = [v for v in values if v is not None]
+        return max(values) if values else None
+    if cls == "EoT":
+        return _eps(node.get("attack", {}))
+    value = node.get("eps", node.get("max_eps"))
+    return None if value is None else float(value)
+
+
+def _black_box(node: dict[str, Any]) -> bool:
+    cls = _cls(node)
+    if cls == "Cascade":
+        return all(_black_box(a) for a in node.get("attacks", []))
+    if cls in ("EoT", "MinEps"):
+        return _black_box(node.get("attack", {"_target_": "APGD"}))
+    return cls in BLACK_BOX
+
+
+def threat_models(node: dict[str, Any]) -> list[str]:
+    """The threat models an attack run counts for (``[]``: not a robustness attack)."""
+    cls = _cls(node)
+    if cls == "MinEps":
+        inner = node.get("attack", {"_target_": "APGD"})
+        return threat_models(inner)
+    if cls == "EoT":
+        return threat_models(node.get("attack", {}))
+    if cls == "Cascade" or cls in LINF:
+        if node.get("norm", "linf") == "l2":
+            return ["l2"]
+        return ["linf", "linf-blackbox"] if _black_box(node) else ["linf"]
+    return []
+
+
+def _key(run: Run) -> tuple[str, str, str]:
+    res = run.identity.get("resolution")
+    return (
+        run.identity["dataset"]["name"],
+        f"res{res or 'native'}",
+        run.identity["metric"]["name"],
+    )
+
+
+def _rate(values: pd.Series) -> float:
+    return float(values.astype(bool).mean()) if len(values) else float("nan")
+
+
+def _clean(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def entry(runs: list[Run], threat: str, clean: Run | None, budget: float) -> dict[str, Any] | None:
+    """The leaderboard entry of one metric under one threat model (``None``: no runs)."""
+    fixed = [r for r in runs if _cls(r.identity["attack"]) != "MinEps"]
+    radius = [r for r in runs if _cls(r.identity["attack"]) == "MinEps"]
+    if not fixed and not radius:
+        return None
+    by_eps: dict[float, list[Run]] = defaultdict(list)
+    for r in fixed:
+        eps = _eps(r.identity["attack"])
+        if eps is not None:
+            by_eps[round(eps, 6)].append(r)
+    worst: dict[str, float] = {}
+    worst_uint8: dict[str, float] = {}
+    triplets = 0
+    for eps, group in sorted(by_eps.items()):
+        table = pd.concat([g.results[["triplet_id", "flipped", "flipped_uint8"]] for g in group])
+        per = table.groupby("triplet_id")[["flipped", "flipped_uint8"]].any()
+        worst[str(eps)] = _rate(per["flipped"])
+        worst_uint8[str(eps)] = _rate(per["flipped_uint8"])
+        triplets = max(triplets, len(per))
+    by_attack = {
+        r.identity["attack"]["name"]: {
+            "eps": _eps(r.identity["attack"]),
+            "flip_rate": _rate(r.results["flipped"]),
+            **(
+                {"queries_mean": float(r.results["queries"].mean())}
+                if "queries" in r.results
+                else {}
+            ),
+        }
+        for r in fixed
+    }
+    queries = [
+        float(r.results["queries"].mean())
+        for r in fixed
+        if "queries" in r.results and _black_box(r.identity["attack"])
+    ]
+    out: dict[str, Any] = {
+        "dataset": _key((fixed or radius)[0])[0],
+        "resolution": _key((fixed or radius)[0])[1],
+        "metric": _key((fixed or radius)[0])[2],
+        "threat_model": threat,
+        "triplets": triplets or (len(radius[0].results) if radius else 0),
+        "clean_accuracy": _clean(
+            float(clean.results["human_agrees"].dropna().astype(bool).mean())
+            if clean is not None and clean.results["human_agrees"].notna().any()
+            else float("nan")
+        ),
+        "budget": budget,
+        "flip_rate": _clean(worst.get(str(round(budget, 6)), float("nan"))),
+        "flip_rate_by_eps": worst,
+        "flip_rate_uint8_by_eps": worst_uint8,
+        "flip_rate_by_attack": by_attack,
+        "median_radius": None,
+        "robustness_curve": {},
+        "queries_mean": float(np.mean(queries)) if queries else None,
+        "attacks": sorted({r.identity["attack"]["name"] for r in runs}),
+    }
+    if radius:
+        radii = np.concatenate([r.results["min_eps"].to_numpy(dtype=float) for r in radius[:1]])
+        med = median_radius(radii)
+        out["median_radius"] = med if math.isfinite(med) else "inf"
+        out["robustness_curve"] = {
+            str(b): float(v)
+            for b, v in zip(
+                CURVE_BUDGETS, robustness_curve(radii, np.array(CURVE_BUDGETS)), strict=True
+            )
+        }
+    return out
+
+
+def build_leaderboard(
+    runs: list[Run], budget: float = PAPER_BUDGET, budget_l2: float = L2_BUDGET
+) -> list[dict[str, Any]]:
+    """One entry per dataset x resolution x metric x threat model, from loaded runs.
+
+    ``budget`` ranks the ℓ∞ threat models, ``budget_l2`` the ℓ2 one.
+    """
+    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[_key(run)].append(run)
+    entries = []
+    for _, group in sorted(groups.items(), key=lambda kv: kv[0]):
+        clean = next((r for r in group if _cls(r.identity["attack"]) == "NoAttack"), None)
+        for threat in ("linf", "linf-blackbox", "l2"):
+            members = [r for r in group if threat in threat_models(r.identity["attack"])]
+            e = entry(members, threat, clean, budget_l2 if threat == "l2" else budget)
+            if e is not None:
+                entries.append(e)
+    return entries
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return "∞" if value == "inf" else value
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    return f"{100 * value:.1f}" if pct else f"{value:.4g}"
+
+
+def _radius_sort(value: Any) -> float:
+    if value is None:
+        return -1.0
+    return math.inf if value == "inf" else float(value)
+
+
+def leaderboard_markdown(entries: list[dict[str, Any]]) -> str:
+    """Ranked tables, one per dataset x resolution x threat model: most robust first.
+
+    Ranked by the worst-case flip rate at the budget (lower first), then by the median
+    robust radius (larger first).
+    """
+    lines = ["# Robustness leaderboard", ""]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        groups[(e["dataset"], e["resolution"], e["threat_model"])].append(e)
+    for (dataset, res, threat), group in sorted(groups.items()):
+        budget = group[0]["budget"]
+        group.sort(
+            key=lambda e: (
+                e["flip_rate"] if e["flip_rate"] is not None else math.inf,
+                -_radius_sort(e["median_radius"]),
+            )
+        )
+        attacks = sorted({a for e in group for a in e["flip_rate_by_attack"]})
+        lines += [
+            f"## {dataset} · {res} · {threat} (ε = {budget})",
+            "",
+            "| rank | metric | clean acc. % | flip % (worst case) | "
+            + "".join(f"{a} % | " for a in attacks)
+            + "median radius | queries | triplets |",
+            "|---:|---|---:|---:|" + "---:|" * len(attacks) + "---:|---:|---:|",
+        ]
+        for rank, e in enumerate(group, 1):
+            per = e["flip_rate_by_attack"]
+            cells = "".join(
+                f"{_fmt(per[a]['flip_rate'], pct=True) if a in per else '–'} | " for a in attacks
+            )
+            lines.append(
+                f"| {rank} | {e['metric']} | {_fmt(e['clean_accuracy'], pct=True)} | "
+                f"{_fmt(e['flip_rate'], pct=True)} | {cells}{_fmt(e['median_radius'])} | "
+                f"{_fmt(e['queries_mean'])} | {e['triplets']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_leaderboard(
+    path: str | Path,
+    out: str | Path | None = None,
+    budget: float = PAPER_BUDGET,
+    budget_l2: float = L2_BUDGET,
+) -> Path:
+    """Load the runs below ``path``, write the JSON entries and ``leaderboard.md`` to ``out``."""
+    out = Path(out) if out is not None else Path(path) / "leaderboard"
+    entries = build_leaderboard(load_runs(path), budget, budget_l2)
+    if not entries:
+        raise SystemExit(f"no attack runs below {path}")
+    for e in entries:
+        folder = out / f"{e['dataset']}-{e['resolution']}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{e['metric']}.{e['threat_model']}.json").write_text(
+            json.dumps(e, indent=2) + "\n"
+        )
+    md = out / "leaderboard.md"
+    md.write_text(leaderboard_markdown(entries))
+    return md
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", help="results directory or Hydra sweep directory")
+    parser.add_argument("--out", default=None, help="output folder (default <results>/leaderboard)")
+    parser.add_argument("--budget", type=float, default=PAPER_BUDGET, help="ℓ∞ ε of the ranking")
+    parser.add_argument("--budget-l2", type=float, default=L2_BUDGET, help="ℓ2 ε of the ranking")
+    args = parser.parse_args(argv)
+    md = write_leaderboard(args.results, args.out, args.budget, args.budget_l2)
+    print(md.read_text())
+    print(f"-> {md}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run test test-slow test-cluster test-all lint format bench clean data-bapps data-pieapp report
+.PHONY: help install weights run test test-slow test-cluster test-all lint format bench clean data-bapps data-pieapp report leaderboard
 DATA ?= data
 RESULTS ?= results
 REPORT_ARGS ?=
@@ -47,6 +47,15 @@ bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, sa
 
 report: weights ## Paper tables and figures of a results or sweep dir: make report RESULTS=results (writes <dir>/report)
 	$(PY) -m attackpsm.report $(RESULTS) $(REPORT_ARGS)
+
+# every metric that runs offline; the attacks of the stronger evaluation
+LEADERBOARD_METRICS ?= l2,ssim,ms_ssim,cw_ssim,fsimc,gmsd,vif,haarpsi,mdsi,lpips_alex,lpips_vgg,dists,stlpips_alex,stlpips_vgg,elpips_vgg
+LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,min_eps,autoattack
+LEADERBOARD_ARGS ?= dataset=synthetic dataset.num_triplets=64 resolution=64
+
+leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks into $(RESULTS), then <dir>/leaderboard/*.json + leaderboard.md
+	$(PY) -m attackpsm -m logger=none progress=false metric=$(LEADERBOARD_METRICS) attack=$(LEADERBOARD_ATTACKS) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
+	$(PY) -m attackpsm.leaderboard $(RESULTS)
 
 lint: install ## Ruff lint and format check
 	$(VENV)/bin/ruff check .

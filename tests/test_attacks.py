@@ -270,8 +270,10 @@ def test_stadv_loss_decreases(variant, lpips_rand, batch):
 
 
 def test_stadv_stops_each_triplet_at_its_flip(lpips_rand, batch):
-    attack = StAdv(max_iterations=15)
+    attack = StAdv(max_iterations=10)
     prepared, prey, s_other = _prey(lpips_rand, batch)
+    keep = torch.arange(6)
+    prepared, prey, s_other = select(prepared, keep), prey[keep], s_other[keep]
     opt = attack.optimize_flow(lpips_rand, prepared, prey, s_other)
     stopped = opt.status == lbfgs.STOPPED
     assert stopped.any()

@@ -26,7 +26,7 @@ from attackpsm.run import build, run
 
 @pytest.fixture(scope="module")
 def batch():
-    data = SyntheticTriplets(size=32, num_triplets=16, seed=5)
+    data = SyntheticTriplets(size=32, num_triplets=12, seed=5)
     return collate([data[i] for i in range(len(data))])
 
 
@@ -257,7 +257,7 @@ def test_robustness_curve_and_median_radius():
 def test_cascade_is_the_worst_case_of_its_attacks(metrics, batch):
     metric = metrics["lpips_rand"]
     prepared, prey, s_other = _prey(metric, batch)
-    members = [PGD(eps=0.002, max_iterations=5), Square(eps=0.002, max_queries=20, seed=0)]
+    members = [PGD(eps=0.002, max_iterations=4), Square(eps=0.002, max_queries=12, seed=0)]
     alone = [a.run(metric, prepared, prey, s_other).flipped for a in members]
     out = Cascade(members).run(metric, prepared, prey, s_other)
     # the first attack runs on every triplet, so its flips are the cascade's

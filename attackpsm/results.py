@@ -122,9 +122,8 @@ class ShardStore:
         errors = frame.loc[is_err, ["triplet_id", "subset", "error"]].rename(
             columns={"error": "reason"}
         )
+        # all-empty columns stay (e.g. FGSM's eps_found when nothing flipped, judge without labels)
         results = frame.loc[~is_err].drop(columns="error")
-        if len(results):  # a shard of only bad triplets keeps its columns (triplet_id, ...)
-            results = results.dropna(axis=1, how="all")
         results = results.sort_values("triplet_id", kind="stable").reset_index(drop=True)
         _atomic_parquet(errors.reset_index(drop=True), self.errors_final)
         _atomic_parquet(results, self.final)

@@ -182,10 +182,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"were skipped (most common reasons: {reasons}; every one is listed in "
                 f"{run_dir / 'errors.parquet'})"
             )
-        summary = summarize(table, metric.name, attack.name, skipped=len(errs_all))
+        # the config names (pgd10, fgsm003, ...) tell variants of one attack class apart
+        summary = summarize(table, cfg.metric.name, cfg.attack.name, skipped=len(errs_all))
         text = write_summary(run_dir, summary) if merged is not None else None
         print(
-            f"\n{cfg.dataset.name} · {metric.name} · {attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
+            f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)

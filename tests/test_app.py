@@ -194,3 +194,17 @@ def test_wandb_unreachable_never_fails_the_run(cfg_factory, monkeypatch):
     )
     out = run(cfg)
     assert out["samples"] == 4
+
+
+def test_attack_columns_survive_when_empty(cfg_factory):
+    """FGSM records eps_found only for flips; a run without flips still has the column,
+    and the summary names the attack by its config name."""
+    cfg = cfg_factory(
+        ["metric=l2", "attack=fgsm003", "attack.max_eps=0.0002", "dataset.num_triplets=4"]
+    )
+    out = run(cfg)
+    table = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    assert "eps_found" in table.columns and table["eps_found"].isna().all()
+    assert not table["flipped"].any()
+    summary = pd.read_csv(Path(out["run_dir"]) / "summary.csv")
+    assert set(summary["attack"]) == {"fgsm003"}

@@ -114,8 +114,13 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         move = dict(device=device, non_blocking=True)
         return Batch(
-            self.triplet_id, self.subset, self.judge.to(**move), self.ref.to(**move),
-            self.p0.to(**move), self.p1.to(**move), self.errors,
+            self.triplet_id,
+            self.subset,
+            self.judge.to(**move),
+            self.ref.to(**move),
+            self.p0.to(**move),
+            self.p1.to(**move),
+            self.errors,
         )
 
 
@@ -123,7 +128,8 @@ def collate(items: list[dict[str, Any]]) -> Batch:
     good = [it for it in items if "error" not in it]
     errors = [
         {"triplet_id": it["triplet_id"], "subset": it["subset"], "reason": it["error"]}
-        for it in items if "error" in it
+        for it in items
+        if "error" in it
     ]
     if not good:
         empty = torch.empty(0, 3, 1, 1)

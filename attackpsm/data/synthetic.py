@@ -24,8 +24,20 @@ from attackpsm.data.base import TripletDataset, TripletRecord
 from attackpsm.images import from_uint8
 
 PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field",
-    "immunohistochemistry", "retina", "brick", "grass", "gravel", "coins", "moon", "clock",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "brick",
+    "grass",
+    "gravel",
+    "coins",
+    "moon",
+    "clock",
 )
 NATIVE = 256
 

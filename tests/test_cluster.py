@@ -480,10 +480,13 @@ def test_slurm_sweep_matches_single_process_and_reruns_for_free(slurm, tmp_path)
     assert "done: 8 triplets" in out
 
 
+# Long enough per shard (12 batches of fixed-step PGD(30) on LPIPS at 256 px, a few seconds
+# each) that a cancel or a preemption signal lands while the shard is still running.
 KILL = [
-    "-m", "hydra/launcher=slurm", "logger=none", "dataset.num_triplets=16", "resolution=256", "resolution.batch_size=2",
-    "metric=ssim", "attack.max_iterations=10", "shard.count=2", "progress=false",
+    "-m", "hydra/launcher=slurm", "logger=none", "dataset.num_triplets=48", "resolution=256", "resolution.batch_size=2",
+    "metric=lpips_alex", "attack.max_iterations=30", "attack.early_stop=false", "shard.count=2", "progress=false",
 ]  # fmt: skip
+KILL_TRIPLETS = 48
 
 
 def _first_shard_parts(results: Path) -> list[Path]:
@@ -523,8 +526,8 @@ def test_slurm_cancelled_shard_resubmitted_ends_exactly_once(slurm, tmp_path):
     assert f"resuming shard 0/2: {2 * kept} done" in task_logs
     assert "shard 1/2 already finished" in task_logs
     table = pd.read_parquet(run_dir / "results.parquet")
-    assert len(table) == 16 and table["triplet_id"].is_unique
-    assert "done: 16 triplets" in out
+    assert len(table) == KILL_TRIPLETS and table["triplet_id"].is_unique
+    assert f"done: {KILL_TRIPLETS} triplets" in out
 
 
 @pytest.mark.slurm
@@ -557,10 +560,10 @@ def test_slurm_preempted_task_is_requeued_and_resumes(slurm, tmp_path):
     task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))
     assert "this job is preempted" in task_logs and "Requeued job" in task_logs
     done = int(task_logs.split("resuming shard 0/2: ")[1].split(" done")[0])
-    assert 0 < done < 8
+    assert 0 < done < KILL_TRIPLETS // 2
     (run_dir,) = run_dirs(tmp_path / "results")
     table = pd.read_parquet(run_dir / "results.parquet")
-    assert len(table) == 16 and table["triplet_id"].is_unique
+    assert len(table) == KILL_TRIPLETS and table["triplet_id"].is_unique
 
 
 @pytest.mark.slurm

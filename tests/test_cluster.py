@@ -84,12 +84,15 @@ def run_dirs(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.rglob("identity.yaml"))
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
+def wait_for(predicate, timeout: float, what: str, every: float = 0.2, proc=None):
+    """Poll ``predicate`` until it is truthy; fail at once if ``proc`` ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (rc={proc.returncode}) before {what}")
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -314,21 +317,28 @@ def _submitit_tasks(folder_part: str) -> list[int]:
     return pids
 
 
+# 8 batches of fixed-step PGD(30) on LPIPS at 256 px: about 2 s a batch on two CPU cores, so a
+# signal sent after the first checkpoint lands mid-shard (a fast metric can finish in between).
+LONG_SHARD = [
+    "dataset=synthetic", "dataset.num_triplets=16", "resolution=256", "resolution.batch_size=2",
+    "metric=lpips_alex", "attack=pgd", "attack.max_iterations=30", "attack.early_stop=false", *QUIET,
+]  # fmt: skip
+
+
 def test_preempted_local_task_requeues_and_loses_at_most_one_batch(tmp_path):
     """USR2 (SLURM's preemption / time-limit warning) -> submitit checkpoint -> requeue -> resume."""
     args = [
         "-m",
         "hydra/launcher=local",
         "logger=none",
-        *small(16, 10),
-        *QUIET,
-        "resolution.batch_size=2",
-        "metric=l2",
+        *LONG_SHARD,
     ]
     log = tmp_path / "sweep.log"
     proc = app_background(args, tmp_path, log)
     try:
-        wait_for(lambda: part_files(tmp_path / "results"), 240, "a first checkpointed batch")
+        wait_for(
+            lambda: part_files(tmp_path / "results"), 240, "a first checkpointed batch", proc=proc
+        )
         tasks = wait_for(lambda: _submitit_tasks(str(tmp_path)), 30, "the task process")
         os.kill(tasks[0], signal.SIGUSR2)
         assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
@@ -346,12 +356,15 @@ def test_preempted_local_task_requeues_and_loses_at_most_one_batch(tmp_path):
 
 def test_killed_run_resumes_exactly_once(tmp_path):
     """SIGKILL mid-shard: the checkpointed batches survive, the rest is computed once."""
-    args = ["logger=none", *small(16, 10), *QUIET, "resolution.batch_size=2", "metric=l2"]
+    args = ["logger=none", *LONG_SHARD]
     log = tmp_path / "run.log"
     proc = app_background(args, tmp_path, log)
     try:
         wait_for(
-            lambda: len(part_files(tmp_path / "results")) >= 2, 240, "two checkpointed batches"
+            lambda: len(part_files(tmp_path / "results")) >= 2,
+            240,
+            "two checkpointed batches",
+            proc=proc,
         )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -507,7 +520,10 @@ def test_slurm_cancelled_shard_resubmitted_ends_exactly_once(slurm, tmp_path):
     proc = app_background(KILL, tmp_path, log)
     try:
         wait_for(
-            lambda: _first_shard_parts(tmp_path / "results"), 300, "a checkpointed batch of shard 0"
+            lambda: _first_shard_parts(tmp_path / "results"),
+            300,
+            "a checkpointed batch of shard 0",
+            proc=proc,
         )
         task = wait_for(_running_task, 30, "the running task of shard 0")
         subprocess.run(["scancel", task], check=True)
@@ -538,7 +554,10 @@ def test_slurm_preempted_task_is_requeued_and_resumes(slurm, tmp_path):
     proc = app_background(KILL, tmp_path, log)
     try:
         wait_for(
-            lambda: _first_shard_parts(tmp_path / "results"), 300, "a checkpointed batch of shard 0"
+            lambda: _first_shard_parts(tmp_path / "results"),
+            300,
+            "a checkpointed batch of shard 0",
+            proc=proc,
         )
         task = wait_for(_running_task, 30, "the running task of shard 0")
         subprocess.run(["scancel", "--signal=USR2", task], check=True)

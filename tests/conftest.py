@@ -1,10 +1,11 @@
-"""Shared fixtures: composed configs with CPU, tiny data, temporary outputs."""
+"""Shared fixtures: composed configs with CPU, tiny data, temporary outputs, attack inputs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -41,3 +42,34 @@ def lpips_alex():
     from attackpsm.metrics.lpips import LPIPS
 
     return LPIPS("alex")
+
+
+@pytest.fixture(scope="module")
+def lpips_rand():
+    """LPIPS(Alex) with a seeded random backbone: fast attack mechanics, one per module."""
+    from attackpsm.metrics.lpips import LPIPS
+
+    torch.manual_seed(0)
+    return LPIPS("alex", random_backbone=True)
+
+
+def synthetic_batch(num_triplets: int, seed: int, size: int = 32):
+    """A collated batch of synthetic triplets."""
+    from attackpsm.data.base import collate
+    from attackpsm.data.synthetic import SyntheticTriplets
+
+    data = SyntheticTriplets(size=size, num_triplets=num_triplets, seed=seed)
+    return collate([data[i] for i in range(len(data))])
+
+
+def select_prey(metric, batch, reverse=False):
+    """The engine's prey selection (Alg. 1, lines 2-5; Appendix F when reversed).
+
+    Returns the prepared references, the image to attack and the score of the other one.
+    """
+    prepared = metric.prepare(batch.ref)
+    with torch.no_grad():
+        d0, d1 = metric.score(prepared, batch.p0), metric.score(prepared, batch.p1)
+    rank = (d0 > d1) != reverse
+    prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
+    return prepared, prey, torch.where(rank, d0, d1)

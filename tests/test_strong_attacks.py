@@ -16,33 +16,21 @@ from attackpsm.attacks.eot import EoT, ExpectedScore
 from attackpsm.attacks.min_eps import MinEps, median_radius, robustness_curve
 from attackpsm.attacks.pgd import PGD
 from attackpsm.attacks.square import Square, square_fraction
-from attackpsm.data.base import collate
-from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.metrics.base import Metric
 from attackpsm.metrics.classic import L2, SSIM
-from attackpsm.metrics.lpips import LPIPS
 from attackpsm.run import build, run
+from tests.conftest import select_prey as _prey
+from tests.conftest import synthetic_batch
 
 
 @pytest.fixture(scope="module")
 def batch():
-    data = SyntheticTriplets(size=32, num_triplets=12, seed=5)
-    return collate([data[i] for i in range(len(data))])
+    return synthetic_batch(num_triplets=12, seed=5)
 
 
 @pytest.fixture(scope="module")
-def metrics():
-    torch.manual_seed(0)
-    return {"l2": L2(), "ssim": SSIM(), "lpips_rand": LPIPS("alex", random_backbone=True)}
-
-
-def _prey(metric, batch):
-    prepared = metric.prepare(batch.ref)
-    with torch.no_grad():
-        d0, d1 = metric.score(prepared, batch.p0), metric.score(prepared, batch.p1)
-    rank = d0 > d1
-    prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
-    return prepared, prey, torch.where(rank, d0, d1)
+def metrics(lpips_rand):
+    return {"l2": L2(), "ssim": SSIM(), "lpips_rand": lpips_rand}
 
 
 class Spy(Metric):

@@ -19,41 +19,22 @@ from attackpsm.attacks.fgsm import FGSM
 from attackpsm.attacks.onepixel import OnePixel, counter_uniform, image_keys
 from attackpsm.attacks.pgd import PGD, ReversePGD
 from attackpsm.attacks.stadv import StAdv, StAdvPGD, flow_loss, rank_term, warp
-from attackpsm.data.base import collate
-from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import select
 from attackpsm.metrics.classic import L2
-from attackpsm.metrics.lpips import LPIPS
 from attackpsm.run import build, run
+from tests.conftest import select_prey, synthetic_batch
 
 
 @pytest.fixture(scope="module")
 def batch():
-    data = SyntheticTriplets(size=32, num_triplets=10, seed=5)
-    return collate([data[i] for i in range(len(data))])
-
-
-@pytest.fixture(scope="module")
-def lpips_rand():
-    torch.manual_seed(0)
-    return LPIPS(random_backbone=True)
+    return synthetic_batch(num_triplets=10, seed=5)
 
 
 @pytest.fixture(scope="module")
 def metrics(lpips_rand):
     return {"l2": L2(), "lpips_rand": lpips_rand}
-
-
-def _prey(metric, batch, reverse=False):
-    """The engine's prey selection (Alg. 1, lines 2-5; Appendix F when reversed)."""
-    prepared = metric.prepare(batch.ref)
-    with torch.no_grad():
-        d0, d1 = metric.score(prepared, batch.p0), metric.score(prepared, batch.p1)
-    rank = (d0 > d1) != reverse
-    prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
-    return prepared, prey, torch.where(rank, d0, d1)
 
 
 # small settings: every attack of the package, fast enough for the quick suite
@@ -108,7 +89,7 @@ def test_reported_flips_are_real(attack_name, metric_name, metrics, batch):
 @pytest.mark.parametrize("attack_name", ["pgd", "pgd_alpha", "pgd_fixed", "pgd_reverse"])
 def test_pgd_budget_holds(attack_name, lpips_rand, batch):
     attack = SMALL[attack_name]()
-    prepared, prey, s_other = _prey(lpips_rand, batch, reverse=attack.reverse)
+    prepared, prey, s_other = select_prey(lpips_rand, batch, reverse=attack.reverse)
     out = attack.run(lpips_rand, prepared, prey, s_other)
     assert (out.adv - prey).abs().max() <= attack.eps + 1e-6
     assert out.adv.min() >= -1 and out.adv.max() <= 1
@@ -129,7 +110,7 @@ def test_reverse_pgd_attacks_the_less_similar_image(lpips_rand, batch):
 
 def test_fgsm_budget_and_eps_grid(lpips_rand, batch):
     attack = FGSM(max_eps=0.02)
-    prepared, prey, s_other = _prey(lpips_rand, batch)
+    prepared, prey, s_other = select_prey(lpips_rand, batch)
     out = attack.run(lpips_rand, prepared, prey, s_other)
     eps = out.columns["eps_found"]
     assert torch.equal(out.flipped, ~torch.isnan(eps))
@@ -145,7 +126,7 @@ def test_fgsm_budget_and_eps_grid(lpips_rand, batch):
 def test_fgsm_equals_the_linear_scan(metric_name, metrics, batch):
     """The batched ε scan returns exactly the first flipping ε of Algorithm 3's loop."""
     metric = metrics[metric_name]
-    prepared, prey, s_other = _prey(metric, batch)
+    prepared, prey, s_other = select_prey(metric, batch)
     chunked = FGSM(max_eps=0.005, max_batch=7).run(metric, prepared, prey, s_other)
     wide = FGSM(max_eps=0.005, max_batch=100_000).run(metric, prepared, prey, s_other)
     assert chunked.flipped.any() and (~chunked.flipped).any()  # both outcomes are checked
@@ -168,7 +149,7 @@ def test_fgsm_equals_the_linear_scan(metric_name, metrics, batch):
 def test_onepixel_changes_at_most_its_pixels(lpips_rand, batch):
     for pixels in (1, 2):
         attack = OnePixel(pixels=pixels, population=10, generations=3)
-        prepared, prey, s_other = _prey(lpips_rand, batch)
+        prepared, prey, s_other = select_prey(lpips_rand, batch)
         out = attack.run(lpips_rand, prepared, prey, s_other)
         changed = (out.adv != prey).any(dim=1).flatten(1).sum(1)
         assert (changed <= pixels).all() and (changed >= 1).any()
@@ -201,7 +182,7 @@ def test_onepixel_never_calls_backward(lpips_rand, batch, monkeypatch):
     monkeypatch.setattr(lpips_rand, "score", spy)
     attack = OnePixel(population=8, generations=2)
     assert not attack.white_box
-    prepared, prey, s_other = _prey(lpips_rand, batch)
+    prepared, prey, s_other = select_prey(lpips_rand, batch)
     grad_modes.clear()
     out = attack.run(lpips_rand, prepared, prey, s_other)
     assert grad_modes and not any(grad_modes)  # every metric call ran without autograd
@@ -253,7 +234,7 @@ def test_flow_loss_matches_eq5_by_hand():
 def test_stadv_loss_decreases(variant, lpips_rand, batch):
     """L-BFGS lowers Eq. 4 at every accepted iteration, down to 0 at a flip."""
     attack = StAdv(max_iterations=6, variant=variant)
-    prepared, prey, s_other = _prey(lpips_rand, batch)
+    prepared, prey, s_other = select_prey(lpips_rand, batch)
     opt = attack.optimize_flow(lpips_rand, select(prepared, torch.arange(4)), prey[:4], s_other[:4])
     zero = torch.zeros(4, 2, *prey.shape[2:])
     with torch.no_grad():
@@ -271,7 +252,7 @@ def test_stadv_loss_decreases(variant, lpips_rand, batch):
 
 def test_stadv_stops_each_triplet_at_its_flip(lpips_rand, batch):
     attack = StAdv(max_iterations=10)
-    prepared, prey, s_other = _prey(lpips_rand, batch)
+    prepared, prey, s_other = select_prey(lpips_rand, batch)
     keep = torch.arange(6)
     prepared, prey, s_other = select(prepared, keep), prey[keep], s_other[keep]
     opt = attack.optimize_flow(lpips_rand, prepared, prey, s_other)
@@ -293,7 +274,7 @@ def test_stadv_stops_each_triplet_at_its_flip(lpips_rand, batch):
 
 def test_stadv_pgd_budget(lpips_rand, batch):
     attack = StAdvPGD(max_iterations=6, pgd_steps=4, pgd_eps=0.01)
-    prepared, prey, s_other = _prey(lpips_rand, batch)
+    prepared, prey, s_other = select_prey(lpips_rand, batch)
     out = attack.run(lpips_rand, prepared, prey, s_other)
     stadv = StAdv(max_iterations=6).run(lpips_rand, prepared, prey, s_other)
     assert (out.adv - stadv.adv).abs().max() <= 0.01 + 1e-6
@@ -317,7 +298,7 @@ def test_stadv_pgd_budget(lpips_rand, batch):
 )
 def test_batched_equals_one_at_a_time(make, batch):
     metric = L2()
-    prepared, prey, s_other = _prey(metric, batch)
+    prepared, prey, s_other = select_prey(metric, batch)
     attack = make()
     together = attack.run(metric, prepared, prey, s_other)
     for i in range(prey.shape[0]):
@@ -336,7 +317,7 @@ def test_batched_equals_one_at_a_time_lpips(lpips_rand, batch):
         (OnePixel(population=10, generations=3), 1e-6),
         (StAdv(max_iterations=5), 5e-3),
     ):
-        prepared, prey, s_other = _prey(lpips_rand, batch)
+        prepared, prey, s_other = select_prey(lpips_rand, batch)
         together = attack.run(lpips_rand, prepared, prey, s_other)
         for i in range(3):
             idx = torch.tensor([i])
@@ -350,7 +331,7 @@ def test_fixed_seed_is_reproducible(attack_name, lpips_rand, batch):
     results = []
     for _ in range(2):
         torch.manual_seed(123)
-        prepared, prey, s_other = _prey(lpips_rand, batch)
+        prepared, prey, s_other = select_prey(lpips_rand, batch)
         results.append(SMALL[attack_name]().run(lpips_rand, prepared, prey, s_other))
     a, b = results
     assert torch.equal(a.adv, b.adv) and torch.equal(a.flipped, b.flipped)
@@ -359,7 +340,7 @@ def test_fixed_seed_is_reproducible(attack_name, lpips_rand, batch):
 
 
 def test_onepixel_seed_changes_the_search(lpips_rand, batch):
-    prepared, prey, s_other = _prey(lpips_rand, batch)
+    prepared, prey, s_other = select_prey(lpips_rand, batch)
     a = OnePixel(population=8, generations=0, seed=0).run(lpips_rand, prepared, prey, s_other)
     b = OnePixel(population=8, generations=0, seed=1).run(lpips_rand, prepared, prey, s_other)
     assert not torch.equal(a.adv, b.adv)

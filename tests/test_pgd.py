@@ -8,31 +8,21 @@ import torch
 from attackpsm.attacks.base import rank_loss
 from attackpsm.attacks.pgd import PGD
 from attackpsm.data.base import collate
-from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
 from attackpsm.metrics.classic import L2
+from tests.conftest import select_prey, synthetic_batch
 
 
 @pytest.fixture(scope="module")
 def batch():
-    data = SyntheticTriplets(size=32, num_triplets=24, seed=3)
-    return collate([data[i] for i in range(len(data))])
-
-
-def _prey(metric, batch):
-    prepared = metric.prepare(batch.ref)
-    with torch.no_grad():
-        d0, d1 = metric.score(prepared, batch.p0), metric.score(prepared, batch.p1)
-    rank = d0 > d1
-    prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
-    return prepared, prey, torch.where(rank, d0, d1)
+    return synthetic_batch(num_triplets=24, seed=3)
 
 
 @pytest.mark.parametrize("metric_name", ["lpips_alex", "l2"])
 def test_pgd_invariants(metric_name, batch, lpips_alex):
     metric = lpips_alex if metric_name == "lpips_alex" else L2()
     attack = PGD(eps=0.03, alpha=0.001, max_iterations=30)
-    prepared, prey, s_other = _prey(metric, batch)
+    prepared, prey, s_other = select_prey(metric, batch)
     out = attack.run(metric, prepared, prey, s_other)
 
     # the budget holds and the image stays valid

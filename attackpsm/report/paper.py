@@ -217,6 +217,14 @@ def _fgsm_cells(cells: list[str]) -> dict[str, float]:
     }
 
 
+# Table 2, after ``agrees | samples``: each attack's columns, how to read them, its parameters
+_TABLE2_ATTACKS = (
+    ("fgsm", slice(2, 6), _fgsm_cells, {"max_eps": 0.05}),
+    ("pgd", slice(6, 12), _pgd_cells, {"alpha": 0.001}),
+    ("onepixel", slice(12, 13), lambda cells: _flips(cells[0]), {}),
+)
+
+
 def parse_tables(text: str) -> list[dict[str, Any]]:
     """All records of Tables 1-12 (figure value panels are skipped)."""
     blocks = _blocks(text)
@@ -238,38 +246,18 @@ def parse_tables(text: str) -> list[dict[str, Any]]:
 
     for m, c in _carry_metric(_data_rows(blocks[2]), 14):  # Table 2: FGSM | PGD | One-pixel
         agrees, samples = _agree(c[0]), int(c[1])
-        recs.append(
-            _rec(
-                2,
-                agrees=agrees,
-                metric=m,
-                attack="fgsm",
-                values={"samples": samples, **_fgsm_cells(c[2:6])},
-                max_eps=0.05,
-                **bapps,
+        for attack, cols, cells, params in _TABLE2_ATTACKS:
+            recs.append(
+                _rec(
+                    2,
+                    agrees=agrees,
+                    metric=m,
+                    attack=attack,
+                    values={"samples": samples, **cells(c[cols])},
+                    **params,
+                    **bapps,
+                )
             )
-        )
-        recs.append(
-            _rec(
-                2,
-                agrees=agrees,
-                metric=m,
-                attack="pgd",
-                values={"samples": samples, **_pgd_cells(c[6:12])},
-                alpha=0.001,
-                **bapps,
-            )
-        )
-        recs.append(
-            _rec(
-                2,
-                agrees=agrees,
-                metric=m,
-                attack="onepixel",
-                values={"samples": samples, **_flips(c[12])},
-                **bapps,
-            )
-        )
 
     for m, c in _carry_metric(_data_rows(blocks[3]), 3):  # Table 3: |s0 - s1|
         recs.append(

@@ -350,9 +350,11 @@ class TransferTriplets(TripletDataset):
                 if not (d / MANIFEST).exists():
                     raise FileNotFoundError(f"no transfer manifest at {d / MANIFEST}")
         else:
-            self.column_dir = self.locate(column=column, **common)
+            self.column_dir = craft_location(column=column, **common)
             self.select_dir = (
-                Path(select_manifest) if select_manifest else self.locate(column=select, **common)
+                Path(select_manifest)
+                if select_manifest
+                else craft_location(column=select, **common)
             )
             if not (self.select_dir / MANIFEST).exists():
                 if select_manifest:
@@ -371,18 +373,6 @@ class TransferTriplets(TripletDataset):
         for r in frame.itertuples(index=False):
             judge = None if r.judge != r.judge else float(r.judge)  # NaN: no human label
             self.records.append(TripletRecord(r.triplet_id, r.subset, judge))
-
-    @staticmethod
-    def locate(
-        store: str,
-        source: str,
-        source_overrides: Sequence[str],
-        source_metric: str,
-        size: int | None,
-        column: str,
-        seed: int = 0,
-    ) -> Path:
-        return craft_location(store, source, source_overrides, source_metric, size, column, seed)
 
     def load_images(self, record: TripletRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         folder = self.column_dir / self._dirs[record.triplet_id]
@@ -423,7 +413,7 @@ class SavedAdversarial(Attack):
                 craft_dir = spec["manifest"]
             else:
                 craft_dir = str(
-                    TransferTriplets.locate(
+                    craft_location(
                         spec["store"],
                         spec["source"],
                         spec.get("source_overrides", []),

@@ -28,7 +28,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,29 @@ class Workload:
     params: dict[str, Any]
     triplets: int
     batch_size: int
+    # engine-side settings measured against the default (GPU): "channels_last" keeps the
+    # metric's weights and images in NHWC; "strict_fp32" turns TF32 off in cuDNN and matmul
+    options: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return "+".join((self.name, *self.options))
+
+
+OPTIONS = ("channels_last", "strict_fp32")
+
+
+@contextlib.contextmanager
+def engine_options(options: tuple[str, ...]):
+    """TF32 switched off for the duration (``strict_fp32``); restored afterwards."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    if "strict_fp32" in options:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def cpu_workloads(quick: bool) -> list[Workload]:
@@ -150,6 +173,10 @@ def gpu_workloads(quick: bool) -> list[Workload]:
     big = 2048 if quick else 12227
     return [
         Workload("pgd30_lpips_alex_64", "lpips_alex", 64, "pgd", {}, big, 4096),
+        *(
+            Workload("pgd30_lpips_alex_64", "lpips_alex", 64, "pgd", {}, big, 4096, (o,))
+            for o in OPTIONS
+        ),
         Workload("pgd30_lpips_vgg_64", "lpips_vgg", 64, "pgd", {}, 2048, 2048),
         Workload("fgsm_lpips_alex_64", "lpips_alex", 64, "fgsm", {}, 1024, 1024),
         Workload("stadv_lpips_alex_64", "lpips_alex", 64, "stadv", {}, 512, 512),
@@ -230,7 +257,23 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
+def _channels_last(batch: Batch) -> Batch:
+    fmt = torch.channels_last
+    return Batch(
+        batch.triplet_id,
+        batch.subset,
+        batch.judge,
+        batch.ref.contiguous(memory_format=fmt),
+        batch.p0.contiguous(memory_format=fmt),
+        batch.p1.contiguous(memory_format=fmt),
+        batch.errors,
+    )
+
+
 def measure(w: Workload, device: torch.device, reference_limit: int, tol: float) -> Row:
+    unknown = sorted(set(w.options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown bench options {unknown}; valid: {list(OPTIONS)}")
     metric = build_metric(w.metric, device)
     attack = build_attack(w.attack, w.params)
     data = SyntheticTriplets(size=w.size, num_triplets=w.triplets, seed=1234)
@@ -238,21 +281,27 @@ def measure(w: Workload, device: torch.device, reference_limit: int, tol: float)
     batches = [
         collate(items[i : i + w.batch_size]).to(device) for i in range(0, len(items), w.batch_size)
     ]
+    engine_metric = metric
+    if "channels_last" in w.options:
+        engine_metric = build_metric(w.metric, device).to(memory_format=torch.channels_last)
+        batches = [_channels_last(b) for b in batches]
 
     # engine (warm-up on the first batch's first triplets, then timed)
-    attack_batch(metric, attack, _head(batches[0], 2))
-    _sync(device)
-    _reset_peak(device)
-    t0 = time.perf_counter()
-    engine_rows = [attack_batch(metric, attack, b)[0] for b in batches]
-    _sync(device)
-    engine_s = time.perf_counter() - t0
-    engine_peak = _peak_mib(device)
+    with engine_options(w.options):
+        attack_batch(engine_metric, attack, _head(batches[0], 2))
+        _sync(device)
+        _reset_peak(device)
+        t0 = time.perf_counter()
+        engine_rows = [attack_batch(engine_metric, attack, b)[0] for b in batches]
+        _sync(device)
+        engine_s = time.perf_counter() - t0
+        engine_peak = _peak_mib(device)
     import pandas as pd
 
     engine = pd.concat(engine_rows, ignore_index=True)
 
-    # per-triplet reference on the first `reference_limit` triplets (the same triplets)
+    # per-triplet reference on the first `reference_limit` triplets (the same triplets),
+    # always with the default settings
     ref_fn = reference_for(w, attack)
     n_ref = min(reference_limit, len(items))
     singles = collate(items[:n_ref]).to(device)
@@ -281,7 +330,7 @@ def measure(w: Workload, device: torch.device, reference_limit: int, tol: float)
     ref_rate = n_ref / reference_s
     eng_rate = len(items) / engine_s
     return Row(
-        w.name,
+        w.label,
         str(device),
         len(items),
         n_ref,
@@ -338,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         help="relative margin under which a differing decision is float noise",
     )
     p.add_argument("--out", default="bench.json", help="JSON output path")
+    p.add_argument(
+        "--options",
+        default=None,
+        help=f"engine-side settings added to every workload, comma-separated: {', '.join(OPTIONS)}",
+    )
+    p.add_argument("--markdown", default=None, help="also write the table to this path")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
 
@@ -352,15 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     workloads = gpu_workloads(args.quick) if device.type == "cuda" else cpu_workloads(args.quick)
     if args.workloads != "all":
         wanted = args.workloads.split(",")
-        unknown = sorted(set(wanted) - {w.name for w in workloads})
+        valid = {w.name for w in workloads} | {w.label for w in workloads}
+        unknown = sorted(set(wanted) - valid)
         if unknown:
-            raise SystemExit(f"unknown workloads {unknown}; valid: {[w.name for w in workloads]}")
-        workloads = [w for w in workloads if w.name in wanted]
+            raise SystemExit(f"unknown workloads {unknown}; valid: {sorted(valid)}")
+        workloads = [w for w in workloads if w.name in wanted or w.label in wanted]
+    if args.options:
+        extra = tuple(args.options.split(","))
+        unknown = sorted(set(extra) - set(OPTIONS))
+        if unknown:
+            raise SystemExit(f"unknown options {unknown}; valid: {list(OPTIONS)}")
+        workloads = [replace(w, options=w.options + extra) for w in workloads]
     limit = args.reference_limit or (64 if device.type == "cuda" else 16)
 
     rows = []
     for w in workloads:
-        print(f"[bench] {w.name}: {w.triplets} triplets, batch {w.batch_size} ...", flush=True)
+        print(f"[bench] {w.label}: {w.triplets} triplets, batch {w.batch_size} ...", flush=True)
         rows.append(measure(w, device, limit, args.tol))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     table = format_table(rows)
@@ -372,10 +434,16 @@ def main(argv: list[str] | None = None) -> int:
         else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     Path(args.out).write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2)
     )
+    if args.markdown:
+        Path(args.markdown).write_text(
+            "; ".join(f"{k}: {v}" for k, v in meta.items()) + f"\n\n{table}\n"
+        )
     print(f"\nwritten: {args.out}")
     bad = [r.workload for r in rows if r.disagree]
     if bad:

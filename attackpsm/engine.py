@@ -7,6 +7,7 @@ the adversarial image after an 8-bit round trip, and compute the perturbation st
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +19,8 @@ from attackpsm.data.base import Batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
+
+log = logging.getLogger("attackpsm")
 
 
 def human_agreement(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> pd.Series:
@@ -139,3 +142,73 @@ def attack_batch(
         )
         rows = rows[~nonfinite].reset_index(drop=True)
     return rows, errors
+
+
+def _chunk(batch: Batch, start: int, stop: int) -> Batch:
+    """Triplets ``start:stop`` of ``batch``; the load errors travel with the first chunk."""
+    return Batch(
+        batch.triplet_id[start:stop],
+        batch.subset[start:stop],
+        batch.judge[start:stop],
+        batch.ref[start:stop],
+        batch.p0[start:stop],
+        batch.p1[start:stop],
+        batch.errors if start == 0 else [],
+    )
+
+
+class FittingBatches:
+    """:func:`attack_batch` that halves its batch when the device runs out of memory.
+
+    The batch size of a resolution file is a guess for one device; a larger image, a
+    heavier metric or a smaller GPU can exceed it (``resolution=768`` on a VGG metric). On
+    an out-of-memory error the batch is split in two and each half attacked on its own;
+    the size that fits is remembered, so later batches are cut to it at once. Every
+    triplet is attacked independently, so the split changes no deterministic result
+    (attacks that draw random numbers draw them per call). One triplet that does not fit
+    is an error that names the fix.
+    """
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit  # the largest batch known to fit (None: not yet limited)
+
+    def __call__(
+        self,
+        metric: Metric,
+        attack: Attack,
+        batch: Batch,
+        sink: Callable[..., None] | None = None,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        n = len(batch)
+        step = n if self.limit is None else max(1, min(n, self.limit))
+        rows, errors = [], []
+        start = 0
+        while start < max(n, 1):
+            stop = min(start + step, n)
+            try:
+                r, e = attack_batch(metric, attack, _chunk(batch, start, stop), sink=sink)
+            except torch.OutOfMemoryError as error:
+                if stop - start == 1:
+                    raise RuntimeError(
+                        "a single triplet does not fit in device memory for metric "
+                        f"{metric.name!r} at {tuple(batch.ref.shape[-2:])}: use a smaller "
+                        "`resolution`, a lighter metric, or a device with more memory"
+                    ) from error
+                step = max(1, (stop - start) // 2)
+                self.limit = step
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("out of device memory at batch %d: continuing with %d", n, step)
+                continue
+            rows.append(r)
+            errors.append(e)
+            start = stop
+            if n == 0:
+                break
+        if len(rows) == 1:
+            return rows[0], errors[0]
+        nonempty = [r for r in rows if len(r)]
+        return (
+            pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame(),
+            pd.concat([e for e in errors if len(e)] or errors[:1], ignore_index=True),
+        )

@@ -25,7 +25,7 @@ import attackpsm
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown, write_clean_accuracy
 from attackpsm.cluster import finished_shard
 from attackpsm.data.base import TripletDataset, collate, shard_records
-from attackpsm.engine import attack_batch
+from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger
 from attackpsm.results import ShardStore, identity_hash, merge_shards, summarize, write_summary
 
@@ -162,8 +162,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress
             )
             flips = total = 0
+            fitting = FittingBatches()  # halves the batch if the device runs out of memory
             for batch in bar:
-                rows, errs = attack_batch(metric, attack, batch.to(device), sink=sink)
+                rows, errs = fitting(metric, attack, batch.to(device), sink=sink)
                 store.checkpoint(rows, errs)
                 if len(rows):
                     flips += int(rows["flipped"].sum())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU check of `make bench`, for a machine with Python and PyTorch (CUDA) but no internet:
+# installs the wheels from .gpu/whl (launchers/gpu_bundle.sh made them), unpacks the weights,
+# then runs the bench (engine vs per-triplet loop) and writes bench.json, bench.md and the log
+# to OUT_DIR.
+#
+#   launchers/gpu_check.sh OUT_DIR [extra bench arguments, e.g. --quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:?usage: launchers/gpu_check.sh OUT_DIR [bench args]}
+shift
+mkdir -p "$OUT_DIR"
+PY=${PY:-python3}
+[ -d .gpu/whl ] || { echo "no .gpu/ here: run launchers/gpu_bundle.sh where pip works" >&2; exit 1; }
+
+site=$(mktemp -d)
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .gpu/whl/*.whl
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
+
+weights=$(mktemp -d)
+for f in .gpu/weights/*.pt.xz; do xz -dc "$f" > "$weights/$(basename "$f" .xz)"; done
+export ATTACKPSM_WEIGHTS=$weights ATTACKPSM_ALLOW_FETCH=false PYTHONUNBUFFERED=1
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+  "$PY" -m attackpsm.bench --device "${BENCH_DEVICE:-cuda}" --out "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md" "$@"
+} 2>&1 | tee "$OUT_DIR/bench.log"

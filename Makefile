@@ -50,7 +50,7 @@ report: weights ## Paper tables and figures of a results or sweep dir: make repo
 
 # every metric that runs offline; the attacks of the stronger evaluation
 LEADERBOARD_METRICS ?= l2,ssim,ms_ssim,cw_ssim,fsimc,gmsd,vif,haarpsi,mdsi,lpips_alex,lpips_vgg,dists,stlpips_alex,stlpips_vgg,elpips_vgg
-LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,min_eps,autoattack
+LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,square_l2,min_eps,autoattack
 LEADERBOARD_ARGS ?= dataset=synthetic dataset.num_triplets=64 resolution=64
 
 leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks into $(RESULTS), then <dir>/leaderboard/*.json + leaderboard.md

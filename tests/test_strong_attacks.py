@@ -1,4 +1,7 @@
-"""Stronger evaluation: APGD, EoT, Square, minimal ε by bisection, the cascade, the leaderboard."""
+"""Stronger evaluation: APGD, EoT, Square, minimal ε by bisection, the cascade, the leaderboard.
+
+Also the integer checks the attacks share (``check_int``).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from attackpsm.attacks.apgd import APGD, checkpoints
+from attackpsm.attacks.apgd import APGD, checkpoints, margin
+from attackpsm.attacks.base import check_int
 from attackpsm.attacks.cascade import Cascade
 from attackpsm.attacks.eot import EoT, ExpectedScore
+from attackpsm.attacks.fgsm import FGSM
 from attackpsm.attacks.min_eps import MinEps, median_radius, robustness_curve
+from attackpsm.attacks.onepixel import OnePixel
 from attackpsm.attacks.pgd import PGD
-from attackpsm.attacks.square import Square, square_fraction
+from attackpsm.attacks.square import Square, centred_bump, meta_square, square_fraction
+from attackpsm.attacks.stadv import StAdv, StAdvPGD
 from attackpsm.metrics.base import Metric
 from attackpsm.metrics.classic import L2, SSIM
 from attackpsm.run import build, run
@@ -175,8 +182,17 @@ def test_square_schedule_halves():
     assert square_fraction(0.8, 100, 1000) == square_fraction(0.8, 1000, 10000)
 
 
+def _size(delta, norm):
+    """Per-triplet size of a perturbation in the attack's norm (over C x H x W)."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.03), ("l2", 1.0)])
 @pytest.mark.parametrize("metric_name", ["l2", "lpips_rand"])
-def test_square_is_black_box_and_respects_its_budget(metric_name, metrics, batch, monkeypatch):
+def test_square_is_black_box_and_respects_its_budget(
+    metric_name, norm, eps, metrics, batch, monkeypatch
+):
     metric = metrics[metric_name]
     prepared, prey, s_other = _prey(metric, batch)
     spy = Spy(metric)
@@ -186,7 +202,7 @@ def test_square_is_black_box_and_respects_its_budget(metric_name, metrics, batch
 
     monkeypatch.setattr(torch.autograd, "grad", forbidden)
     monkeypatch.setattr(torch.Tensor, "backward", forbidden)
-    attack = Square(eps=0.03, max_queries=60, seed=1)
+    attack = Square(eps=eps, max_queries=60, seed=1, norm=norm)
     out = attack.run(spy, prepared, prey, s_other)
     assert not attack.white_box
     assert spy.calls and not any(grad for _, grad in spy.calls)
@@ -195,7 +211,7 @@ def test_square_is_black_box_and_respects_its_budget(metric_name, metrics, batch
     # the recorded queries are exactly the images each triplet sent to the metric
     assert int(queries.sum()) == sum(size for size, _ in spy.calls)
     assert (queries[~out.flipped] == 60).all()
-    assert (out.adv - prey).abs().max() <= 0.03 + 1e-6
+    assert (_size(out.adv - prey, norm) <= eps + 1e-5).all()
     assert out.adv.min() >= -1 and out.adv.max() <= 1
     monkeypatch.undo()
     with torch.no_grad():
@@ -203,6 +219,108 @@ def test_square_is_black_box_and_respects_its_budget(metric_name, metrics, batch
     assert torch.allclose(s, out.s_adv, atol=1e-5)
     assert torch.equal(out.flipped, s > s_other)
     assert out.flipped.any()
+
+
+def test_square_l2_meta_square_is_two_opposite_centred_bumps():
+    bump = centred_bump(5, 7)
+    assert bump.norm() == pytest.approx(1.0)
+    assert bump.argmax() == 2 * 7 + 3  # the peak sits at the centre (rows // 2, cols // 2)
+    # constant on each ring of Chebyshev distance d from the centre, decreasing with d
+    i, j = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
+    ring = torch.maximum((i - 2).abs(), (j - 3).abs())
+    levels = [bump[ring == d] for d in range(4)]
+    assert all(torch.allclose(v, v[0].expand_as(v)) for v in levels)
+    assert all(levels[d][0] > levels[d + 1][0] > 0 for d in range(3))
+    for side in (1, 3, 6, 9):
+        meta = meta_square(side)
+        assert meta.shape == (side, side) and meta.norm() == pytest.approx(1.0)
+        assert (meta[: side // 2] >= 0).all() and (meta[side // 2 :] < 0).all()
+        assert torch.allclose(
+            meta[side // 2 :], -centred_bump(side - side // 2, side) * (meta[side // 2 :].norm())
+        )
+
+
+def test_square_l2_keeps_the_norm_at_exactly_eps_without_clipping(metrics):
+    # a mid-grey prey and a small ε: no pixel reaches ±1, so every kept image has ||δ|| = ε
+    metric = metrics["l2"]
+    ref = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    prey = torch.zeros_like(ref)
+    prepared = metric.prepare(ref)
+    with torch.no_grad():
+        s_other = metric.score(prepared, prey) + 10.0  # out of reach: every query runs
+    eps = torch.tensor([0.05, 0.1, 0.2, 0.4])
+    out = Square(norm="l2", max_queries=30, seed=3).attack(metric, prepared, prey, s_other, eps)
+    assert (out.columns["queries"] == 30).all()
+    assert (out.adv.abs() < 1).all()
+    torch.testing.assert_close(_size(out.adv - prey, "l2"), eps, atol=1e-5, rtol=1e-5)
+    # ε = 0 leaves the prey as it is
+    none = Square(eps=0.0, norm="l2", max_queries=5).run(metric, prepared, prey, s_other)
+    assert torch.equal(none.adv, prey)
+
+
+@pytest.mark.parametrize("metric_name, eps", [("l2", 1.0), ("ssim", 0.5)])
+def test_square_l2_search_flips_weak_metrics(metric_name, eps, metrics, batch):
+    metric = metrics[metric_name]
+    prepared, prey, s_other = _prey(metric, batch)
+    start = Square(eps=eps, norm="l2", max_queries=1, seed=0).run(metric, prepared, prey, s_other)
+    out = Square(eps=eps, norm="l2", max_queries=100, seed=0).run(metric, prepared, prey, s_other)
+    flips = int(out.flipped.sum())
+    with torch.no_grad():
+        s = metric.score(prepared, out.adv)
+    assert flips == int((s > s_other).sum())  # counted on the returned images
+    assert 0 < flips >= int(start.flipped.sum())
+    # random search keeps a candidate only if it helps: never worse than its start
+    # (the same seed draws the same start), and strictly better on the unflipped ones
+    gained = margin(s_other, out.s_adv) - margin(s_other, start.s_adv)
+    assert (gained >= 0).all()
+    assert gained[~start.flipped].sum() > 0
+    assert (_size(out.adv - prey, "l2") <= eps + 1e-5).all()
+    assert int(out.columns["queries"].max()) <= 100
+
+
+def test_square_rejects_bad_parameters():
+    with pytest.raises(ValueError, match=r"norm must be one of \('linf', 'l2'\), got 'l1'"):
+        Square(norm="l1")
+    with pytest.raises(ValueError, match="max_queries must be an integer >= 1, got 0"):
+        Square(max_queries=0)
+    with pytest.raises(ValueError, match="p_init must be <= 1, got 2"):
+        Square(p_init=2, norm="l2")
+
+
+# --- integer parameters -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, name, bad, valid",
+    [
+        (lambda: Square(max_queries=0), "max_queries", "0", ">= 1"),
+        (lambda: Square(max_queries=2.5), "max_queries", "2.5", ">= 1"),
+        (lambda: APGD(max_iterations=-1), "max_iterations", "-1", ">= 0"),
+        (lambda: APGD(restarts=0.5), "restarts", "0.5", ">= 0"),
+        (lambda: APGD(eot_samples=0), "eot_samples", "0", ">= 1"),
+        (lambda: EoT(PGD(), eot_samples=0), "eot_samples", "0", ">= 1"),
+        (lambda: ExpectedScore(L2(), 0), "eot_samples", "0", ">= 1"),
+        (lambda: PGD(max_iterations=1.5), "max_iterations", "1.5", ">= 0"),
+        (lambda: FGSM(max_batch=0), "max_batch", "0", ">= 1"),
+        (lambda: OnePixel(population=3), "population", "3", r">= 4 \(DE/rand/1\)"),
+        (lambda: OnePixel(generations=-2), "generations", "-2", ">= 0"),
+        (lambda: OnePixel(max_batch=0.5), "max_batch", "0.5", ">= 1"),
+        (lambda: StAdv(history=0), "history", "0", ">= 1"),
+        (lambda: StAdv(max_line_search=0), "max_line_search", "0", ">= 1"),
+        (lambda: StAdvPGD(pgd_steps=-1), "pgd_steps", "-1", ">= 0"),
+    ],
+)
+def test_integer_parameters_name_the_value_and_the_range(make, name, bad, valid):
+    with pytest.raises(ValueError, match=rf"{name} must be an integer {valid}, got {bad}$"):
+        make()
+
+
+def test_check_int_accepts_whole_numbers_only():
+    check_int("steps", 3, minimum=0)
+    check_int("steps", 3.0, minimum=3)  # a whole float (as a config may give) is fine
+    for bad in (2, 3.5, "4", True, float("nan"), float("inf"), None):
+        with pytest.raises(ValueError, match=rf"steps must be an integer >= 3, got {bad!r}"):
+            check_int("steps", bad, minimum=3)
 
 
 # --- minimal ε ----------------------------------------------------------------------------
@@ -267,6 +385,7 @@ CHEAP = {
     "apgd_eot": ["attack.max_iterations=3", "attack.eot_samples=2"],
     "pgd_eot": ["attack.attack.max_iterations=3", "attack.eot_samples=2"],
     "square": ["attack.max_queries=10"],
+    "square_l2": ["attack.max_queries=10"],
     "min_eps": ["attack.attack.max_iterations=3", "attack.tol=0.02"],
     "autoattack": [
         "attack.attacks.0.max_iterations=2",
@@ -300,7 +419,7 @@ def test_leaderboard_from_runs(cfg_factory, tmp_path):
 
     tables = {}
     for metric in ("l2", "ssim"):
-        for name in ("none", "pgd", "apgd", "square", "min_eps"):
+        for name in ("none", "pgd", "apgd", "square", "square_l2", "min_eps"):
             cfg = cfg_factory(
                 [
                     f"attack={name}",
@@ -333,6 +452,11 @@ def test_leaderboard_from_runs(cfg_factory, tmp_path):
             (tmp_path / "board" / "synthetic-res16" / f"{metric}.linf-blackbox.json").read_text()
         )
         assert black["attacks"] == ["square"]
+        # the l2 Square is a black-box attack of the l2 threat model (ε = 1.0, as apgd_l2)
+        l2 = json.loads((tmp_path / "board" / "synthetic-res16" / f"{metric}.l2.json").read_text())
+        assert l2["attacks"] == ["square_l2"]
+        assert l2["flip_rate"] == pytest.approx(tables[metric, "square_l2"]["flipped"].mean())
+        assert l2["queries_mean"] == pytest.approx(tables[metric, "square_l2"]["queries"].mean())
     text = md.read_text()
     section = text.split("## synthetic · res16 · linf (")[1].split("##")[0]
     rows = [

@@ -7,7 +7,7 @@ White-box (gradients of the metric):
     :class:`~attackpsm.attacks.apgd.APGD` (Auto-PGD, ℓ∞/ℓ2).
 Black-box (metric outputs only):
     :class:`~attackpsm.attacks.onepixel.OnePixel` (Su et al.),
-    :class:`~attackpsm.attacks.square.Square` (Andriushchenko et al.).
+    :class:`~attackpsm.attacks.square.Square` (Andriushchenko et al., ℓ∞/ℓ2).
 Stronger evaluation: :class:`~attackpsm.attacks.eot.EoT` (stochastic metrics),
     :class:`~attackpsm.attacks.min_eps.MinEps` (per-triplet minimal ε),
     :class:`~attackpsm.attacks.cascade.Cascade` (``attack=autoattack``).

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_flipped
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive, rank_flipped
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
 
@@ -110,16 +110,9 @@ class APGD(Attack):
         check_positive("eps", eps, allow_zero=True)
         if norm not in NORMS:
             raise ValueError(f"attack parameter norm must be one of {NORMS}, got {norm!r}")
-        if int(max_iterations) != max_iterations or max_iterations < 0:
-            raise ValueError(
-                f"attack parameter max_iterations must be an integer >= 0, got {max_iterations}"
-            )
-        if int(eot_samples) != eot_samples or eot_samples < 1:
-            raise ValueError(
-                f"attack parameter eot_samples must be an integer >= 1, got {eot_samples}"
-            )
-        if int(restarts) != restarts or restarts < 0:
-            raise ValueError(f"attack parameter restarts must be an integer >= 0, got {restarts}")
+        check_int("max_iterations", max_iterations, minimum=0)
+        check_int("eot_samples", eot_samples, minimum=1)
+        check_int("restarts", restarts, minimum=0)
         check_positive("rho", rho)
         check_positive("momentum", momentum)
         self.eps = float(eps)

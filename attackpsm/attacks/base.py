@@ -93,3 +93,20 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
     if not ok or value != value:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"attack parameter {name} must be {bound}, got {value}")
+
+
+def check_int(name: str, value: Any, minimum: int, note: str = "") -> None:
+    """Raise a clear error unless ``value`` is a whole number ``>= minimum``.
+
+    ``note`` (e.g. ``"DE/rand/1"``) says why the bound is what it is. Floats such as ``3.0``
+    pass (Hydra may hand them over); ``True``/``False`` and non-numbers do not.
+    """
+    why = f" ({note})" if note else ""
+    try:
+        whole = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or value < minimum:
+        raise ValueError(
+            f"attack parameter {name} must be an integer >= {minimum}{why}, got {value!r}"
+        )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult
+from attackpsm.attacks.base import Attack, AttackResult, check_int
 from attackpsm.metrics.base import Metric
 
 
@@ -27,8 +27,7 @@ class ExpectedScore(Metric):
 
     def __init__(self, metric: Metric, samples: int):
         super().__init__()
-        if int(samples) != samples or samples < 1:
-            raise ValueError(f"eot_samples must be an integer >= 1, got {samples}")
+        check_int("eot_samples", samples, minimum=1)
         self.metric = metric
         self.samples = int(samples)
         self.name = metric.name
@@ -56,10 +55,7 @@ class EoT(Attack):
     name = "eot"
 
     def __init__(self, attack: Attack, eot_samples: int = 8):
-        if int(eot_samples) != eot_samples or eot_samples < 1:
-            raise ValueError(
-                f"attack parameter eot_samples must be an integer >= 1, got {eot_samples}"
-            )
+        check_int("eot_samples", eot_samples, minimum=1)
         self.attack = attack
         self.eot_samples = int(eot_samples)
         self.white_box = attack.white_box

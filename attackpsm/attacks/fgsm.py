@@ -6,7 +6,14 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_flipped, rank_loss
+from attackpsm.attacks.base import (
+    Attack,
+    AttackResult,
+    check_int,
+    check_positive,
+    rank_flipped,
+    rank_loss,
+)
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
 
@@ -40,8 +47,7 @@ class FGSM(Attack):
     def __init__(self, max_eps: float = 0.05, eps_step: float = 0.0001, max_batch: int = 2048):
         check_positive("max_eps", max_eps)
         check_positive("eps_step", eps_step)
-        if max_batch < 1:
-            raise ValueError(f"attack parameter max_batch must be >= 1, got {max_batch}")
+        check_int("max_batch", max_batch, minimum=1)
         self.max_eps = float(max_eps)
         self.eps_step = float(eps_step)
         self.max_batch = int(max_batch)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_flipped
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive, rank_flipped
 from attackpsm.images import to_uint8
 from attackpsm.metrics.base import Metric, select
 
@@ -112,19 +112,11 @@ class OnePixel(Attack):
         seed: int = 0,
         max_batch: int = 2048,
     ):
-        if int(pixels) != pixels or pixels < 1:
-            raise ValueError(f"attack parameter pixels must be an integer >= 1, got {pixels}")
-        if int(population) != population or population < 4:
-            raise ValueError(
-                f"attack parameter population must be an integer >= 4 (DE/rand/1), got {population}"
-            )
-        if int(generations) != generations or generations < 0:
-            raise ValueError(
-                f"attack parameter generations must be an integer >= 0, got {generations}"
-            )
+        check_int("pixels", pixels, minimum=1)
+        check_int("population", population, minimum=4, note="DE/rand/1")
+        check_int("generations", generations, minimum=0)
         check_positive("mutation", mutation)
-        if max_batch < 1:
-            raise ValueError(f"attack parameter max_batch must be >= 1, got {max_batch}")
+        check_int("max_batch", max_batch, minimum=1)
         self.pixels = int(pixels)
         self.population = int(population)
         self.generations = int(generations)

@@ -10,6 +10,7 @@ import torch
 from attackpsm.attacks.base import (
     Attack,
     AttackResult,
+    check_int,
     check_positive,
     rank_flipped,
     rank_loss,
@@ -52,10 +53,7 @@ class PGD(Attack):
     ):
         check_positive("eps", eps, allow_zero=True)
         check_positive("alpha", alpha)
-        if int(max_iterations) != max_iterations or max_iterations < 0:
-            raise ValueError(
-                f"attack parameter max_iterations must be an integer >= 0, got {max_iterations}"
-            )
+        check_int("max_iterations", max_iterations, minimum=0)
         self.eps = float(eps)
         self.alpha = float(alpha)
         self.max_iterations = int(max_iterations)

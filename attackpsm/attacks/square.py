@@ -1,9 +1,18 @@
-"""Square attack (Andriushchenko et al., 2020): black-box, score-based, ℓ∞.
+"""Square attack (Andriushchenko et al., 2020): black-box, score-based, ℓ∞ or ℓ2.
 
-Random search over square-shaped updates: start from vertical stripes of ``±ε``, then at
-each query redraw one random square window (its side shrinks on a fixed schedule) to
-``±ε`` per channel and keep the candidate if the rank-flip margin ``s_adv - s_other``
-grew. Only metric outputs are read, under ``torch.no_grad``: no gradient is ever formed.
+Random search over square-shaped updates, keeping a candidate only if the rank-flip margin
+``s_adv - s_other`` grew. Only metric outputs are read, under ``torch.no_grad``: no
+gradient is ever formed.
+
+- ℓ∞ (Alg. 2 of the paper): start from vertical stripes of ``±ε``, then at each query
+  redraw one random square window (its side shrinks on a fixed schedule) to ``±ε`` per
+  channel.
+- ℓ2 (Alg. 3 and Sec. 3.2): start from a grid of "meta-squares", each a pair of centred
+  bumps of opposite sign (:func:`meta_square`) with a random sign per channel, scaled to
+  ``||δ||_2 = ε``; then at each query pick two windows of the same side, move the
+  perturbation of the second into the first, add a new meta-square there, and rescale the
+  first window per channel so that the total norm is again exactly ε (before clipping to
+  the image range).
 """
 
 from __future__ import annotations
@@ -14,9 +23,17 @@ from typing import Any
 import torch
 
 from attackpsm.attacks.apgd import margin
-from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_flipped
+from attackpsm.attacks.base import (
+    Attack,
+    AttackResult,
+    check_int,
+    check_positive,
+    rank_flipped,
+)
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
+
+NORMS = ("linf", "l2")
 
 
 def square_fraction(p_init: float, query: int, max_queries: int) -> float:
@@ -30,13 +47,46 @@ def square_fraction(p_init: float, query: int, max_queries: int) -> float:
     return p_init / 2**halvings
 
 
+def centred_bump(rows: int, cols: int) -> torch.Tensor:
+    """The ℓ2 attack's centred perturbation on a ``rows x cols`` rectangle, unit ℓ2 norm.
+
+    Sec. 3.2 of the Square paper: nested rectangles around the centre ``(rows // 2,
+    cols // 2)``, the ``k``-th (half-width ``k``) adding ``1 / (k + 1)^2``, for
+    ``k = 0 .. max(rows, cols) // 2``. A pixel at Chebyshev distance ``d`` from the centre
+    therefore holds ``sum_{k >= d} 1 / (k + 1)^2``: largest in the middle, decaying outwards.
+    """
+    if rows == 0 or cols == 0:
+        return torch.zeros(rows, cols)
+    levels = max(rows, cols) // 2 + 1
+    weights = 1.0 / torch.arange(1, levels + 1, dtype=torch.float64) ** 2
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[d] = sum_{k >= d} weights[k]
+    di = (torch.arange(rows) - rows // 2).abs()
+    dj = (torch.arange(cols) - cols // 2).abs()
+    bump = tail[torch.maximum(di[:, None], dj[None, :])]
+    return (bump / bump.norm()).float()
+
+
+def meta_square(side: int) -> torch.Tensor:
+    """A ``side x side`` meta-square of unit ℓ2 norm (Sec. 3.2 of the Square paper).
+
+    The upper ``side // 2`` rows hold a :func:`centred_bump`, the rest the negated bump of
+    their own size; the caller transposes it at random so both orientations occur.
+    """
+    top = side // 2
+    out = torch.cat([centred_bump(top, side), -centred_bump(side - top, side)])
+    return out / out.norm()
+
+
 class Square(Attack):
-    """ℓ∞ Square attack on the rank-flip margin, batched with per-triplet early stop.
+    """Square attack on the rank-flip margin, ℓ∞ or ℓ2, batched with per-triplet early stop.
 
     Args:
-        eps: ℓ∞ budget on the ``[-1, 1]`` scale (0.03).
-        max_queries: metric calls per triplet, the stripe start included (1000).
-        p_init: initial fraction of the image a square covers (0.05).
+        eps: budget on the ``[-1, 1]`` scale: ℓ∞ (0.03, as PGD) or, with ``norm="l2"``, the
+            ℓ2 norm of each triplet's perturbation over C x H x W (as ``apgd_l2``).
+        max_queries: metric calls per triplet, the initial perturbation included (1000).
+        p_init: initial fraction of the image a square covers (0.05; the paper uses 0.1
+            for ℓ2).
+        norm: ``"linf"`` (Alg. 2 of the paper) or ``"l2"`` (Alg. 3).
         seed: random stream.
 
     The ``queries`` column records the metric calls each triplet used.
@@ -51,20 +101,25 @@ class Square(Attack):
     columns = ("iterations", "queries")
 
     def __init__(
-        self, eps: float = 0.03, max_queries: int = 1000, p_init: float = 0.05, seed: int = 0
+        self,
+        eps: float = 0.03,
+        max_queries: int = 1000,
+        p_init: float = 0.05,
+        seed: int = 0,
+        norm: str = "linf",
     ):
         check_positive("eps", eps, allow_zero=True)
         check_positive("p_init", p_init)
-        if int(max_queries) != max_queries or max_queries < 1:
-            raise ValueError(
-                f"attack parameter max_queries must be an integer >= 1, got {max_queries}"
-            )
+        check_int("max_queries", max_queries, minimum=1)
         if p_init > 1:
             raise ValueError(f"attack parameter p_init must be <= 1, got {p_init}")
+        if norm not in NORMS:
+            raise ValueError(f"attack parameter norm must be one of {NORMS}, got {norm!r}")
         self.eps = float(eps)
         self.max_queries = int(max_queries)
         self.p_init = float(p_init)
         self.seed = int(seed)
+        self.norm = norm
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
@@ -89,12 +144,12 @@ class Square(Attack):
             else torch.full((n, 1, 1, 1), float(eps), device=device)
         )
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
-
-        def signs(*shape: int) -> torch.Tensor:
-            return (torch.randint(0, 2, shape, generator=gen).float() * 2 - 1).to(device)
-
-        # stripes: one random sign per (channel, column)
-        adv = (prey + e * signs(n, c, 1, w)).clamp(LOW, HIGH)
+        start, candidates = (
+            (self._stripes, self._linf_candidate)
+            if self.norm == "linf"
+            else (self._meta_grid, self._l2_candidate)
+        )
+        adv = start(prey, e, gen)
         s_adv = metric.score(prepared_ref, adv)
         queries = torch.ones(n, dtype=torch.long, device=device)
         best = margin(s_other, s_adv, self.reverse)
@@ -104,25 +159,8 @@ class Square(Attack):
             active = (~flipped).nonzero().flatten()
             if len(active) == 0:
                 break
-            side = max(
-                int(round(math.sqrt(square_fraction(self.p_init, q, self.max_queries) * h * w))), 1
-            )
-            side = min(side, h, w)
-            m = len(active)
-            rows = torch.randint(0, h - side + 1, (m,), generator=gen).tolist()
-            cols = torch.randint(0, w - side + 1, (m,), generator=gen).tolist()
-            values = signs(m, c, 1, 1) * e[active]
-            center = prey[active]
-            candidate = adv[active].clone()
-            for j in range(m):
-                r, s = rows[j], cols[j]
-                window = candidate[j, :, r : r + side, s : s + side]
-                # a window that would not change wastes a query: flip its signs instead
-                new = (center[j, :, r : r + side, s : s + side] + values[j]).clamp(LOW, HIGH)
-                if torch.equal(new, window):
-                    values[j] = -values[j]
-                    new = (center[j, :, r : r + side, s : s + side] + values[j]).clamp(LOW, HIGH)
-                candidate[j, :, r : r + side, s : s + side] = new
+            side = int(round(math.sqrt(square_fraction(self.p_init, q, self.max_queries) * h * w)))
+            candidate = candidates(prey[active], adv[active], e[active], side, gen)
             s_new = metric.score(select(prepared_ref, active), candidate)
             queries[active] += 1
             f = margin(s_other[active], s_new, self.reverse)
@@ -136,3 +174,126 @@ class Square(Attack):
             iterations[active[now]] = q
         iterations[~flipped] = queries[~flipped] - 1
         return AttackResult(adv, s_adv, flipped, {"iterations": iterations, "queries": queries})
+
+    # -- ℓ∞ (Alg. 2) --------------------------------------------------------------------
+
+    @staticmethod
+    def _signs(gen: torch.Generator, device: torch.device, *shape: int) -> torch.Tensor:
+        return (torch.randint(0, 2, shape, generator=gen).float() * 2 - 1).to(device)
+
+    def _stripes(self, prey: torch.Tensor, e: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """ℓ∞ start: one random sign ``±ε`` per (channel, column)."""
+        n, c, _, w = prey.shape
+        return (prey + e * self._signs(gen, prey.device, n, c, 1, w)).clamp(LOW, HIGH)
+
+    def _linf_candidate(
+        self,
+        center: torch.Tensor,
+        adv: torch.Tensor,
+        e: torch.Tensor,
+        side: int,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """ℓ∞ update: one random window per triplet set to ``±ε`` per channel."""
+        m, c, h, w = center.shape
+        side = min(max(side, 1), h, w)
+        rows = torch.randint(0, h - side + 1, (m,), generator=gen).tolist()
+        cols = torch.randint(0, w - side + 1, (m,), generator=gen).tolist()
+        values = self._signs(gen, center.device, m, c, 1, 1) * e
+        candidate = adv.clone()
+        for j in range(m):
+            r, s = rows[j], cols[j]
+            window = candidate[j, :, r : r + side, s : s + side]
+            # a window that would not change wastes a query: flip its signs instead
+            new = (center[j, :, r : r + side, s : s + side] + values[j]).clamp(LOW, HIGH)
+            if torch.equal(new, window):
+                values[j] = -values[j]
+                new = (center[j, :, r : r + side, s : s + side] + values[j]).clamp(LOW, HIGH)
+            candidate[j, :, r : r + side, s : s + side] = new
+        return candidate
+
+    # -- ℓ2 (Alg. 3) --------------------------------------------------------------------
+
+    @staticmethod
+    def _meta_squares(m: int, side: int, gen: torch.Generator) -> torch.Tensor:
+        """``(m, 1, side, side)`` meta-squares, each transposed with probability 1/2."""
+        meta = meta_square(side)
+        flip = torch.rand(m, generator=gen) < 0.5
+        return torch.where(flip[:, None, None], meta.T, meta).unsqueeze(1)
+
+    def _meta_grid(self, prey: torch.Tensor, e: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """ℓ2 start: a centred grid of meta-squares of side ``min(H, W) // 5``.
+
+        Each tile has a random sign per (triplet, channel); the whole perturbation is
+        scaled to ``||δ||_2 = ε`` per triplet, then clipped to the image range.
+        """
+        n, c, h, w = prey.shape
+        side = max(min(h, w) // 5, 1)
+        delta = torch.zeros(n, c, h, w)
+        top, left = (h - h // side * side) // 2, (w - w // side * side) // 2
+        for r in range(top, h - side + 1, side):
+            for s in range(left, w - side + 1, side):
+                tile = self._meta_squares(n, side, gen) * self._signs(gen, "cpu", n, c, 1, 1)
+                delta[:, :, r : r + side, s : s + side] += tile
+        delta = delta.to(prey.device)
+        return (prey + _rescale(delta, e)).clamp(LOW, HIGH)
+
+    def _l2_candidate(
+        self,
+        center: torch.Tensor,
+        adv: torch.Tensor,
+        e: torch.Tensor,
+        side: int,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """ℓ2 update (Alg. 3): move the mass of window ``W2`` into window ``W1``.
+
+        Per triplet and channel, ``W1`` gets a new meta-square (random sign) plus its old
+        content rescaled to unit norm, scaled to ``sqrt(ν² / C + ||δ_{W1 ∪ W2}||²)`` where
+        ``ν² = max(ε² - ||δ||², 0)`` is the budget the current point leaves unused (lost to
+        clipping); ``W2`` minus ``W1`` is zeroed. The result is rescaled to ``||δ||_2 = ε``
+        exactly and clipped to ``[-1, 1]``.
+        """
+        m, c, h, w = center.shape
+        side = max(side, 3)
+        side = min(side + (side % 2 == 0), h, w)  # odd, as in the paper, and inside the image
+        device = center.device
+        delta = adv - center
+
+        def window(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """Advanced indices of an ``(m, c, side, side)`` window at ``(rows, cols)``."""
+            span = torch.arange(side)
+            return (
+                torch.arange(m)[:, None, None, None],
+                torch.arange(c)[None, :, None, None],
+                (rows[:, None] + span)[:, None, :, None],
+                (cols[:, None] + span)[:, None, None, :],
+            )
+
+        def draw() -> tuple[torch.Tensor, ...]:
+            rows = torch.randint(0, h - side + 1, (m,), generator=gen)
+            cols = torch.randint(0, w - side + 1, (m,), generator=gen)
+            return tuple(i.to(device) for i in window(rows, cols))
+
+        w1, w2 = draw(), draw()
+        union = torch.zeros_like(delta)
+        union[w1] = 1.0
+        union[w2] = 1.0
+        total = delta.flatten(1).pow(2).sum(1).view(m, 1, 1, 1)
+        unused = (e**2 - total).clamp_min(0)
+        mass = (delta * union).pow(2).sum((2, 3), keepdim=True)  # ||δ_{W1 ∪ W2}||², per channel
+        old = delta[w1]
+        old = old / (old.pow(2).sum((2, 3), keepdim=True).sqrt() + 1e-10)
+        bump = self._meta_squares(m, side, gen) * self._signs(gen, "cpu", m, c, 1, 1)
+        new = bump.to(device) + old
+        new = new / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+        candidate = delta.clone()
+        candidate[w2] = 0.0
+        candidate[w1] = new * (unused / c + mass).sqrt()
+        return (center + _rescale(candidate, e)).clamp(LOW, HIGH)
+
+
+def _rescale(delta: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``delta`` scaled to ℓ2 norm ``e`` per triplet (a zero ``delta`` stays zero)."""
+    length = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    return delta * (e / length.clamp_min(1e-12))

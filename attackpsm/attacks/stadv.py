@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attackpsm.attacks import lbfgs
-from attackpsm.attacks.base import Attack, AttackResult, check_positive, rank_flipped
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive, rank_flipped
 from attackpsm.attacks.pgd import PGD
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
@@ -133,12 +133,9 @@ class StAdv(Attack):
         check_positive("beta", beta, allow_zero=True)
         if max_iterations is None:
             max_iterations = 250 if variant == "paper" else 50
-        if int(max_iterations) != max_iterations or max_iterations < 0:
-            raise ValueError(
-                f"attack parameter max_iterations must be an integer >= 0, got {max_iterations}"
-            )
-        if history < 1 or max_line_search < 1:
-            raise ValueError("attack parameters history and max_line_search must be >= 1")
+        check_int("max_iterations", max_iterations, minimum=0)
+        check_int("history", history, minimum=1)
+        check_int("max_line_search", max_line_search, minimum=1)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.max_iterations = int(max_iterations)
@@ -228,6 +225,7 @@ class StAdvPGD(StAdv):
         super().__init__(**stadv)
         if center not in ("stadv", "prey"):
             raise ValueError(f"stadv_pgd center must be 'stadv' or 'prey', got {center!r}")
+        check_int("pgd_steps", pgd_steps, minimum=0)
         self.pgd_steps = int(pgd_steps)
         self.pgd_eps = float(pgd_eps)
         self.pgd_alpha = float(pgd_alpha)

@@ -7,7 +7,8 @@ for each dataset x resolution x metric x threat model, writes::
     <out>/leaderboard.md
 
 A threat model is the perturbation set and the access: ``linf`` (white-box, which may also
-use black-box attacks), ``linf-blackbox`` (metric outputs only), ``l2``. Its flip rate at a
+use black-box attacks), ``linf-blackbox`` (metric outputs only), ``l2`` and
+``l2-blackbox``. Its flip rate at a
 budget is the worst case over every attack run at that budget: a triplet counts as flipped
 when any attack flipped it. ``min_eps`` runs give the per-triplet radius, the robustness
 curve and the median robust radius; ``attack=none`` runs give the clean accuracy (Table 1).
@@ -75,7 +76,7 @@ def threat_models(node: dict[str, Any]) -> list[str]:
         return threat_models(node.get("attack", {}))
     if cls == "Cascade" or cls in LINF:
         if node.get("norm", "linf") == "l2":
-            return ["l2"]
+            return ["l2", "l2-blackbox"] if _black_box(node) else ["l2"]
         return ["linf", "linf-blackbox"] if _black_box(node) else ["linf"]
     return []
 
@@ -181,9 +182,9 @@ def build_leaderboard(
     entries = []
     for _, group in sorted(groups.items(), key=lambda kv: kv[0]):
         clean = next((r for r in group if _cls(r.identity["attack"]) == "NoAttack"), None)
-        for threat in ("linf", "linf-blackbox", "l2"):
+        for threat in ("linf", "linf-blackbox", "l2", "l2-blackbox"):
             members = [r for r in group if threat in threat_models(r.identity["attack"])]
-            e = entry(members, threat, clean, budget_l2 if threat == "l2" else budget)
+            e = entry(members, threat, clean, budget_l2 if threat.startswith("l2") else budget)
             if e is not None:
                 entries.append(e)
     return entries

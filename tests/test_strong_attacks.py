@@ -457,6 +457,10 @@ def test_leaderboard_from_runs(cfg_factory, tmp_path):
         assert l2["attacks"] == ["square_l2"]
         assert l2["flip_rate"] == pytest.approx(tables[metric, "square_l2"]["flipped"].mean())
         assert l2["queries_mean"] == pytest.approx(tables[metric, "square_l2"]["queries"].mean())
+        l2_black = json.loads(
+            (tmp_path / "board" / "synthetic-res16" / f"{metric}.l2-blackbox.json").read_text()
+        )
+        assert l2_black["attacks"] == ["square_l2"]
     text = md.read_text()
     section = text.split("## synthetic · res16 · linf (")[1].split("##")[0]
     rows = [

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,26 @@ def app_background(args: list[str], tmp: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, cwd=ROOT, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True
     )
+
+
+@contextmanager
+def running_until(
+    args: list[str],
+    tmp: Path,
+    log: Path,
+    checkpointed: Callable[[Path], object],
+    what: str,
+    timeout: float,
+) -> Iterator[subprocess.Popen]:
+    """``args`` started in the background, polled until ``checkpointed(tmp / "results")`` holds
+    (failing at once if the process ends first); the process is killed at exit if still running."""
+    proc = app_background(args, tmp, log)
+    try:
+        wait_for(lambda: checkpointed(tmp / "results"), timeout, what, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def check(proc: subprocess.CompletedProcess) -> str:
@@ -334,17 +356,10 @@ def test_preempted_local_task_requeues_and_loses_at_most_one_batch(tmp_path):
         *LONG_SHARD,
     ]
     log = tmp_path / "sweep.log"
-    proc = app_background(args, tmp_path, log)
-    try:
-        wait_for(
-            lambda: part_files(tmp_path / "results"), 240, "a first checkpointed batch", proc=proc
-        )
+    with running_until(args, tmp_path, log, part_files, "a first checkpointed batch", 240) as proc:
         tasks = wait_for(lambda: _submitit_tasks(str(tmp_path)), 30, "the task process")
         os.kill(tasks[0], signal.SIGUSR2)
         assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))
     assert "this job is preempted" in task_logs and "Requeued job" in task_logs
     done = int(task_logs.split("resuming shard 0/1: ")[1].split(" done")[0])
@@ -357,20 +372,15 @@ def test_preempted_local_task_requeues_and_loses_at_most_one_batch(tmp_path):
 def test_killed_run_resumes_exactly_once(tmp_path):
     """SIGKILL mid-shard: the checkpointed batches survive, the rest is computed once."""
     args = ["logger=none", *LONG_SHARD]
-    log = tmp_path / "run.log"
-    proc = app_background(args, tmp_path, log)
-    try:
-        wait_for(
-            lambda: len(part_files(tmp_path / "results")) >= 2,
-            240,
-            "two checkpointed batches",
-            proc=proc,
-        )
+
+    def two_parts(results: Path) -> bool:
+        return len(part_files(results)) >= 2
+
+    with running_until(
+        args, tmp_path, tmp_path / "run.log", two_parts, "two checkpointed batches", 240
+    ) as proc:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     kept = pd.concat([pd.read_parquet(p) for p in part_files(tmp_path / "results")])
     (run_dir,) = run_dirs(tmp_path / "results")
     assert not (run_dir / "results.parquet").exists()
@@ -517,20 +527,12 @@ def _running_task(array_task_suffix: str = "_0") -> str | None:
 @pytest.mark.slow
 def test_slurm_cancelled_shard_resubmitted_ends_exactly_once(slurm, tmp_path):
     log = tmp_path / "sweep.log"
-    proc = app_background(KILL, tmp_path, log)
-    try:
-        wait_for(
-            lambda: _first_shard_parts(tmp_path / "results"),
-            300,
-            "a checkpointed batch of shard 0",
-            proc=proc,
-        )
+    with running_until(
+        KILL, tmp_path, log, _first_shard_parts, "a checkpointed batch of shard 0", 300
+    ) as proc:
         task = wait_for(_running_task, 30, "the running task of shard 0")
         subprocess.run(["scancel", task], check=True)
         assert proc.wait(timeout=300) != 0  # the sweep reports the cancelled task
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert "CANCELLED" in log.read_text()
     (run_dir,) = run_dirs(tmp_path / "results")
     assert not (run_dir / "results.parquet").exists()
@@ -551,14 +553,9 @@ def test_slurm_cancelled_shard_resubmitted_ends_exactly_once(slurm, tmp_path):
 def test_slurm_preempted_task_is_requeued_and_resumes(slurm, tmp_path):
     """USR2 is what SLURM sends before preemption or the time limit: submitit requeues the task."""
     log = tmp_path / "sweep.log"
-    proc = app_background(KILL, tmp_path, log)
-    try:
-        wait_for(
-            lambda: _first_shard_parts(tmp_path / "results"),
-            300,
-            "a checkpointed batch of shard 0",
-            proc=proc,
-        )
+    with running_until(
+        KILL, tmp_path, log, _first_shard_parts, "a checkpointed batch of shard 0", 300
+    ) as proc:
         task = wait_for(_running_task, 30, "the running task of shard 0")
         subprocess.run(["scancel", "--signal=USR2", task], check=True)
         # SLURM holds a requeued job back for a while (begin time); release it at once
@@ -573,9 +570,6 @@ def test_slurm_preempted_task_is_requeued_and_resumes(slurm, tmp_path):
         )
         subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
         assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))
     assert "this job is preempted" in task_logs and "Requeued job" in task_logs
     done = int(task_logs.split("resuming shard 0/2: ")[1].split(" done")[0])

@@ -558,7 +558,9 @@ def test_slurm_preempted_task_is_requeued_and_resumes(slurm, tmp_path):
     ) as proc:
         task = wait_for(_running_task, 30, "the running task of shard 0")
         subprocess.run(["scancel", "--signal=USR2", task], check=True)
-        # SLURM holds a requeued job back for a while (begin time); release it at once
+        # SLURM holds a requeued job back for a while (begin time); release it sooner, but not
+        # within the second of the requeue: slurmd refuses a job whose credential dates from
+        # the second its previous run's credential was revoked ("Job credential revoked")
         wait_for(
             lambda: subprocess.run(
                 ["squeue", "-h", "-j", task, "-t", "PENDING", "-o", "%i"],
@@ -568,6 +570,7 @@ def test_slurm_preempted_task_is_requeued_and_resumes(slurm, tmp_path):
             60,
             "the requeued task",
         )
+        time.sleep(3)
         subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
         assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
     task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))

@@ -8,12 +8,19 @@ with ``wandb sync <dir>/wandb/offline-run-*``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+
+def shard_run_id(run_dir: str | Path, shard_index: int, shard_count: int) -> str:
+    """A W&B run id fixed by a shard of a run directory (letters and digits, 20 characters)."""
+    key = f"{Path(run_dir).absolute()}|{shard_index}|{shard_count}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 class NullLogger:
@@ -42,6 +49,9 @@ class WandbLogger(NullLogger):
         project, entity, tags: W&B fields.
         dir: where ``wandb/`` run folders are written.
         group, name, job_type, run_config: filled in by the runner.
+        id: a stable W&B run id (the runner derives one per shard from its run directory,
+            :func:`shard_run_id`): a resumed shard continues its run (``resume="allow"``;
+            offline, ``wandb sync`` merges the folders of the same id into one run).
     """
 
     MODES = ("offline", "online", "disabled")
@@ -58,6 +68,7 @@ class WandbLogger(NullLogger):
         job_type: str = "shard",
         run_config: dict[str, Any] | None = None,
         init_timeout: float = 60.0,
+        id: str | None = None,
     ):
         if mode not in self.MODES:
             raise ValueError(f"logger.mode must be one of {list(self.MODES)}, got {mode!r}")
@@ -73,6 +84,7 @@ class WandbLogger(NullLogger):
             job_type=job_type,
             config=run_config,
             reinit="finish_previous",
+            **({"id": id, "resume": "allow"} if id else {}),
         )
         os.environ.setdefault("WANDB_SILENT", "true")
         try:

@@ -26,7 +26,7 @@ from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown, write_cl
 from attackpsm.cluster import finished_shard
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
-from attackpsm.loggers import NullLogger
+from attackpsm.loggers import NullLogger, shard_run_id
 from attackpsm.results import ShardStore, identity_hash, merge_shards, summarize, write_summary
 
 log = logging.getLogger("attackpsm")
@@ -136,6 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             group=group,
             name=f"{group}/shard{cfg.shard.index}of{cfg.shard.count}",
             run_config=OmegaConf.to_container(cfg, resolve=True),
+            id=shard_run_id(run_dir, cfg.shard.index, cfg.shard.count),
         )
         if cfg.get("logger") and cfg.logger.get("_target_")
         else NullLogger()

@@ -370,8 +370,9 @@ def test_preempted_local_task_requeues_and_loses_at_most_one_batch(tmp_path):
 
 
 def test_killed_run_resumes_exactly_once(tmp_path):
-    """SIGKILL mid-shard: the checkpointed batches survive, the rest is computed once."""
-    args = ["logger=none", *LONG_SHARD]
+    """SIGKILL mid-shard: the checkpointed batches survive, the rest is computed once, and
+    the resumed shard logs to the same W&B run (one run id: ``wandb sync`` merges them)."""
+    args = ["logger=wandb", "logger.mode=offline", *LONG_SHARD]
 
     def two_parts(results: Path) -> bool:
         return len(part_files(results)) >= 2
@@ -395,6 +396,10 @@ def test_killed_run_resumes_exactly_once(tmp_path):
     common = [c for c in kept.columns if c in table.columns]
     assert_same_triplets(table[table["triplet_id"].isin(kept["triplet_id"])][common], kept[common])
     assert cluster_main(["merge", str(tmp_path / "results"), "--no-wandb"]) == 0
+
+    shard_runs = [r for r in offline_runs(tmp_path / "logs") if r["job_type"] == "shard"]
+    assert len(shard_runs) == 2  # the killed attempt and the resumed one
+    assert shard_runs[0]["id"] == shard_runs[1]["id"] and shard_runs[0]["id"]
 
 
 # --- a real SLURM cluster --------------------------------------------------------------------

@@ -64,10 +64,11 @@ def wait_for_summary(path: str | Path, key: str, timeout: float = 60.0) -> dict:
 
 
 def run_info(path: str | Path) -> dict:
-    """Group, job type, name and config keys of the run."""
+    """Id, group, job type, name and config keys of the run."""
     for rec in records(path):
         if rec.WhichOneof("record_type") == "run":
             return {
+                "id": rec.run.run_id,
                 "group": rec.run.run_group,
                 "job_type": rec.run.job_type,
                 "name": rec.run.display_name,

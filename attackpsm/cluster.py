@@ -268,6 +268,15 @@ def job_record(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _write_record(sweep_dir: Path, name: str, record: dict[str, Any]) -> None:
+    folder = sweep_dir / RECORDS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(path)
+
+
 def sweep_records(sweep_dir: Path) -> list[dict[str, Any]]:
     folder = Path(sweep_dir) / RECORDS
     return (
@@ -377,12 +386,7 @@ class SweepCallback(Callback):
         except Exception as exc:  # the job itself reports bad configs, with context
             log.warning("cannot record this job for the end of the sweep: %s", exc)
             return
-        folder = Path(config.hydra.sweep.dir) / RECORDS
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{config.hydra.job.num:06d}.json"
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        tmp.replace(path)
+        _write_record(Path(config.hydra.sweep.dir), f"{config.hydra.job.num:06d}", record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -503,3 +507,56 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --- launchers: a re-run submits only the shards with work left ------------------------------
+
+
+class SubmitsPendingShards:
+    """Mixin of the submitit launchers: finished shards are not submitted again.
+
+    Before submitting, each job's config is composed and its shard looked up in the results
+    directory (:class:`~attackpsm.results.ShardStore`); a finished shard is recorded for the
+    end-of-sweep merge (as its job would have done) and left out of the job array, so
+    re-running a sweep to finish its stragglers submits only them. A shard that finishes
+    between this check and its task start still finds its work done (:func:`finished_shard`).
+    """
+
+    def launch(self, job_overrides, initial_job_idx):  # noqa: ANN001 - Hydra's signature
+        from hydra.core.utils import JobReturn, JobStatus
+        from omegaconf import open_dict
+
+        from attackpsm.run import run_dir_for
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        pending, done = [], []
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)
+                )
+                with open_dict(cfg):
+                    cfg.hydra.job.num = idx
+                store = ShardStore(run_dir_for(cfg), cfg.shard.index, cfg.shard.count)
+                finished = store.finished
+            except Exception as exc:  # the job itself reports a bad config, with context
+                log.warning("job #%d: cannot look up its shard (%s); submitting it", idx, exc)
+                finished = False
+            if not finished:
+                pending.append(overrides)
+                continue
+            _write_record(sweep_dir, f"finished-{idx:06d}", job_record(cfg))
+            log.info("\t#%d : %s -- already finished, not submitted", idx, " ".join(overrides))
+            ret = JobReturn(overrides=list(overrides), cfg=cfg, status=JobStatus.COMPLETED)
+            ret.task_name = "attackpsm"
+            done.append(ret)
+        if done:
+            log.info(
+                "%d of %d jobs already finished; submitting %d",
+                len(done),
+                len(job_overrides),
+                len(pending),
+            )
+        returns = list(super().launch(pending, initial_job_idx)) if pending else []
+        return returns + done

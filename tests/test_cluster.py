@@ -313,15 +313,26 @@ def test_local_sweep_merges_groups_wandb_and_reruns_for_free(tmp_path):
     assert set(summary["metric"]) == {"ssim", "l2"}
     assert "done: 8 triplets" in out
 
-    # the same command again: no computation, no file touched, no new W&B run
+    # the same command again: nothing submitted, no file touched, no new W&B run
     before = files_state(results)
     time.sleep(1)  # a new sweep directory (named by the second)
-    check(app(args, tmp_path))
+    again = check(app(args, tmp_path))
     assert files_state(results) == before
     assert len(offline_runs(logs)) == len(runs)
+    assert "4 of 4 jobs already finished; submitting 0" in again
     second = sorted((logs / "multiruns").iterdir())[-1]
-    job_logs = [p.read_text() for p in second.glob("*/app.log")]
-    assert len(job_logs) == 4 and all("nothing to do" in text for text in job_logs)
+    assert not (second / ".submitit").exists() and not list(second.glob("*/app.log"))
+    assert set(pd.read_csv(second / "summary.csv")["metric"]) == {"ssim", "l2"}
+
+    # one shard lost: only that one is submitted
+    lost = run_dirs(results)[1]  # ssim
+    for f in (lost / "shard-00001-of-00002.parquet", lost / "results.parquet"):
+        f.unlink()
+    time.sleep(1)
+    third = check(app(args, tmp_path))
+    assert "3 of 4 jobs already finished; submitting 1" in third
+    table = pd.read_parquet(lost / "results.parquet")
+    assert len(table) == 8 and table["triplet_id"].is_unique
 
 
 def _submitit_tasks(folder_part: str) -> list[int]:
@@ -492,18 +503,16 @@ def test_slurm_sweep_matches_single_process_and_reruns_for_free(slurm, tmp_path)
     assert groups == {str(d.relative_to(results)): Counter(shard=2, aggregate=1) for d in dirs}
     print(f"\nSLURM sweep of 8 array tasks: {wall:.0f} s wall")
 
-    # re-running the finished sweep: 8 tasks that each find their work done
+    # re-running the finished sweep: nothing is submitted, nothing is touched
     before, n_runs = files_state(results), len(offline_runs(logs))
     start = time.monotonic()
-    check(app(SWEEP, tmp_path))
+    again = check(app(SWEEP, tmp_path))
     rerun = time.monotonic() - start
     assert files_state(results) == before
     assert len(offline_runs(logs)) == n_runs
-    second = [a for a in array_ids(logs) if a != array]
-    assert len(second) == 1 and set(sacct_states(second[0]).values()) == {"COMPLETED"}
-    task_dirs = sorted((logs / "multiruns").glob(f"*/.submitit/{second[0]}_*"))
-    task_logs = ["".join(f.read_text() for f in d.glob("*_log.*")) for d in task_dirs]
-    assert len(task_logs) == 8 and all("nothing to do" in t for t in task_logs)
+    assert "8 of 8 jobs already finished; submitting 0" in again
+    assert list(array_ids(logs)) == [array]  # no second job array
+    assert "done: 8 triplets" in again
     print(f"re-run of the finished sweep: {rerun:.0f} s wall")
     assert "done: 8 triplets" in out
 
@@ -547,7 +556,8 @@ def test_slurm_cancelled_shard_resubmitted_ends_exactly_once(slurm, tmp_path):
     out = check(app(KILL, tmp_path))
     task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))
     assert f"resuming shard 0/2: {2 * kept} done" in task_logs
-    assert "shard 1/2 already finished" in task_logs
+    assert re.search(r"shard\.index=1 .* already finished, not submitted", out)
+    assert "1 of 2 jobs already finished; submitting 1" in out
     table = pd.read_parquet(run_dir / "results.parquet")
     assert len(table) == KILL_TRIPLETS and table["triplet_id"].is_unique
     assert f"done: {KILL_TRIPLETS} triplets" in out

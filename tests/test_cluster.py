@@ -552,6 +552,8 @@ def test_slurm_cancelled_shard_resubmitted_ends_exactly_once(slurm, tmp_path):
     assert not (run_dir / "results.parquet").exists()
     kept = len(_first_shard_parts(tmp_path / "results"))
     assert kept >= 1
+    # the sweep stops at the cancelled task's error; the other task runs on to its end
+    wait_for(lambda: (run_dir / "shard-00001-of-00002.parquet").exists(), 300, "shard 1 to finish")
 
     out = check(app(KILL, tmp_path))
     task_logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.*"))

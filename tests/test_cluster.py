@@ -29,6 +29,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from attackpsm.cluster import main as cluster_main
+from attackpsm.loggers import shard_run_id
 from attackpsm.metrics.weights import WeightsUnavailable
 from attackpsm.run import run
 from tests import wandb_offline
@@ -408,9 +409,13 @@ def test_killed_run_resumes_exactly_once(tmp_path):
     assert_same_triplets(table[table["triplet_id"].isin(kept["triplet_id"])][common], kept[common])
     assert cluster_main(["merge", str(tmp_path / "results"), "--no-wandb"]) == 0
 
-    shard_runs = [r for r in offline_runs(tmp_path / "logs") if r["job_type"] == "shard"]
-    assert len(shard_runs) == 2  # the killed attempt and the resumed one
-    assert shard_runs[0]["id"] == shard_runs[1]["id"] and shard_runs[0]["id"]
+    # offline run folders are named offline-run-<time>-<run id>; the killed attempt's file may
+    # hold no run record at all (killed before W&B flushed it), so read the id from the name
+    shard_id = shard_run_id(run_dir, 0, 1)
+    folders = sorted((tmp_path / "logs").glob(f"wandb/offline-run-*-{shard_id}"))
+    assert len(folders) == 2  # the killed attempt and the resumed one, one run id
+    resumed = wandb_offline.run_info(folders[-1] / f"run-{shard_id}.wandb")
+    assert (resumed["id"], resumed["job_type"]) == (shard_id, "shard")
 
 
 # --- a real SLURM cluster --------------------------------------------------------------------

@@ -73,3 +73,19 @@ def select_prey(metric, batch, reverse=False):
     rank = (d0 > d1) != reverse
     prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
     return prepared, prey, torch.where(rank, d0, d1)
+
+
+def assert_config_runs(cfg_factory, name: str, overrides: list[str]) -> None:
+    """``attack=<name>`` runs end to end on 3 L2 triplets at 16 px and adds its columns."""
+    import pandas as pd
+
+    from attackpsm.run import build, run
+
+    cfg = cfg_factory(
+        [f"attack={name}", "metric=l2", "dataset.num_triplets=3", "resolution.size=16", *overrides]
+    )
+    out = run(cfg)
+    assert out["samples"] == 3
+    results = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    for column in build(cfg.attack).columns:
+        assert column in results.columns

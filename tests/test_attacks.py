@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -23,8 +22,7 @@ from attackpsm.engine import attack_batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import select
 from attackpsm.metrics.classic import L2
-from attackpsm.run import build, run
-from tests.conftest import select_prey, synthetic_batch
+from tests.conftest import assert_config_runs, select_prey, synthetic_batch
 
 
 @pytest.fixture(scope="module")
@@ -405,17 +403,4 @@ CHEAP = {
 @pytest.mark.parametrize("name", sorted(CHEAP))
 def test_attack_configs_run_end_to_end(name, cfg_factory):
     assert {p.stem for p in Path("conf/attack").glob("*.yaml")} >= set(CHEAP)
-    cfg = cfg_factory(
-        [
-            f"attack={name}",
-            "metric=l2",
-            "dataset.num_triplets=3",
-            "resolution.size=16",
-            *CHEAP[name],
-        ]
-    )
-    out = run(cfg)
-    assert out["samples"] == 3
-    results = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
-    for column in build(cfg.attack).columns:
-        assert column in results.columns
+    assert_config_runs(cfg_factory, name, CHEAP[name])

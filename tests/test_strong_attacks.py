@@ -25,9 +25,9 @@ from attackpsm.attacks.square import Square, centred_bump, meta_square, square_f
 from attackpsm.attacks.stadv import StAdv, StAdvPGD
 from attackpsm.metrics.base import Metric
 from attackpsm.metrics.classic import L2, SSIM
-from attackpsm.run import build, run
+from attackpsm.run import run
+from tests.conftest import assert_config_runs, synthetic_batch
 from tests.conftest import select_prey as _prey
-from tests.conftest import synthetic_batch
 
 
 @pytest.fixture(scope="module")
@@ -398,20 +398,7 @@ CHEAP = {
 
 @pytest.mark.parametrize("name", sorted(CHEAP))
 def test_configs_run_end_to_end(name, cfg_factory):
-    cfg = cfg_factory(
-        [
-            f"attack={name}",
-            "metric=l2",
-            "dataset.num_triplets=3",
-            "resolution.size=16",
-            *CHEAP[name],
-        ]
-    )
-    out = run(cfg)
-    assert out["samples"] == 3
-    results = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
-    for column in build(cfg.attack).columns:
-        assert column in results.columns
+    assert_config_runs(cfg_factory, name, CHEAP[name])
 
 
 def test_leaderboard_from_runs(cfg_factory, tmp_path):

@@ -2,7 +2,8 @@
 
 One module per family (config names in ``conf/metric/``):
 
-- :mod:`.classic`: ``l2``, ``ssim``, ``ms_ssim`` (MS-SSIM that runs at 64x64);
+- :mod:`.classic`: ``l2``, ``ssim`` (as released) and ``ssim_piq``, ``ms_ssim`` (MS-SSIM
+  that runs at 64x64) and ``ms_ssim_iqa`` (as released, from 161 px);
 - :mod:`.cw_ssim`: ``cw_ssim`` on a differentiable complex steerable pyramid;
 - :mod:`.iqa`: ``fsimc``, ``gmsd``, ``vif``, ``haarpsi``, ``mdsi`` (piq);
 - :mod:`.lpips`: ``lpips_alex``, ``lpips_vgg``, ``lpips_squeeze`` (online-only weights);

@@ -170,16 +170,23 @@ def cw_ssim(
     cy = pyramid(y)[-1]
     corr = cx * cy.conj()
     corr_re, corr_im = _box(corr.real, window), _box(corr.imag, window)
-    corr_abs = torch.sqrt(corr_re**2 + corr_im**2 + 1e-20)  # smooth |.| keeps gradients finite
     energy = _box(cx.real**2 + cx.imag**2 + cy.real**2 + cy.imag**2, window)
-    cssim = (2 * corr_abs + k) / (energy + k)  # (N, C, orientations, h, w)
-    side = cx.shape[-1]
-    gauss = gaussian_window(cssim.shape[-1], side / 4, cssim.dtype, cssim.device)[0, 0]
-    if cssim.shape[-2] != cssim.shape[-1]:
-        gauss = gaussian_window(max(cssim.shape[-2:]), side / 4, cssim.dtype, cssim.device)[0, 0]
-        gauss = gauss[: cssim.shape[-2], : cssim.shape[-1]]
-        gauss = gauss / gauss.sum()
-    return (cssim * gauss).sum(dim=(-1, -2)).mean(dim=(1, 2))
+    cssim = (2 * _modulus(corr_re, corr_im) + k) / (energy + k)  # (N, C, orientations, h, w)
+    # the map's weights, as in the CW-SSIM reference code (Sampat et al., 2009): a centred
+    # Gaussian the size of the map, sigma = subband height / 4 (also on non-square images)
+    gauss = gaussian_window(tuple(cssim.shape[-2:]), cx.shape[-2] / 4, cssim.dtype, cssim.device)
+    return (cssim * gauss[0, 0]).sum(dim=(-1, -2)).mean(dim=(1, 2))
+
+
+def _modulus(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """``|re + i im|``, exactly 0 at 0 with a zero (not NaN) gradient there.
+
+    A flat image has empty band-pass subbands; any offset inside the square root would then
+    outweigh the tiny ``K`` and push CW-SSIM far above 1.
+    """
+    sq = re**2 + im**2
+    nonzero = sq > 0
+    return torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, 1.0)), 0.0)
 
 
 class CWSSIM(Metric):
@@ -216,4 +223,5 @@ class CWSSIM(Metric):
     def score(self, prepared: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         pyr = self.pyramid(tuple(x.shape[-2:]), x.device)
         s = cw_ssim(to_unit(x) * 255.0, to_unit(prepared) * 255.0, pyr, self.window, self.k)
-        return (1.0 - s) / 2.0
+        # CW-SSIM <= 1 (Cauchy-Schwarz); the clamp only absorbs rounding at identity
+        return ((1.0 - s) / 2.0).clamp_min(0.0)

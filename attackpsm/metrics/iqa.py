@@ -2,9 +2,9 @@
 
 All are differentiable and batched. piq takes ``[0, 1]`` images (the adapter
 :func:`~attackpsm.images.to_unit` maps the package's ``[-1, 1]`` images). Similarity
-indices (FSIMc, VIF, HaarPSI: 1 = identical) become distances with the paper's
-``(1 - s) / 2``; GMSD and MDSI already are deviations (0 = identical) and are used as
-they are.
+indices (FSIMc, HaarPSI: 1 = identical) become distances with the paper's
+``(1 - s) / 2``; VIF, which exceeds 1 for contrast-enhanced images, with ``|1 - s| / 2``;
+GMSD and MDSI already are deviations (0 = identical) and are used as they are.
 
 Gradients: piq's gradient magnitudes and deviations use ``sqrt``, which has no derivative
 at 0 (flat regions; GMSD and MDSI between identical images). There the gradient w.r.t. the
@@ -24,16 +24,20 @@ from attackpsm.metrics.base import Metric, finite_gradient
 class PiqMetric(Metric):
     """A piq full-reference index as a distance; subclasses define :meth:`index`."""
 
-    #: True when :meth:`index` is a similarity (converted with ``(1 - s) / 2``)
+    #: True when :meth:`index` is a similarity (converted with :meth:`to_distance`)
     similarity: bool = True
 
     def index(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """The piq index of ``[0, 1]`` images, one value per sample."""
         raise NotImplementedError
 
+    def to_distance(self, value: torch.Tensor) -> torch.Tensor:
+        """A similarity index (at most 1, 1 = identical) as the paper's ``(1 - s) / 2``."""
+        return (1.0 - value) / 2.0
+
     def score(self, prepared: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         value = self.index(to_unit(finite_gradient(x)).clamp(0, 1), to_unit(prepared).clamp(0, 1))
-        return (1.0 - value) / 2.0 if self.similarity else value
+        return self.to_distance(value) if self.similarity else value
 
 
 class FSIMc(PiqMetric):
@@ -84,9 +88,14 @@ class GMSD(PiqMetric):
 
 
 class VIF(PiqMetric):
-    """VIF distance: pixel-domain visual information fidelity (Sheikh & Bovik, 2006).
+    """VIF distance ``|1 - VIF| / 2``: piq's pixel-domain VIF (VIF-P; Sheikh & Bovik, 2006).
 
-    VIF exceeds 1 for contrast-enhanced images, so this distance can be negative there.
+    VIF-P is the multi-scale pixel-domain approximation of VIF (four scales of Gaussian
+    windows on the luma channel), not Sheikh & Bovik's wavelet-domain VIF. It is 1 for
+    identical images, falls towards 0 as information is lost (blur, noise) and exceeds 1
+    for contrast-enhanced images. The paper's ``(1 - s) / 2`` would then be negative; the
+    distance here is ``|1 - VIF| / 2``: equal to ``(1 - VIF) / 2`` wherever VIF <= 1, and
+    growing with the enhancement above 1, so it is >= 0 and 0 only where VIF = 1.
 
     Args:
         sigma_n_sq: variance of the visual noise model (2.0).
@@ -104,6 +113,9 @@ class VIF(PiqMetric):
 
     def index(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return piq.vif_p(x, ref, sigma_n_sq=self.sigma_n_sq, reduction="none")
+
+    def to_distance(self, value: torch.Tensor) -> torch.Tensor:
+        return (1.0 - value).abs() / 2.0
 
 
 class HaarPSI(PiqMetric):

@@ -6,8 +6,9 @@ wavelet coefficients, not their structure; CW-SSIM compares coefficients
 
     cssim = (2 |sum_w c_x conj(c_y)| + K) / (sum_w |c_x|^2 + sum_w |c_y|^2 + K)
 
-over a sliding 7x7 window ``w``, weights the map with a Gaussian, and averages over the
-orientations of the coarsest level. The pyramid is a differentiable, batched,
+over a sliding 7x7 window ``w``, weights the map with a centred Gaussian (sigma = subband
+height / 4, on square and non-square images alike), and averages over the orientations of
+the coarsest level. The pyramid is a differentiable, batched,
 frequency-domain complex steerable pyramid (Simoncelli & Freeman, 1995; Portilla &
 Simoncelli, 2000) written with ``torch.fft``: raised-cosine radial masks in log2 frequency
 (one octave per level, decimation by 2 after each level) and one-sided angular masks
@@ -16,7 +17,9 @@ Simoncelli, 2000) written with ``torch.fft``: raised-cosine radial masks in log2
 Defaults follow the widely used PyTorch port (IQA_pytorch): 4 levels, 8 orientations,
 images on the ``[0, 255]`` scale, ``K = 1e-12``, each colour channel separately then
 averaged. At 64x64 the coarsest level is 8x8, so the 7x7 window leaves a 2x2 map.
-CW-SSIM is a similarity (1 = identical); the distance is ``(1 - s) / 2``.
+CW-SSIM is a similarity (at most 1, 1 = identical); the distance is ``(1 - s) / 2``. On
+flat images the subbands are (nearly) empty; the modulus is computed exactly (an offset
+under the square root would outweigh the tiny ``K``), so the distance stays in ``[0, 0.5]``.
 """
 
 from __future__ import annotations

@@ -217,9 +217,7 @@ def build_workspace(spec: dict[str, Any]):
             f"unknown panel type {p['type']!r}; valid: bar, parallel, scatter, line, media"
         )
 
-    filters = ""
-    if spec["groups"]:
-        filters = " or ".join(f"Group == '{g}'" for g in spec["groups"])
+    filters = [ws.Metric("Group").isin(spec["groups"])] if spec["groups"] else ""
     return ws.Workspace(
         entity=spec["entity"],
         project=spec["project"],

@@ -202,7 +202,10 @@ def test_resumed_shard_continues_its_run_without_duplicated_steps(
     assert second[-1]["progress/flip_rate"] == pytest.approx(table["flipped"].astype(bool).mean())
 
 
-def test_a_wandb_that_raises_on_every_call_changes_nothing(cfg_factory, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["every_call", "init"])
+def test_a_wandb_that_raises_on_every_call_changes_nothing(
+    cfg_factory, tmp_path, monkeypatch, where
+):
     import wandb
     from wandb.sdk.wandb_run import Run
     from wandb.sdk.wandb_summary import Summary
@@ -217,12 +220,15 @@ def test_a_wandb_that_raises_on_every_call_changes_nothing(cfg_factory, tmp_path
     def broken(*args, **kwargs):
         raise ConnectionError("W&B is down")
 
-    for name in ("log", "define_metric", "save", "finish"):
-        monkeypatch.setattr(Run, name, broken)
-    monkeypatch.setattr(Summary, "__setitem__", broken)
-    monkeypatch.setattr(Summary, "update", broken)
-    for name in ("Image", "Histogram", "Table"):
-        monkeypatch.setattr(wandb, name, broken)
+    if where == "init":
+        monkeypatch.setattr(wandb, "init", broken)
+    else:
+        for name in ("log", "define_metric", "save", "finish"):
+            monkeypatch.setattr(Run, name, broken)
+        monkeypatch.setattr(Summary, "__setitem__", broken)
+        monkeypatch.setattr(Summary, "update", broken)
+        for name in ("Image", "Histogram", "Table"):
+            monkeypatch.setattr(wandb, name, broken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = run(cfg_factory(ARGS))
@@ -333,3 +339,52 @@ def test_examples_keep_both_rows_within_a_bound():
     assert gain == pytest.approx(1.0 / float(delta.abs().max()))
     perturbation = strip[:, 4 * 16 :, :]
     assert np.array_equal(perturbation, to_uint8(delta * gain).permute(1, 2, 0).numpy())
+
+
+def test_distributions_of_min_eps_leave_out_the_unflipped():
+    """``attack=min_eps``: ε = inf marks a triplet never flipped (Sec. 3.3's search up to
+    ``eps_max``); the histogram holds the finite minimal ε, the summary counts the rest."""
+    from attackpsm.loggers import distributions
+
+    table = pd.DataFrame(
+        {
+            "rmse": [1.0, 2.0, 3.0],
+            "linf": [0.01, 0.02, 0.03],
+            "s_adv": [0.5, 0.4, 0.1],
+            "s_other": [0.3, 0.3, 0.3],
+            "iterations": [3, 5, 30],
+            "queries": [10, 20, 90],
+            "min_eps": [0.004, 0.012, np.inf],
+        }
+    )
+    d = distributions(table)
+    assert sorted(d) == ["iterations", "linf", "margin", "min_eps", "queries", "rmse"]
+    np.testing.assert_allclose(d["min_eps"], [0.004, 0.012])
+    np.testing.assert_allclose(d["margin"], [0.2, 0.1, -0.2])
+    assert "min_eps" not in distributions(table.drop(columns="min_eps"))
+
+
+def test_dashboard_without_network_writes_the_specification(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    out = tmp_path / "spec" / "dashboard.json"
+    assert dashboard.main(["--entity", "e", "--project", "p", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not reachable" in printed and f"--apply {out}" in printed
+    spec = json.loads(out.read_text())
+    assert (spec["entity"], spec["project"], spec["groups"]) == ("e", "p", [])
+    assert dashboard.main(["--apply", str(out)]) == 0  # still offline: says so, sends nothing
+    assert "not reachable" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        dashboard.main(["--project", "p"])  # neither --entity nor --apply
+
+
+def test_bench_measures_the_logging_overhead(tmp_path):
+    from attackpsm.bench import main as bench
+
+    out = tmp_path / "bench-logging.json"
+    args = ["dataset.num_triplets=4", "metric=l2", "attack.max_iterations=2", "resolution=64"]
+    assert bench(["--device", "cpu", "--logging", *args, "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [len(result["seconds"][k]) for k in ("none", "wandb_offline")] == [1, 1]
+    ratio = result["median_wandb_offline_s"] / result["median_none_s"]
+    assert result["ratio"] == pytest.approx(ratio) and result["ratio"] > 0

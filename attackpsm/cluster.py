@@ -250,27 +250,25 @@ def _log_report_figures(logger: Any, run_dir: Path) -> None:
     """The report's figures of one run (:mod:`attackpsm.report.figures`) as W&B images."""
     import tempfile
 
+    def image(path):
+        import wandb
+
+        return lambda: wandb.Image(str(path))
+
     try:
         from attackpsm.report import figures
         from attackpsm.report.load import load_run
 
         run = load_run(run_dir)
         made = {**figures.perturbation_histograms([run]), **figures.flip_rate_vs_eps([run])}
+        with tempfile.TemporaryDirectory() as tmp:
+            pngs = {}
+            for stem, fig in made.items():
+                paths = figures.save_figure(fig, Path(tmp), stem)
+                pngs[stem] = next(p for p in paths if p.suffix == ".png")
+            logger.log_media({f"figures/{stem}": image(p) for stem, p in pngs.items()})
     except Exception as exc:  # a window, never a failure
         log.warning("no report figures for the W&B aggregate run of %s: %s", run_dir, exc)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        pngs = {}
-        for stem, fig in made.items():
-            paths = figures.save_figure(fig, Path(tmp), stem)
-            pngs[stem] = next(p for p in paths if p.suffix == ".png")
-
-        def image(path):
-            import wandb
-
-            return lambda: wandb.Image(str(path))
-
-        logger.log_media({f"figures/{stem}": image(p) for stem, p in pngs.items()})
 
 
 # --- a sweep's records and its summary -----------------------------------------------------

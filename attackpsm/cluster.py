@@ -231,7 +231,7 @@ def log_aggregate(
         )
         counts = shard_counts(run_dir)
         logger.log_summary({**_headline(table, len(errors)), "shards": counts[0] if counts else 1})
-        log_results(logger, table, len(errors))  # ✓/✗ and subset summary, histograms
+        log_results(logger, table)  # ✓/✗ and subset summary, histograms
         _log_report_figures(logger, run_dir)
         if summary_path.exists():
             logger.log_table("summary", pd.read_csv(summary_path))

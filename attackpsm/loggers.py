@@ -285,7 +285,7 @@ def distributions(table: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def log_results(logger: NullLogger, table: pd.DataFrame, skipped: int = 0) -> None:
+def log_results(logger: NullLogger, table: pd.DataFrame) -> None:
     """End of a shard, or an aggregate run: the ✓/✗ and per-subset summary, the histograms."""
     if getattr(logger, "run", None) is None:
         return
@@ -465,12 +465,12 @@ class ShardProgress:
                 }
             )
 
-    def finish(self, table: pd.DataFrame, skipped: int) -> None:
+    def finish(self, table: pd.DataFrame) -> None:
         """End of the shard: one record after the last batch with the histograms, the
         example images and the tables the runner logs next; the ✓/✗ and subset summary."""
         if self.active and hasattr(self.logger, "end_step"):
             self.logger.end_step = self.done + 1
-        log_results(self.logger, table, skipped)
+        log_results(self.logger, table)
         if self.active and any(self.kept.values()):
             self.logger.log_media(
                 {

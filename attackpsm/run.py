@@ -193,7 +193,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
-        progress.finish(results, len(errors))  # this shard's distributions and images
+        progress.finish(results)  # this shard's distributions and images
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
             table1 = clean_accuracy(table, metric.name)
             print(

@@ -370,6 +370,68 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+# --- W&B logging overhead -------------------------------------------------------------------
+
+LOGGING_RUN = (
+    "dataset=synthetic",
+    "dataset.num_triplets=256",
+    "metric=lpips_alex",
+    "attack=pgd",
+    "resolution=64",
+    "resolution.batch_size=16",
+)
+
+
+def logging_overhead(overrides: list[str], device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
+    """Wall time of one whole job (:func:`attackpsm.run.run`) with ``logger=none`` and with
+    ``logger=wandb`` offline (live history per batch, histograms, images, tables).
+
+    Each repeat runs both, alternating, in fresh directories (never a resumed or finished
+    shard), after one untimed run of each (weights loaded, the W&B service started: about
+    a second once per process); the medians and their ratio are returned.
+    """
+    import statistics
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from attackpsm.__main__ import normalise_argv
+    from attackpsm.run import run
+
+    overrides = normalise_argv(list(overrides))  # resolution=64 as on the command line
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    times: dict[str, list[float]] = {"none": [], "wandb_offline": []}
+    loggers = {"none": ["logger=none"], "wandb_offline": ["logger=wandb", "logger.mode=offline"]}
+    for rep in range(repeats + 1):
+        for mode, extra in loggers.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                with initialize_config_dir(version_base="1.3", config_dir=conf):
+                    cfg = compose(
+                        "config",
+                        overrides=[
+                            *overrides,
+                            *extra,
+                            f"device={device}",
+                            "progress=false",
+                            f"paths.results_dir={tmp}/results",
+                            f"paths.log_dir={tmp}/logs",
+                        ],
+                    )
+                start = time.perf_counter()
+                run(cfg)
+                if rep > 0:  # the first round warms up
+                    times[mode].append(time.perf_counter() - start)
+    none, wandb = statistics.median(times["none"]), statistics.median(times["wandb_offline"])
+    return {
+        "overrides": list(overrides),
+        "device": device,
+        "seconds": times,
+        "median_none_s": none,
+        "median_wandb_offline_s": wandb,
+        "ratio": wandb / none,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -394,6 +456,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--markdown", default=None, help="also write the table to this path")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--logging",
+        nargs="*",
+        metavar="OVERRIDE",
+        default=None,
+        help="measure the W&B logging overhead instead: one job with logger=none vs "
+        f"logger=wandb offline (default job: {' '.join(LOGGING_RUN)}; overrides replace it)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="--logging: runs of each side")
     args = p.parse_args(argv)
 
     device = torch.device(
@@ -404,6 +475,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.logging is not None:
+        result = logging_overhead(
+            list(args.logging) or list(LOGGING_RUN), device=str(device), repeats=args.repeats
+        )
+        print(
+            f"\nW&B logging overhead ({' '.join(result['overrides'])}, {result['device']}): "
+            f"logger=none {result['median_none_s']:.2f} s, wandb offline "
+            f"{result['median_wandb_offline_s']:.2f} s, ratio {result['ratio']:.3f} "
+            f"(median of {args.repeats})"
+        )
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"written: {args.out}")
+        return 0
     workloads = gpu_workloads(args.quick) if device.type == "cuda" else cpu_workloads(args.quick)
     if args.workloads != "all":
         wanted = args.workloads.split(",")

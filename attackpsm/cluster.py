@@ -198,6 +198,7 @@ def log_aggregate(
     """
     from hydra.utils import instantiate
 
+    from attackpsm.loggers import log_results
     from attackpsm.run import _headline
 
     run_dir = Path(run_dir)
@@ -230,6 +231,8 @@ def log_aggregate(
         )
         counts = shard_counts(run_dir)
         logger.log_summary({**_headline(table, len(errors)), "shards": counts[0] if counts else 1})
+        log_results(logger, table)  # ✓/✗ and subset summary, histograms
+        _log_report_figures(logger, run_dir)
         if summary_path.exists():
             logger.log_table("summary", pd.read_csv(summary_path))
         logger.log_table("triplets", table)
@@ -241,6 +244,31 @@ def log_aggregate(
     tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
     tmp.replace(record_path)
     return True
+
+
+def _log_report_figures(logger: Any, run_dir: Path) -> None:
+    """The report's figures of one run (:mod:`attackpsm.report.figures`) as W&B images."""
+    import tempfile
+
+    def image(path):
+        import wandb
+
+        return lambda: wandb.Image(str(path))
+
+    try:
+        from attackpsm.report import figures
+        from attackpsm.report.load import load_run
+
+        run = load_run(run_dir)
+        made = {**figures.perturbation_histograms([run]), **figures.flip_rate_vs_eps([run])}
+        with tempfile.TemporaryDirectory() as tmp:
+            pngs = {}
+            for stem, fig in made.items():
+                paths = figures.save_figure(fig, Path(tmp), stem)
+                pngs[stem] = next(p for p in paths if p.suffix == ".png")
+            logger.log_media({f"figures/{stem}": image(p) for stem, p in pngs.items()})
+    except Exception as exc:  # a window, never a failure
+        log.warning("no report figures for the W&B aggregate run of %s: %s", run_dir, exc)
 
 
 # --- a sweep's records and its summary -----------------------------------------------------

@@ -4,17 +4,38 @@ W&B is a window on the results, never a dependency of them: every call is guarde
 W&B failure (no network, no login, a broken install) becomes a warning. ``mode=online``
 falls back to offline when the service cannot be reached; offline runs are synced later
 with ``wandb sync <dir>/wandb/offline-run-*``.
+
+What a shard's run shows (README, "Weights & Biases"):
+
+* ``progress/*`` -- live history, one record per batch at step = triplets done
+  (:class:`ShardProgress`): running flip rate (all, ✓, ✗), after 8-bit rounding,
+  triplets/s, mean iterations or queries, skipped so far, device memory.
+* ``dist/*`` -- histograms at the end of the shard (:func:`distributions`): RMSE, ℓ∞, the
+  margin ``s_adv - s_other``, iterations, queries and, for ``min_eps``, the minimal ε.
+* ``examples/agree``, ``examples/disagree`` -- a few flipped triplets (✓ / ✗, Table 2's
+  rows) as images: reference, other, prey, adversarial image, amplified perturbation.
+* summary -- the headline numbers, their ✓/✗ split and one value per subset
+  (:func:`split_headline`): ``flip_rate/agree``, ``flip_rate/cnn``, ``accuracy/cnn``, ...
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+
+from attackpsm.images import to_uint8
+
+PROGRESS = "progress"  # prefix of the live history keys
 
 
 def shard_run_id(run_dir: str | Path, shard_index: int, shard_count: int) -> str:
@@ -27,6 +48,7 @@ class NullLogger:
     """``logger=none``: logs nothing."""
 
     run = None
+    examples = 0  # flipped triplets per ✓/✗ row that a shard keeps as images
 
     def log_summary(self, values: dict[str, Any]) -> None:
         pass
@@ -35,6 +57,12 @@ class NullLogger:
         pass
 
     def log_files(self, paths: list[Path]) -> None:
+        pass
+
+    def log_progress(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def log_media(self, values: dict[str, Callable[[], Any]]) -> None:
         pass
 
     def finish(self) -> None:
@@ -52,6 +80,7 @@ class WandbLogger(NullLogger):
         id: a stable W&B run id (the runner derives one per shard from its run directory,
             :func:`shard_run_id`): a resumed shard continues its run (``resume="allow"``;
             offline, ``wandb sync`` merges the folders of the same id into one run).
+        examples: flipped triplets kept per ✓/✗ row of a shard and logged as images (0: none).
     """
 
     MODES = ("offline", "online", "disabled")
@@ -69,10 +98,18 @@ class WandbLogger(NullLogger):
         run_config: dict[str, Any] | None = None,
         init_timeout: float = 60.0,
         id: str | None = None,
+        examples: int = 2,
     ):
         if mode not in self.MODES:
             raise ValueError(f"logger.mode must be one of {list(self.MODES)}, got {mode!r}")
+        if int(examples) < 0:
+            raise ValueError(f"logger.examples must be >= 0, got {examples!r}")
         self.run = None
+        self.examples = int(examples)
+        # the step of the end-of-shard record: set once live history was logged, so the
+        # tables and histograms land after the last batch and never on an earlier step
+        self.end_step: int | None = None
+        self._warned: set[str] = set()
         Path(dir).mkdir(parents=True, exist_ok=True)
         kwargs = dict(
             project=project,
@@ -103,6 +140,12 @@ class WandbLogger(NullLogger):
         except Exception as exc:
             warnings.warn(f"W&B disabled for this run: {type(exc).__name__}: {exc}", stacklevel=2)
             self.run = None
+        self._guard("define_metric", self._define_metrics)
+
+    def _define_metrics(self) -> None:
+        # x axis of the live curves: triplets done; the summary of each curve: its last value
+        self.run.define_metric(f"{PROGRESS}/triplets", summary="last")
+        self.run.define_metric(f"{PROGRESS}/*", step_metric=f"{PROGRESS}/triplets", summary="last")
 
     def _guard(self, what: str, fn, *args) -> None:
         if self.run is None:
@@ -110,27 +153,53 @@ class WandbLogger(NullLogger):
         try:
             fn(*args)
         except Exception as exc:
-            warnings.warn(f"W&B {what} failed: {exc}", stacklevel=3)
+            if what not in self._warned:  # once per kind of call: a broken W&B is one warning
+                self._warned.add(what)
+                warnings.warn(f"W&B {what} failed: {exc}", stacklevel=3)
+
+    def _log(self, values: dict[str, Any]) -> None:
+        if self.end_step is None:
+            self.run.log(values)
+        else:  # one record after the last batch, however many calls fill it
+            self.run.log(values, step=self.end_step, commit=False)
 
     def log_summary(self, values: dict[str, Any]) -> None:
         def _do(v):
             for key, value in v.items():
                 self.run.summary[key] = value
-            self.run.log(v)
+            self._log(v)
 
         self._guard("summary", _do, values)
 
     def log_table(self, name: str, frame: pd.DataFrame) -> None:
-        import wandb
-
         def _do(f):
+            import wandb
+
             clean = f.copy()
             for col in clean.columns:  # W&B tables want plain Python/NumPy scalars
                 if str(clean[col].dtype) == "boolean":
                     clean[col] = clean[col].astype(object).where(clean[col].notna(), None)
-            self.run.log({name: wandb.Table(dataframe=clean)})
+            self._log({name: wandb.Table(dataframe=clean)})
 
         self._guard(f"table {name}", _do, frame)
+
+    def log_progress(self, values: dict[str, float], step: int) -> None:
+        self._guard("progress", lambda: self.run.log(values, step=step))
+
+    def log_media(self, values: dict[str, Callable[[], Any]]) -> None:
+        """Log media built lazily: ``{key: callable returning a wandb object}``, each guarded."""
+        if self.run is None:
+            return
+        built = {}
+        for key, make in values.items():
+            try:
+                built[key] = make()
+            except Exception as exc:
+                if key not in self._warned:
+                    self._warned.add(key)
+                    warnings.warn(f"W&B {key} failed: {exc}", stacklevel=2)
+        if built:
+            self._guard("media", self._log, built)
 
     def log_files(self, paths: list[Path]) -> None:
         def _do(ps):
@@ -142,3 +211,303 @@ class WandbLogger(NullLogger):
     def finish(self) -> None:
         self._guard("finish", lambda: self.run.finish())
         self.run = None
+
+
+# --- numbers of a results table --------------------------------------------------------------
+
+
+def _agree(table: pd.DataFrame) -> pd.Series:
+    """Table 2's rows: "agree" (✓, the metric ranks like the humans), "disagree" (✗), or NA."""
+    labels = table["human_agrees"].astype("boolean")
+    return labels.map({True: "agree", False: "disagree"}).astype(object)
+
+
+def _numbers(table: pd.DataFrame) -> dict[str, float]:
+    n = len(table)
+    flipped = table["flipped"].astype(bool)
+    agrees = table["human_agrees"].astype("boolean")
+    labelled = agrees.notna()
+    nan = float("nan")
+    return {
+        "samples": n,
+        "flip_rate": float(flipped.mean()) if n else nan,
+        "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else nan,
+        "accuracy": float(agrees[labelled].astype(bool).mean()) if labelled.any() else nan,
+        "rmse_flipped_mean": float(table.loc[flipped, "rmse"].mean()) if flipped.any() else nan,
+    }
+
+
+def split_headline(table: pd.DataFrame) -> dict[str, float]:
+    """The headline numbers per ✓/✗ row (Table 2) and per subset: ``flip_rate/agree``,
+    ``flip_rate/disagree``, ``flip_rate/<subset>``, ``accuracy/<subset>``, ...
+
+    Accuracy has no ✓/✗ split (it is 1 and 0 there by definition).
+    """
+    out: dict[str, float] = {}
+    if not len(table):
+        return out
+    labels = _agree(table)
+    for label in ("agree", "disagree"):
+        for key, value in _numbers(table[labels == label]).items():
+            if key != "accuracy":
+                out[f"{key}/{label}"] = value
+    for subset, part in table.groupby(table["subset"].astype(str), sort=True):
+        for key, value in _numbers(part).items():
+            out[f"{key}/{subset}"] = value
+    return out
+
+
+# the columns whose distributions a run shows (dist/<name>); min_eps only for that attack
+DISTRIBUTIONS = ("rmse", "linf", "margin", "iterations", "queries", "min_eps")
+
+
+def distributions(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Finite values per distribution: RMSE ([0, 255]), ℓ∞ ([-1, 1]), the margin
+    ``s_adv - s_other`` (distances: positive once the prey is the farther image, i.e. the
+    rank flipped, Sec. 3; the opposite sign for the reverse attack of Appendix F),
+    iterations, queries, and the minimal ε of ``attack=min_eps`` (flipped triplets only)."""
+    cols = {
+        "rmse": table.get("rmse"),
+        "linf": table.get("linf"),
+        "margin": table["s_adv"] - table["s_other"] if len(table) else None,
+        "iterations": table.get("iterations"),
+        "queries": table.get("queries"),
+        "min_eps": table.get("min_eps"),
+    }
+    out = {}
+    for name, col in cols.items():
+        if col is None:
+            continue
+        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values):
+            out[name] = values
+    return out
+
+
+def log_results(logger: NullLogger, table: pd.DataFrame) -> None:
+    """End of a shard, or an aggregate run: the ✓/✗ and per-subset summary, the histograms."""
+    if getattr(logger, "run", None) is None:
+        return
+    try:
+        split = split_headline(table)
+        dists = distributions(table)
+    except Exception as exc:  # a window, never a failure
+        warnings.warn(f"W&B summary of the results failed: {exc}", stacklevel=2)
+        return
+    logger.log_summary(split)
+
+    def histogram(values):
+        import wandb
+
+        return lambda: wandb.Histogram(values, num_bins=min(64, max(8, len(values))))
+
+    logger.log_media({f"dist/{k}": histogram(v) for k, v in dists.items()})
+    if "min_eps" in table:  # triplets min_eps never flipped (ε = inf) are not in the histogram
+        never = int(np.isinf(pd.to_numeric(table["min_eps"], errors="coerce")).sum())
+        logger.log_summary({"min_eps_unflipped": never})
+
+
+# --- live history of one shard ---------------------------------------------------------------
+
+
+class ShardProgress:
+    """Live history of one shard: one W&B record per batch, step = triplets done.
+
+    Triplets done count attacked and skipped triplets, with those of an earlier attempt of
+    the shard (a resumed shard continues its run at the next step, never on one it logged).
+    The counters are running totals over the shard (earlier attempts included); triplets/s
+    is this attempt's. It also keeps a few flipped triplets (``logger.examples`` per ✓/✗
+    row, 8-bit, on the CPU: bounded memory) from the engine's ``sink`` for the images.
+
+    Every method is guarded: nothing here can fail or change a run.
+
+    Args:
+        logger: the shard's logger (a :class:`NullLogger` makes every call free).
+        earlier: rows of earlier attempts (results and errors, as the shard store keeps them).
+        device: the attack's device; on CUDA the peak memory is logged too.
+    """
+
+    def __init__(self, logger: NullLogger, earlier: pd.DataFrame | None, device: torch.device):
+        self.logger = logger
+        self.active = getattr(logger, "run", None) is not None
+        self.device = torch.device(device)
+        self.done = self.skipped = 0
+        self.flips = {"all": 0, "agree": 0, "disagree": 0, "uint8": 0}
+        self.counts = {"all": 0, "agree": 0, "disagree": 0}
+        self.sums: dict[str, float] = {}
+        self.kept: dict[str, list[dict[str, Any]]] = {"agree": [], "disagree": []}
+        self.started = time.perf_counter()
+        self.this_attempt = 0
+        if self.active and earlier is not None and len(earlier):
+            self._guarded(self._count, earlier, False)
+
+    @classmethod
+    def of_store(cls, logger: NullLogger, store: Any, device: torch.device) -> ShardProgress:
+        """Progress of the shard kept by ``store`` (a :class:`attackpsm.results.ShardStore`),
+        counting what its earlier attempts checkpointed or finished."""
+        earlier = None
+        if getattr(logger, "run", None) is not None:
+            try:
+                if store.finished:
+                    results, errors = store.load()
+                    frames = [results.assign(error=None), errors.assign(error=errors["reason"])]
+                else:
+                    frames = [
+                        pd.read_parquet(f) for f in sorted(store.parts.glob("part-*.parquet"))
+                    ]
+                frames = [f for f in frames if len(f)]
+                earlier = pd.concat(frames, ignore_index=True) if frames else None
+            except Exception as exc:
+                warnings.warn(f"W&B progress could not read earlier attempts: {exc}", stacklevel=2)
+        return cls(logger, earlier, device)
+
+    def _guarded(self, fn, *args) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            warnings.warn(f"W&B progress failed: {exc}", stacklevel=3)
+            self.active = False
+
+    def _count(self, frame: pd.DataFrame, now: bool) -> None:
+        is_error = frame["error"].notna() if "error" in frame else pd.Series(False, frame.index)
+        rows = frame[~is_error]
+        self.skipped += int(is_error.sum())
+        self.done += len(frame)
+        if now:
+            self.this_attempt += len(frame)
+        if not len(rows):
+            return
+        flipped = rows["flipped"].astype(bool)
+        labels = _agree(rows)
+        self.counts["all"] += len(rows)
+        self.flips["all"] += int(flipped.sum())
+        self.flips["uint8"] += int(rows["flipped_uint8"].astype(bool).sum())
+        for label in ("agree", "disagree"):
+            mask = (labels == label).to_numpy()
+            self.counts[label] += int(mask.sum())
+            self.flips[label] += int(flipped[mask].sum())
+        for col in ("iterations", "queries"):
+            if col in rows:
+                values = pd.to_numeric(rows[col], errors="coerce")
+                self.sums[col] = self.sums.get(col, 0.0) + float(values.sum())
+
+    def values(self) -> dict[str, float]:
+        """The live numbers now (``progress/<name>``)."""
+
+        def rate(flips: int, n: int) -> float:
+            return flips / n if n else float("nan")
+
+        n = self.counts["all"]
+        elapsed = time.perf_counter() - self.started
+        out = {
+            "triplets": self.done,
+            "flip_rate": rate(self.flips["all"], n),
+            "flip_rate_agree": rate(self.flips["agree"], self.counts["agree"]),
+            "flip_rate_disagree": rate(self.flips["disagree"], self.counts["disagree"]),
+            "flip_rate_uint8": rate(self.flips["uint8"], n),
+            "triplets_per_s": self.this_attempt / elapsed if elapsed > 0 else float("nan"),
+            "skipped": self.skipped,
+            **{f"{k}_mean": v / n if n else float("nan") for k, v in self.sums.items()},
+        }
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            out["gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return {f"{PROGRESS}/{k}": v for k, v in out.items()}
+
+    def update(self, rows: pd.DataFrame, errors: pd.DataFrame) -> None:
+        """After a batch is checkpointed: count it and log one history record."""
+        if not self.active:
+            return
+
+        def _do():
+            frame = pd.concat(
+                [
+                    rows.assign(error=None) if len(rows) else rows,
+                    errors.assign(error=errors["reason"]) if len(errors) else None,
+                ],
+                ignore_index=True,
+            )
+            self._count(frame, True)
+            self.logger.log_progress(self.values(), step=self.done)
+
+        self._guarded(_do)
+
+    def sink(self, inner: Callable[..., None] | None = None) -> Callable[..., None] | None:
+        """The engine's ``sink`` that keeps example images, then calls ``inner``."""
+        if not self.active or self.logger.examples <= 0:
+            return inner
+
+        def keep(metric, batch, prey_is_p1, adv, rows):
+            if any(len(v) < self.logger.examples for v in self.kept.values()):
+                self._guarded(self._keep, batch, prey_is_p1, adv, rows)
+            if inner is not None:
+                inner(metric, batch, prey_is_p1, adv, rows)
+
+        return keep
+
+    def _keep(self, batch, prey_is_p1, adv, rows: pd.DataFrame) -> None:
+        flipped = rows["flipped"].astype(bool).to_numpy()
+        finite = np.isfinite(rows["s_adv"].to_numpy(dtype=float))
+        labels = _agree(rows).to_numpy()
+        for i in np.flatnonzero(flipped & finite):
+            label = labels[i]
+            if label not in self.kept or len(self.kept[label]) >= self.logger.examples:
+                continue
+            p1 = bool(prey_is_p1[i])
+            prey = batch.p1[i] if p1 else batch.p0[i]
+            other = batch.p0[i] if p1 else batch.p1[i]
+            images = torch.stack([batch.ref[i], other, prey, adv[i]]).detach().float().cpu()
+            self.kept[label].append(
+                {
+                    "images": to_uint8(images),  # 8 bit on the CPU: bounded memory
+                    "delta": (adv[i] - prey).detach().float().cpu(),
+                    "row": rows.iloc[i].to_dict(),
+                }
+            )
+
+    def finish(self, table: pd.DataFrame) -> None:
+        """End of the shard: one record after the last batch with the histograms, the
+        example images and the tables the runner logs next; the ✓/✗ and subset summary."""
+        if self.active and hasattr(self.logger, "end_step"):
+            self.logger.end_step = self.done + 1
+        log_results(self.logger, table)
+        if self.active and any(self.kept.values()):
+            self.logger.log_media(
+                {
+                    f"examples/{label}": (lambda k=kept: [example_image(e) for e in k])
+                    for label, kept in self.kept.items()
+                    if kept
+                }
+            )
+
+
+def example_strip(images: torch.Tensor, delta: torch.Tensor) -> tuple[np.ndarray, float]:
+    """One row of panels, ``H x 5W x 3`` uint8: reference, other, prey, adversarial image and
+    the perturbation ``adv - prey`` amplified to fill ``[0, 255]`` around mid-grey.
+
+    Returns the strip and the amplification factor.
+    """
+    peak = float(delta.abs().max())
+    gain = 1.0 / peak if peak > 0 else 1.0
+    amplified = to_uint8((delta * gain).clamp(-1, 1)[None])  # [-1, 1] -> [0, 255], 0 = grey
+    panels = torch.cat([images, amplified])  # (5, 3, H, W)
+    strip = panels.permute(2, 0, 3, 1).reshape(panels.shape[2], -1, 3)
+    return strip.numpy(), gain
+
+
+def example_image(example: dict[str, Any]):
+    """A kept example as a ``wandb.Image`` with the scores in the caption."""
+    import wandb
+
+    strip, gain = example_strip(example["images"], example["delta"])
+    r = example["row"]
+
+    def f(v) -> str:
+        return f"{float(v):.4g}" if v is not None and math.isfinite(float(v)) else "n/a"
+
+    caption = (
+        f"{r['triplet_id']} ({r['subset']}) · ref | other | prey | adv | δ×{gain:.0f} · "
+        f"s_other {f(r['s_other'])} · s_prey {f(r['s_prey'])} · s_adv {f(r['s_adv'])} · "
+        f"s_adv 8-bit {f(r['s_adv_uint8'])} · RMSE {f(r['rmse'])} · ℓ∞ {f(r['linf'])}"
+    )
+    return wandb.Image(strip, caption=caption)

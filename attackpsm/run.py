@@ -26,7 +26,7 @@ from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown, write_cl
 from attackpsm.cluster import finished_shard
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
-from attackpsm.loggers import NullLogger, shard_run_id
+from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
 from attackpsm.results import ShardStore, identity_hash, merge_shards, summarize, write_summary
 
 log = logging.getLogger("attackpsm")
@@ -141,6 +141,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("logger") and cfg.logger.get("_target_")
         else NullLogger()
     )
+    progress = ShardProgress.of_store(logger, store, device)  # W&B live history and images
     try:
         if store.finished:
             log.info(
@@ -165,8 +166,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             flips = total = 0
             fitting = FittingBatches()  # halves the batch if the device runs out of memory
             for batch in bar:
-                rows, errs = fitting(metric, attack, batch.to(device), sink=sink)
+                rows, errs = fitting(metric, attack, batch.to(device), sink=progress.sink(sink))
                 store.checkpoint(rows, errs)
+                progress.update(rows, errs)
                 if len(rows):
                     flips += int(rows["flipped"].sum())
                     total += len(rows)
@@ -191,6 +193,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
+        progress.finish(results)  # this shard's distributions and images
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
             table1 = clean_accuracy(table, metric.name)
             print(

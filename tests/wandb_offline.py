@@ -48,7 +48,7 @@ def summary(path: str | Path) -> dict:
     for rec in records(path):
         if rec.WhichOneof("record_type") == "summary":
             for item in rec.summary.update:
-                values[item.key] = json.loads(item.value_json)
+                values[_item_key(item)] = json.loads(item.value_json)
     return values
 
 
@@ -75,3 +75,32 @@ def run_info(path: str | Path) -> dict:
                 "config": {i.key: json.loads(i.value_json) for i in rec.run.config.update},
             }
     raise ValueError(f"{path} has no run record")
+
+
+def _item_key(item) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def history(path: str | Path) -> list[dict]:
+    """The run's history records in file order (key -> decoded JSON; ``_step`` included)."""
+    out = []
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "history":
+            row = {_item_key(i): json.loads(i.value_json) for i in rec.history.item}
+            if rec.history.HasField("step"):
+                row.setdefault("_step", rec.history.step.num)
+            out.append(row)
+    return out
+
+
+def metric_definitions(path: str | Path) -> dict[str, dict]:
+    """``define_metric`` records: name or glob -> step metric and summary aggregation."""
+    out = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "metric":
+            m = rec.metric
+            out[m.name or m.glob_name] = {
+                "step_metric": m.step_metric,
+                "summary_last": m.summary.last,
+            }
+    return out

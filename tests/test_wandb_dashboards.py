@@ -1,0 +1,390 @@
+"""What a W&B run of a shard shows, read back from its offline run files.
+
+Live history (one record per batch, step = triplets done), histograms, example images,
+per-subset and ✓/✗ summary keys, a resumed shard continuing its run, the aggregate run,
+the dashboard specification, and a W&B that raises on every call changing nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from attackpsm import dashboard
+from attackpsm.run import run
+from tests import wandb_offline
+
+# l2 at 64x64: seconds per run; a budget where about half of the triplets flip
+ARGS = [
+    "logger=wandb",
+    "logger.mode=offline",
+    "metric=l2",
+    "attack.eps=0.02",
+    "attack.alpha=0.002",
+    "attack.max_iterations=10",
+    "dataset.num_triplets=12",
+    "resolution.batch_size=4",
+]
+LIVE_KEYS = {
+    "progress/triplets",
+    "progress/flip_rate",
+    "progress/flip_rate_agree",
+    "progress/flip_rate_disagree",
+    "progress/flip_rate_uint8",
+    "progress/triplets_per_s",
+    "progress/iterations_mean",
+    "progress/skipped",
+}
+
+
+def run_files(log_dir: Path) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(f"{log_dir}/wandb/offline-run-*/run-*.wandb"))
+
+
+def run_info(path: Path, timeout: float = 60.0) -> dict:
+    """The run record, once the W&B service has flushed it to the file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return wandb_offline.run_info(path)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def live_records(history: list[dict]) -> list[dict]:
+    return [h for h in history if "progress/triplets" in h]
+
+
+def end_record(history: list[dict], key: str) -> dict:
+    rows = [h for h in history if key in h]
+    assert len(rows) == 1, f"{key} in {len(rows)} records"
+    return rows[0]
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    """One finished single-shard run logged offline: (results table, run file)."""
+    from tests.conftest import make_cfg
+
+    tmp = tmp_path_factory.mktemp("shard")
+    out = run(make_cfg(tmp, ARGS))
+    files = run_files(tmp / "logs")
+    assert len(files) == 1
+    wandb_offline.wait_for_summary(files[0], "dist/rmse/_type")
+    return pd.read_parquet(Path(out["run_dir"]) / "results.parquet"), files[0]
+
+
+def test_history_has_one_record_per_batch_at_step_triplets_done(shard):
+    table, path = shard
+    history = wandb_offline.history(path)
+    live = live_records(history)
+    assert [h["_step"] for h in live] == [4, 8, 12]
+    assert [h["progress/triplets"] for h in live] == [4, 8, 12]
+    for h in live:
+        assert set(h) >= LIVE_KEYS, LIVE_KEYS - set(h)
+        assert h["progress/skipped"] == 0 and h["progress/triplets_per_s"] > 0
+    # running rates, checked against the results table batch by batch (a shard attacks its
+    # triplets in the order of their ids, the order of the results table)
+    flipped = table["flipped"].astype(bool).to_numpy()
+    uint8 = table["flipped_uint8"].astype(bool).to_numpy()
+    for k, h in enumerate(live, start=1):
+        assert h["progress/flip_rate"] == pytest.approx(flipped[: 4 * k].mean())
+        assert h["progress/flip_rate_uint8"] == pytest.approx(uint8[: 4 * k].mean())
+        assert h["progress/iterations_mean"] == pytest.approx(table["iterations"][: 4 * k].mean())
+    assert 0 < flipped.mean() < 1  # the test sees both outcomes
+    # define_metric: the curves are drawn against triplets done, the summary is the last value
+    defs = wandb_offline.metric_definitions(path)
+    assert defs["progress/*"] == {"step_metric": "progress/triplets", "summary_last": True}
+    summary = wandb_offline.summary(path)  # W&B keeps a defined aggregation as {"last": value}
+    assert summary["progress/flip_rate"] == {"last": pytest.approx(flipped.mean())}
+    assert summary["progress/triplets"] == {"last": 12}
+    # the end of the shard is one more record, after the last batch
+    assert end_record(history, "dist/rmse/_type")["_step"] == 13
+
+
+def test_histograms_and_example_images(shard):
+    table, path = shard
+    end = end_record(wandb_offline.history(path), "dist/rmse/_type")
+    margin = (table["s_adv"] - table["s_other"]).to_numpy()
+    for key, values in {
+        "rmse": table["rmse"],
+        "linf": table["linf"],
+        "margin": margin,
+        "iterations": table["iterations"],
+    }.items():
+        assert end[f"dist/{key}/_type"] == "histogram"
+        assert sum(end[f"dist/{key}/values"]) == len(table)
+        bins = end[f"dist/{key}/bins"]
+        assert bins[0] <= float(np.min(values)) + 1e-6 and bins[-1] >= float(np.max(values)) - 1e-6
+    # flipped triplets: their margin is positive (the prey is now the farther image, Sec. 3)
+    assert (margin[table["flipped"].astype(bool).to_numpy()] > 0).all()
+    images = end["examples/agree/_type"], end["examples/agree/count"]
+    assert images == ("images/separated", 2)
+    folder = path.parent / "files"
+    pngs = sorted(folder.glob("media/images/examples/agree_*.png"))
+    assert len(pngs) == 2
+    from PIL import Image
+
+    with Image.open(pngs[0]) as im:  # reference | other | prey | adv | perturbation
+        assert im.size == (5 * 64, 64)
+    captions = end["examples/agree/captions"]
+    assert all("s_other" in c and "s_adv" in c for c in captions)
+    shown = [c.split(" ")[0] for c in captions]
+    assert set(shown) <= set(table.loc[table["flipped"].astype(bool), "triplet_id"])
+
+
+def test_summary_splits_every_headline_number(shard):
+    table, path = shard
+    summary = wandb_offline.summary(path)
+    agrees = table["human_agrees"].astype("boolean")
+    flipped = table["flipped"].astype(bool)
+    for subset, part in table.groupby("subset"):
+        assert summary[f"flip_rate/{subset}"] == pytest.approx(part["flipped"].astype(bool).mean())
+        assert summary[f"samples/{subset}"] == len(part)
+        labelled = part["human_agrees"].astype("boolean")
+        assert summary[f"accuracy/{subset}"] == pytest.approx(labelled.astype(float).mean())
+    agree = table[agrees.fillna(False).astype(bool)]
+    assert summary["samples/agree"] == len(agree)
+    assert summary["flip_rate/agree"] == pytest.approx(agree["flipped"].astype(bool).mean())
+    assert summary["rmse_flipped_mean/agree"] == pytest.approx(
+        agree.loc[agree["flipped"].astype(bool), "rmse"].mean()
+    )
+    for key in ("flip_rate_uint8/agree", "samples/disagree", "flip_rate/disagree"):
+        assert key in summary
+    assert summary["flip_rate"] == pytest.approx(flipped.mean())
+
+
+def test_resumed_shard_continues_its_run_without_duplicated_steps(
+    cfg_factory, tmp_path, monkeypatch
+):
+    """A shard that fails after two batches and is re-run: the second attempt logs to the
+    same run id, at the steps after those already logged, with running totals of both."""
+    import attackpsm.run as runner
+    from attackpsm.engine import FittingBatches
+
+    cfg = cfg_factory([*ARGS, "dataset.num_triplets=16"])
+    calls = {"n": 0}
+
+    class FailsOnThirdBatch(FittingBatches):
+        def __call__(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("node lost")
+            return super().__call__(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "FittingBatches", FailsOnThirdBatch)
+    with pytest.raises(RuntimeError, match="node lost"):
+        run(cfg)
+    monkeypatch.setattr(runner, "FittingBatches", FittingBatches)
+    out = run(cfg)
+    files = run_files(tmp_path / "logs")
+    assert len(files) == 2
+    ids = {run_info(f)["id"] for f in files}
+    assert len(ids) == 1
+    histories = [wandb_offline.history(f) for f in files]
+    steps = [h["_step"] for hist in histories for h in hist]
+    assert len(steps) == len(set(steps)), steps
+    first, second = (live_records(h) for h in histories)
+    if first and first[0]["_step"] > second[0]["_step"]:
+        first, second = second, first
+    assert [h["_step"] for h in first] == [4, 8]
+    assert [h["_step"] for h in second] == [12, 16]
+    table = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    assert second[-1]["progress/flip_rate"] == pytest.approx(table["flipped"].astype(bool).mean())
+
+
+@pytest.mark.parametrize("where", ["every_call", "init"])
+def test_a_wandb_that_raises_on_every_call_changes_nothing(
+    cfg_factory, tmp_path, monkeypatch, where
+):
+    import wandb
+    from wandb.sdk.wandb_run import Run
+    from wandb.sdk.wandb_summary import Summary
+
+    plain = run(cfg_factory([*ARGS[2:], "logger=none"]))
+    reference = pd.read_parquet(Path(plain["run_dir"]) / "results.parquet")
+    reference_summary = (Path(plain["run_dir"]) / "summary.csv").read_text()
+    for f in Path(plain["run_dir"]).glob("*"):
+        if f.is_file():
+            f.unlink()
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("W&B is down")
+
+    if where == "init":
+        monkeypatch.setattr(wandb, "init", broken)
+    else:
+        for name in ("log", "define_metric", "save", "finish"):
+            monkeypatch.setattr(Run, name, broken)
+        monkeypatch.setattr(Summary, "__setitem__", broken)
+        monkeypatch.setattr(Summary, "update", broken)
+        for name in ("Image", "Histogram", "Table"):
+            monkeypatch.setattr(wandb, name, broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run(cfg_factory(ARGS))
+    monkeypatch.undo()
+    if wandb.run is not None:
+        wandb.run.finish()
+    assert any("W&B is down" in str(w.message) for w in caught)
+    assert out["run_dir"] == plain["run_dir"]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(Path(out["run_dir"]) / "results.parquet"), reference
+    )
+    assert (Path(out["run_dir"]) / "summary.csv").read_text() == reference_summary
+
+
+def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path, capsys):
+    """Two configurations x two shards: the aggregate runs carry histograms, subset keys
+    and the report's figures; the dashboard specification names the sweep's runs."""
+    from attackpsm.cluster import log_aggregate
+
+    results = tmp_path / "results"
+    run_dirs = []
+    for metric in ("l2", "ssim"):
+        for index in (0, 1):
+            args = [*ARGS, f"metric={metric}", "shard.count=2", f"shard.index={index}"]
+            out = run(cfg_factory(args))
+        run_dirs.append(Path(out["run_dir"]))
+        spec = dict(cfg_factory(ARGS).logger)
+        assert log_aggregate(run_dirs[-1], spec, results)
+    aggregates = [f for f in run_files(tmp_path / "logs") if run_info(f)["job_type"] == "aggregate"]
+    assert len(aggregates) == 2
+    for f in aggregates:
+        summary = wandb_offline.wait_for_summary(f, "dist/linf/_type")
+        assert summary["dist/rmse/_type"] == "histogram"
+        assert (
+            summary["samples"] == 12 and "flip_rate/agree" in summary and "accuracy/blur" in summary
+        )
+        figures = [k for k in summary if k.startswith("figures/") and k.endswith("/_type")]
+        assert figures and all(summary[k] == "image-file" for k in figures)
+
+    spec_file = tmp_path / "dashboard.json"
+    args = ["--entity", "team", "--project", "p", "--sweep", str(results), "--out", str(spec_file)]
+    assert dashboard.main([*args, "--offline"]) == 0
+    assert "--apply" in capsys.readouterr().out
+    spec = json.loads(spec_file.read_text())
+    assert spec["groups"] == sorted("/".join(d.parts[-4:]) for d in run_dirs)
+    panels = {p["title"]: p for s in spec["sections"] for p in s["panels"]}
+    assert panels["flip_rate by metric × attack × resolution"]["metrics"] == [
+        "flip_rate",
+        "flip_rate/agree",
+        "flip_rate/disagree",
+    ]
+    assert {"examples/agree"} <= {k for p in panels.values() for k in p.get("keys", [])}
+    assert "flip_rate per subset" in panels and "histogram of margin" in panels
+    pytest.importorskip("wandb_workspaces")
+    workspace = dashboard.build_workspace(spec)  # the same specification, as W&B's objects
+    assert [s.name for s in workspace.sections] == [s["name"] for s in spec["sections"]]
+    assert workspace._to_model() is not None
+
+
+def test_examples_keep_both_rows_within_a_bound():
+    """The kept examples: ✓ and ✗ rows, at most ``examples`` each over many batches, 8-bit
+    on the CPU; the strip shows reference, other, prey, adversarial image, perturbation."""
+    import torch
+
+    from attackpsm.images import to_uint8
+    from attackpsm.loggers import NullLogger, ShardProgress, example_strip
+    from tests.conftest import synthetic_batch
+
+    class Capture(NullLogger):
+        run = object()  # a logger with a run: the progress is active
+        examples = 2
+
+        def __init__(self):
+            self.media = {}
+
+        def log_media(self, values):
+            self.media.update({k: make for k, make in values.items()})
+
+    logger = Capture()
+    progress = ShardProgress(logger, None, torch.device("cpu"))
+    keep = progress.sink()
+    for seed in range(3):
+        batch = synthetic_batch(6, seed=seed, size=16)
+        prey_is_p1 = torch.tensor([True, False] * 3)
+        adv = (torch.where(prey_is_p1[:, None, None, None], batch.p1, batch.p0) + 0.01).clamp(-1, 1)
+        rows = pd.DataFrame(
+            {
+                "triplet_id": batch.triplet_id,
+                "subset": batch.subset,
+                "human_agrees": pd.array([True, False, True, False, True, None], dtype="boolean"),
+                "flipped": [True, True, True, True, False, True],
+                "s_adv": [0.2] * 6,
+            }
+        )
+        keep(None, batch, prey_is_p1, adv, rows)
+    kept = progress.kept
+    assert [len(kept["agree"]), len(kept["disagree"])] == [2, 2]
+    first = synthetic_batch(6, seed=0, size=16)
+    assert kept["agree"][0]["row"]["triplet_id"] == first.triplet_id[0]
+    assert kept["disagree"][0]["row"]["triplet_id"] == first.triplet_id[1]
+    example = kept["disagree"][0]  # prey is p0 there: other = p1
+    assert example["images"].dtype == torch.uint8 and example["images"].device.type == "cpu"
+    assert torch.equal(example["images"][1], to_uint8(first.p1[1]))
+    assert torch.equal(example["images"][2], to_uint8(first.p0[1]))
+    strip, gain = example_strip(example["images"], example["delta"])
+    assert strip.shape == (16, 5 * 16, 3)
+    delta = example["delta"]
+    assert gain == pytest.approx(1.0 / float(delta.abs().max()))
+    perturbation = strip[:, 4 * 16 :, :]
+    assert np.array_equal(perturbation, to_uint8(delta * gain).permute(1, 2, 0).numpy())
+
+
+def test_distributions_of_min_eps_leave_out_the_unflipped():
+    """``attack=min_eps``: ε = inf marks a triplet never flipped (Sec. 3.3's search up to
+    ``eps_max``); the histogram holds the finite minimal ε, the summary counts the rest."""
+    from attackpsm.loggers import distributions
+
+    table = pd.DataFrame(
+        {
+            "rmse": [1.0, 2.0, 3.0],
+            "linf": [0.01, 0.02, 0.03],
+            "s_adv": [0.5, 0.4, 0.1],
+            "s_other": [0.3, 0.3, 0.3],
+            "iterations": [3, 5, 30],
+            "queries": [10, 20, 90],
+            "min_eps": [0.004, 0.012, np.inf],
+        }
+    )
+    d = distributions(table)
+    assert sorted(d) == ["iterations", "linf", "margin", "min_eps", "queries", "rmse"]
+    np.testing.assert_allclose(d["min_eps"], [0.004, 0.012])
+    np.testing.assert_allclose(d["margin"], [0.2, 0.1, -0.2])
+    assert "min_eps" not in distributions(table.drop(columns="min_eps"))
+
+
+def test_dashboard_without_network_writes_the_specification(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    out = tmp_path / "spec" / "dashboard.json"
+    assert dashboard.main(["--entity", "e", "--project", "p", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not reachable" in printed and f"--apply {out}" in printed
+    spec = json.loads(out.read_text())
+    assert (spec["entity"], spec["project"], spec["groups"]) == ("e", "p", [])
+    assert dashboard.main(["--apply", str(out)]) == 0  # still offline: says so, sends nothing
+    assert "not reachable" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        dashboard.main(["--project", "p"])  # neither --entity nor --apply
+
+
+def test_bench_measures_the_logging_overhead(tmp_path):
+    from attackpsm.bench import main as bench
+
+    out = tmp_path / "bench-logging.json"
+    args = ["dataset.num_triplets=4", "metric=l2", "attack.max_iterations=2", "resolution=64"]
+    assert bench(["--device", "cpu", "--logging", *args, "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [len(result["seconds"][k]) for k in ("none", "wandb_offline")] == [1, 1]
+    ratio = result["median_wandb_offline_s"] / result["median_none_s"]
+    assert result["ratio"] == pytest.approx(ratio) and result["ratio"] > 0

@@ -389,9 +389,9 @@ def _checked(name: str, blob: bytes, where: str) -> dict[str, torch.Tensor]:
     digest = hashlib.sha256(blob).hexdigest()
     if digest != official.sha256:
         raise WeightsUnavailable(
-            f"{where}: sha256 {digest} does not match the pinned sha256 {official.sha256} of "
-            f"{official.filename} ({official.url}); refusing it. Replace it with a "
-            f"byte-for-byte copy of the official file."
+            f"refusing {where}: its sha256 {digest} does not match the pinned sha256 "
+            f"{official.sha256} of {official.filename} ({official.url}); replace it with a "
+            f"byte-for-byte copy of the official file"
         )
     return official.read(blob)
 
@@ -446,7 +446,7 @@ def fetch_official(
         try:
             state = get()
         except Exception as exc:  # any failure: try the next route, remember why
-            errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:300]}")
+            errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:800]}")
             continue
         _verify(name, state, cache_dir)
         path.parent.mkdir(parents=True, exist_ok=True)

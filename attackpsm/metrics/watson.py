@@ -107,7 +107,10 @@ class WatsonDFT(Metric):
         t, alpha, w, beta, w_phase = [], [], [], [], []
         for prefix in CHANNELS:
             if int(state[f"{prefix}.blocksize"]) != BLOCK:
-                raise ValueError(f"Watson-DFT weights with block size {state[f'{prefix}.blocksize']}")
+                raise ValueError(
+                    f"Watson-DFT weights have block size {int(state[f'{prefix}.blocksize'])}; "
+                    f"this model uses {BLOCK}"
+                )
             t.append(state[f"{prefix}.t_tild"].exp())
             alpha.append(state[f"{prefix}.alpha"])
             w.append(torch.sigmoid(state[f"{prefix}.w_tild"]))
@@ -178,7 +181,9 @@ class WatsonDFT(Metric):
         for ch, (amp_ref, phase_ref, s) in enumerate(prepared):
             c = block_dft(ycc[:, ch])
             beta = self.beta[ch]
-            pooled = ((((_amplitude(c) - amp_ref) / s).abs() + EPS) ** beta + EPS).sum(dim=(1, 2, 3))
+            pooled = ((((_amplitude(c) - amp_ref) / s).abs() + EPS) ** beta + EPS).sum(
+                dim=(1, 2, 3)
+            )
             amplitude_term = pooled ** (1 / beta)
             # the factor < 1 keeps acos away from +-1, where its derivative is infinite
             angle = torch.acos(torch.cos(_phase(c) - phase_ref) * (1 - EPS * 1e3))

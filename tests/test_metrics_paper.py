@@ -375,8 +375,9 @@ def test_offline_without_a_mirror_names_the_mirror_option(tmp_path, monkeypatch)
                 "paths.allow_fetch=false",
             ],
         )
-    with pytest.raises(Exception, match="make weights"):
+    with pytest.raises(Exception, match="make weights") as info:
         build(cfg.metric)
+    assert "paths.weights_mirror" in str(info.value)
 
 
 def test_npy_reader_admits_numpy_arrays_only(tmp_path):

@@ -472,7 +472,15 @@ def load_official(
     allow_fetch: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The verified state dict of official file ``name`` (fetched via URL or mirror if needed)."""
-    if allow_fetch and not cache_path(name, cache_dir).exists():
+    path = cache_path(name, cache_dir)
+    if not path.exists():
+        if not allow_fetch:
+            raise WeightsUnavailable(
+                f"the official file {OFFICIAL[name].filename} ('{name}') is not in the cache "
+                f"({path}) and downloads are disabled here; run `make weights` first (where the "
+                f"web is unreachable, with {ENV_MIRROR} or paths.weights_mirror naming a "
+                f"directory that holds a copy of it)"
+            )
         fetch_official(name, cache_dir, mirror)
     return load(name, cache_dir, allow_fetch=allow_fetch)
 

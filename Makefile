@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install attackpsm with its dependencies
 
-weights: install ## Fetch and verify all pretrained weights into the cache (run before going offline)
-	$(PY) -m attackpsm.metrics.weights
+weights: install ## Fetch and verify all pretrained weights into the cache (run before going offline; MIRROR=dir of official files)
+	$(PY) -m attackpsm.metrics.weights $(if $(MIRROR),--mirror $(MIRROR))
 
 run: weights ## The main job: PGD on LPIPS(Alex), embedded synthetic dataset, 64x64
 	$(PY) -m attackpsm

@@ -65,7 +65,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         "metric": {
             k: v
             for k, v in OmegaConf.to_container(cfg.metric, resolve=True).items()
-            if k not in ("weights_dir", "allow_fetch")
+            if k not in ("weights_dir", "weights_mirror", "allow_fetch")
         },
         "attack": OmegaConf.to_container(cfg.attack, resolve=True),
         "resolution": cfg.resolution.size,

@@ -34,6 +34,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 OFFLINE = [
     "l2", "ssim", "ms_ssim", "cw_ssim", "fsimc", "gmsd", "vif", "haarpsi", "mdsi",
     "lpips_alex", "lpips_vgg", "dists", "stlpips_alex", "stlpips_vgg", "elpips_vgg",
+    "watson_dft", "adists",
 ]  # fmt: skip
 OFFLINE += ["ssim_piq"]  # piq's standard SSIM, next to the released one (`ssim`)
 # MS-SSIM as released needs >= 161 px, so it is not in the 64x64 checks here (see
@@ -42,6 +43,9 @@ LARGE_ONLY = ["ms_ssim_iqa"]
 ONLINE_ONLY = {"lpips_squeeze": "squeezenet1_1", "pieapp": "pieapp"}
 # smaller ensembles keep the stochastic metric fast in tests
 OVERRIDES = {"elpips_vgg": ["metric.ensemble=2"]}
+# Watson-DFT's released formula adds 1e-10 stabilisers inside powers and acos: d(x, x) is
+# about 0.012 on a 64x64 image, where visible distortions score in the hundreds
+IDENTITY_TOLERANCE = {"watson_dft": 0.05}
 
 
 def compose_metric(name: str, extra: list[str] | None = None):
@@ -99,7 +103,9 @@ def test_identity_and_growth_under_blur_and_noise(name, photos):
     with torch.no_grad():
         d = metric(photos.repeat(len(ladder), 1, 1, 1), torch.cat(ladder)).view(len(ladder), -1)
     identity, blur, noise = d[0], d[1:4], d[4:7]
-    assert torch.all(identity.abs() < 1e-4), f"{name}: d(x, x) = {identity}"
+    assert torch.all(identity.abs() < IDENTITY_TOLERANCE.get(name, 1e-4)), (
+        f"{name}: d(x, x) = {identity}"
+    )
     for severity in (blur, noise):
         assert torch.all(severity[0] > identity), f"{name}: mild distortion not above identity"
         assert torch.all(severity[1:] > severity[:-1]), (
@@ -262,18 +268,6 @@ def test_ms_ssim_windows_shrink_only_where_the_scale_is_small(photos):
 
         piq.multi_scale_ssim(photos.add(1).div(2), photos.add(1).div(2))
     assert MSSSIM()(photos, gaussian_blur(photos, 1.0)).min() > 0  # runs at 64x64
-
-
-def test_elpips_without_transformations_is_lpips_vgg(photos):
-    from attackpsm.metrics.elpips import ELPIPS
-
-    plain = ELPIPS(ensemble=1, transforms=False, dropout_keep=1.0)
-    assert not plain.stochastic
-    x = gaussian_blur(photos, 1.2)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            plain(photos, x), get_metric("lpips_vgg")(photos, x), rtol=1e-5, atol=1e-6
-        )
 
 
 def test_elpips_is_stochastic_and_averages_draws(photos):

@@ -10,9 +10,12 @@ One module per family (config names in ``conf/metric/``):
 - :mod:`.dists`: ``dists``;
 - :mod:`.stlpips`: ``stlpips_alex``, ``stlpips_vgg``;
 - :mod:`.elpips`: ``elpips_vgg`` (stochastic: an ensemble of random transformations);
+- :mod:`.watson`: ``watson_dft`` (Watson-DFT, the authors' released parameters);
+- :mod:`.adists`: ``adists`` (A-DISTS, training-free);
 - :mod:`.pieapp`: ``pieapp`` (online-only weights).
 
-Pretrained weights come from :mod:`.weights` (``make weights``), checksummed.
+Pretrained weights come from :mod:`.weights` (``make weights``), checksummed; the authors'
+own files that no package registry carries come from their pinned URL or a weights mirror.
 """
 
 from attackpsm.metrics.base import Metric, finite_gradient, select

@@ -1,40 +1,46 @@
-"""E-LPIPS (Kettunen et al., 2019): LPIPS-VGG under an ensemble of random transformations.
+"""E-LPIPS (Kettunen et al., 2019): a VGG16 LPIPS under an ensemble of random transformations.
 
 Each *draw* applies one random transformation -- the same one to the reference and to the
-candidate -- and evaluates LPIPS-VGG on the transformed pair; the metric is the
+candidate -- and evaluates the E-LPIPS network on the transformed pair; the metric is the
 expectation over draws, estimated by the mean of ``ensemble`` draws per :meth:`score`
-call. The transformations follow the E-LPIPS release:
+call. This is the release's ``elpips_vgg`` configuration (``vgg_ensemble``):
 
-- downscaling by an integer factor ``s`` (box filter), ``P(s) ~ 1/s^2`` for
-  ``s = 1..scale_levels``, with a random sub-pixel phase (reflection padding);
-- a random translation of 0..``offset_max`` px (reflection padding);
-- a random flip (horizontal, vertical, both or none) and a random transpose;
-- a random permutation of the colour channels and a random per-channel colour
-  scaling in ``[0.2, 1]``;
-- dropout (keep probability 0.99) on the input of every convolution, with the same mask
-  for the reference and the candidate.
+- **network**: the ImageNet VGG16 with *average* pooling (2x2) instead of max pooling;
+  14 layers are compared -- the (LPIPS-scaled) input image and the output of every one of
+  the 13 convolution + ReLU layers (not only the five LPIPS slices);
+- **linear layers**: E-LPIPS' own, retrained for that network (``vgg_full_avg.npy`` of the
+  release, :mod:`.weights` ``elpips_vgg``): per layer, channel-normalised features
+  (LPIPS Eq. 1), squared difference, spatial mean, weighted sum over channels;
+- **input**: ``[0, 1]`` images are transformed, mapped to ``[-1, 1]`` and scaled with
+  LPIPS' shift and scale;
+- **transformations** (paper Sec. 3): downscaling by an integer factor ``s`` (box filter),
+  ``P(s) ~ 1/s^2`` for ``s = 1..scale_levels``, with a random sub-pixel phase (reflection
+  padding); a random translation of 0..``offset_max`` px (reflection padding); a random
+  flip (horizontal, vertical, both or none) and a random transpose; a random permutation
+  of the colour channels and a random per-channel colour scaling in ``[0.2, 1]``;
+- **dropout** (keep probability 0.99) on the input of every convolution, with the same
+  mask for the reference and the candidate.
 
-Differences from the release, stated plainly: the release samples some of these
-stratified over the batch (we sample them independently), and its VGG variant uses
-average pooling with linear layers retrained for it (weights only on the web). Here the
-backbone is the ImageNet VGG16 with max pooling and the LPIPS v0.1 linear layers -- the
-LPIPS-VGG of :mod:`.lpips` -- so with the transformations switched off (``ensemble``
-draws of the identity) this metric equals ``lpips_vgg``.
+One difference from the release, stated plainly: for a batch, the release samples the
+flips, colour permutations and colour factors stratified over the batch (Latin hypercube);
+here each pair samples them independently. For one pair (batch size 1) the distributions
+are the same.
 
-The metric is stochastic: attacks must average over draws (expectation over
+How the paper uses it: E-LPIPS is *evaluated* -- its distances on the transferred
+adversarial examples (Table 5) and its scores in the distance tables -- never attacked
+white-box; the score, i.e. the full ensemble, is what its numbers rest on. The metric is
+stochastic: attacks on it here must average over draws (expectation over
 transformation). :meth:`score` already returns the mean of ``ensemble`` draws, so the
-gradient of one call is the average of ``ensemble`` draws' gradients; raise
-``ensemble`` (``metric.ensemble=<n>``) for a better estimate, or average several calls
-with :meth:`~attackpsm.metrics.base.Metric.expected_score`.
+gradient of one call is the average of ``ensemble`` draws' gradients; raise ``ensemble``
+(``metric.ensemble=<n>``) for a better estimate, or average several calls with
+:meth:`~attackpsm.metrics.base.Metric.expected_score`.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
-import lpips as lpips_lib
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,9 +50,10 @@ from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric
 from attackpsm.metrics.lpips import normalize_channels
 
-# torchvision VGG16 ``features`` conv indices of the five LPIPS slices (relu1_2 .. relu5_3);
-# a 2x2 max-pool precedes every slice but the first.
-VGG_SLICES = [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]
+# torchvision VGG16 ``features`` conv indices, per block; a 2x2 average pool precedes every
+# block but the first. E-LPIPS compares the input and the ReLU output of all 13 convolutions.
+VGG_BLOCKS = [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]
+LAYER_CHANNELS = [3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 _PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))))
 
 
@@ -64,7 +71,7 @@ class Draw:
 
 
 class ELPIPS(Metric):
-    """E-LPIPS distance on LPIPS-VGG (Kettunen et al., 2019); stochastic.
+    """E-LPIPS-VGG distance (Kettunen et al., 2019) with its own linear layers; stochastic.
 
     Args:
         ensemble: draws averaged by one :meth:`score` call (the Monte-Carlo estimate of
@@ -72,8 +79,11 @@ class ELPIPS(Metric):
         scale_levels: largest downscaling factor (8 in the release).
         offset_max: largest translation in px (7).
         dropout_keep: keep probability of the dropout on convolution inputs (0.99).
-        transforms: apply the random transformations (False: plain LPIPS-VGG, for tests).
+        transforms: apply the random transformations (False: the E-LPIPS network on the
+            images as they are).
         weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_mirror: directory holding the official linear-layer file, used when its
+            URL is unreachable (``paths.weights_mirror``).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
 
     References:
@@ -92,6 +102,7 @@ class ELPIPS(Metric):
         dropout_keep: float = 0.99,
         transforms: bool = True,
         weights_dir: str | None = None,
+        weights_mirror: str | None = None,
         allow_fetch: bool = True,
     ):
         super().__init__()
@@ -106,20 +117,23 @@ class ELPIPS(Metric):
         self.transforms = bool(transforms)
         self.stochastic = self.transforms or self.dropout_keep < 1.0
         vgg = weights.load("vgg16", weights_dir, allow_fetch=allow_fetch)
+        lin = weights.load_official("elpips_vgg", weights_dir, weights_mirror, allow_fetch)
         self.convs = nn.ModuleDict()
-        for index in itertools.chain(*VGG_SLICES):
+        for index in itertools.chain(*VGG_BLOCKS):
             w = vgg[f"features.{index}.weight"]
             conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1)
             conv.weight.data.copy_(w)
             conv.bias.data.copy_(vgg[f"features.{index}.bias"])
             self.convs[str(index)] = conv
-        shipped = Path(lpips_lib.__file__).parent / "weights" / "v0.1" / "vgg.pth"
-        lin = torch.load(shipped, map_location="cpu", weights_only=True)
         self.lins = nn.ModuleList()
-        for k in range(len(VGG_SLICES)):
-            w = lin[f"lin{k}.model.1.weight"]
-            layer = nn.Conv2d(w.shape[1], 1, 1, bias=False)
-            layer.weight.data.copy_(w)
+        for k, channels in enumerate(LAYER_CHANNELS):
+            w = lin[f"lin{k}.model.1.weight"]  # (1, 1, C, 1): a 1x1 convolution, C -> 1
+            if w.numel() != channels:
+                raise ValueError(
+                    f"E-LPIPS linear layer {k} has {w.numel()} weights, not {channels}"
+                )
+            layer = nn.Conv2d(channels, 1, 1, bias=False)
+            layer.weight.data.copy_(w.reshape(1, channels, 1, 1))
             self.lins.append(layer)
         # LPIPS' input scaling (v0.1)
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
@@ -179,22 +193,22 @@ class ELPIPS(Metric):
     # --- network --------------------------------------------------------------------------
 
     def _features(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
-        """LPIPS-VGG features of ``[-1, 1]`` images ``(2n, ...)`` with pair-shared dropout."""
+        """The 14 normalised layers of ``[-1, 1]`` images ``(2n, ...)``, pair-shared dropout."""
         h = (x - self.shift) / self.scale
-        outs = []
-        for s, indices in enumerate(VGG_SLICES):
-            if s > 0:
-                h = F.max_pool2d(h, 2)
+        outs = [normalize_channels(h)]
+        for block, indices in enumerate(VGG_BLOCKS):
+            if block > 0:
+                h = F.avg_pool2d(h, 2)
             for index in indices:
                 if self.dropout_keep < 1.0:
                     keep = torch.rand((n, *h.shape[1:]), device=h.device) < self.dropout_keep
                     h = h * (keep.to(h.dtype) / self.dropout_keep).repeat(2, 1, 1, 1)
                 h = F.relu(self.convs[str(index)](h))
-            outs.append(normalize_channels(h))
+                outs.append(normalize_channels(h))
         return outs
 
     def draw_distance(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """LPIPS-VGG distance of one random draw, ``(N,)``; inputs in ``[-1, 1]``."""
+        """E-LPIPS network distance of one random draw, ``(N,)``; inputs in ``[-1, 1]``."""
         n = x.shape[0]
         both = torch.cat([to_unit(ref), to_unit(x)])
         if self.transforms:

@@ -23,6 +23,13 @@ Some weights exist only behind a web download (``squeezenet1_1`` for LPIPS-Squee
 ``pieapp``); they are *online-only*: fetched where the web is reachable, otherwise a
 :class:`WeightsUnavailable` error says so. ``make weights`` reports them without failing.
 
+The authors' own released files that no package registry carries (Watson-DFT's
+parameters, E-LPIPS' linear layers) are *official files*: downloaded from their raw GitHub
+URL at a pinned commit, or -- where the web is unreachable (an air-gapped cluster) -- taken
+from a *weights mirror*, a directory holding byte-for-byte copies of them
+(``paths.weights_mirror``, ``$ATTACKPSM_WEIGHTS_MIRROR`` or ``--mirror``). Either way the
+file's sha256 must equal the pinned one; a mirror file that does not match is refused.
+
 Every result is saved as ``<cache>/<name>.pt`` and, on every load, checked against a
 content checksum (sha256 over the tensors in key order).
 
@@ -266,6 +273,218 @@ def _from_torchvision(arch: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
 
 
+# --- official files: the authors' releases, from the web or a local mirror -----------------
+
+ENV_MIRROR = "ATTACKPSM_WEIGHTS_MIRROR"
+
+
+class _NumpyArrayUnpickler(pickle.Unpickler):
+    """Reads a pickled NumPy array (an ``.npy`` object array) and nothing else.
+
+    Admits only what rebuilding an array needs: ``ndarray``, ``dtype``, ``_reconstruct``
+    and, for pickles written by Python 2, ``_codecs.encode`` restricted to turning the
+    array's latin-1 text back into bytes. Any other global is refused, so no code runs.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = module.replace("numpy.core", "numpy._core")
+        return super().find_class(module, name)
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode(..., {encoding!r})")
+    return text.encode("latin1")
+
+
+def read_npy_object_dict(blob: bytes) -> dict[str, torch.Tensor]:
+    """A ``np.save``d dict of arrays (a 0-d object array), read without ``allow_pickle``."""
+    fh = io.BytesIO(blob)
+    version = np.lib.format.read_magic(fh)
+    read_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
+    if read_header is None:
+        raise WeightsUnavailable(f"unsupported .npy format version {version}")
+    shape, _, dtype = read_header(fh)
+    if dtype != np.dtype(object) or shape != ():
+        raise WeightsUnavailable(f"expected a 0-d object array, got {dtype} {shape}")
+    array = _NumpyArrayUnpickler(fh, encoding="latin1").load()
+    tree = array.item() if isinstance(array, np.ndarray) else array
+    if not isinstance(tree, dict):
+        raise WeightsUnavailable(f"expected a dict of arrays, got {type(tree).__name__}")
+    return {str(k): torch.from_numpy(np.asarray(v, np.float32).copy()) for k, v in tree.items()}
+
+
+def read_torch_state(blob: bytes) -> dict[str, torch.Tensor]:
+    """A ``torch.save``d state dict (legacy or zip format), loaded with ``weights_only``."""
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    return {k: v.detach().clone().float() for k, v in state.items()}
+
+
+@dataclass(frozen=True)
+class OfficialFile:
+    """One file of an author's release: its pinned URL, its sha256, how to read it."""
+
+    filename: str  # the file's name in the release (and in a mirror)
+    url: str  # raw GitHub URL at a pinned commit
+    sha256: str  # of the file's bytes
+    read: Callable[[bytes], dict[str, torch.Tensor]]
+
+
+_CZOLBE = (
+    "https://raw.githubusercontent.com/SteffenCzolbe/PerceptualSimilarity/"
+    "b19c2ab8ca8407a2a75617117c00f051d5412b50/src/loss/weights/"
+)
+OFFICIAL: dict[str, OfficialFile] = {
+    # Watson-DFT (Czolbe et al., NeurIPS 2020), RGB and grey, trained on BAPPS 2AFC
+    "watson_dft_rgb": OfficialFile(
+        "rgb_watson_fft_trial0.pth",
+        _CZOLBE + "rgb_watson_fft_trial0.pth",
+        "98386c0e0841fc346ab4c7d296788ed0af81f2ca8866a885be4405d03321a717",
+        read_torch_state,
+    ),
+    "watson_dft_gray": OfficialFile(
+        "gray_watson_fft_trial0.pth",
+        _CZOLBE + "gray_watson_fft_trial0.pth",
+        "74fda350525e4660671bc957944d6e9773b3989effc5aa9d2b73eccd5943584e",
+        read_torch_state,
+    ),
+    # E-LPIPS (Kettunen et al., 2019): the linear layers of its average-pooling VGG16
+    # (``vgg_ensemble`` configuration), BSD-2-Clause
+    "elpips_vgg": OfficialFile(
+        "elpips_vgg_full_avg.npy",
+        "https://raw.githubusercontent.com/mkettune/elpips/"
+        "2914ccc0c73a452b5ecf64638f3242686ea5ae50/elpips/vgg_full_avg.npy",
+        "2f9171c0fb542223efc240fed40c0e56ad3014d5a9153e4a3fdc00cf7b1bb16e",
+        read_npy_object_dict,
+    ),
+}
+
+
+def mirror_dir(mirror: str | Path | None = None) -> Path | None:
+    """The weights mirror: ``mirror`` if given, else ``$ATTACKPSM_WEIGHTS_MIRROR``, else None."""
+    if mirror:
+        return Path(mirror).expanduser()
+    if os.environ.get(ENV_MIRROR):
+        return Path(os.environ[ENV_MIRROR]).expanduser()
+    return None
+
+
+def _checked(name: str, blob: bytes, where: str) -> dict[str, torch.Tensor]:
+    official = OFFICIAL[name]
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != official.sha256:
+        raise WeightsUnavailable(
+            f"refusing {where}: its sha256 {digest} does not match the pinned sha256 "
+            f"{official.sha256} of {official.filename} ({official.url}); replace it with a "
+            f"byte-for-byte copy of the official file"
+        )
+    return official.read(blob)
+
+
+def _official_from_web(name: str, timeout: float = 30.0) -> dict[str, torch.Tensor]:
+    import urllib.request
+
+    url = OFFICIAL[name].url
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (pinned https)
+        return _checked(name, response.read(), url)
+
+
+def _official_from_mirror(name: str, mirror: str | Path | None = None) -> dict[str, torch.Tensor]:
+    root = mirror_dir(mirror)
+    if root is None:
+        raise WeightsUnavailable(
+            f"no weights mirror configured (set {ENV_MIRROR}, paths.weights_mirror or --mirror)"
+        )
+    path = root / OFFICIAL[name].filename
+    if not path.is_file():
+        raise WeightsUnavailable(f"the weights mirror {root} has no {OFFICIAL[name].filename}")
+    return _checked(name, path.read_bytes(), str(path))
+
+
+def _official_routes(name: str, mirror: str | Path | None = None):
+    return (
+        ("web:" + OFFICIAL[name].url, lambda: _official_from_web(name)),
+        ("mirror", lambda: _official_from_mirror(name, mirror)),
+    )
+
+
+def fetch_official(
+    name: str,
+    cache_dir: str | Path | None = None,
+    mirror: str | Path | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Obtain the official file ``name`` into the cache: its URL first, then the mirror.
+
+    Raises:
+        WeightsUnavailable: neither route gave a file with the pinned sha256; the message
+            says why for each route and names the mirror option.
+    """
+    if name not in OFFICIAL:
+        raise KeyError(f"unknown official weights '{name}'; known: {sorted(OFFICIAL)}")
+    path = cache_path(name, cache_dir)
+    if path.exists():
+        _verify(name, torch.load(path, map_location="cpu", weights_only=True), cache_dir)
+        return path
+    errors = []
+    for route, get in _official_routes(name, mirror):
+        try:
+            state = get()
+        except Exception as exc:  # any failure: try the next route, remember why
+            errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:800]}")
+            continue
+        _verify(name, state, cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        if verbose:
+            print(f"[weights] {name}: fetched via {route} -> {path}", file=sys.stderr)
+        return path
+    raise WeightsUnavailable(
+        f"could not obtain the official file {OFFICIAL[name].filename} ('{name}'). Tried: "
+        + "; ".join(errors)
+        + f". Where the web is unreachable, put a byte-for-byte copy of it in a directory and "
+        f"name that directory with {ENV_MIRROR} (or paths.weights_mirror, or `python -m "
+        f"attackpsm.metrics.weights --mirror DIR`); its sha256 is checked."
+    )
+
+
+def load_official(
+    name: str,
+    cache_dir: str | Path | None = None,
+    mirror: str | Path | None = None,
+    allow_fetch: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The verified state dict of official file ``name`` (fetched via URL or mirror if needed)."""
+    path = cache_path(name, cache_dir)
+    if not path.exists():
+        if not allow_fetch:
+            raise WeightsUnavailable(
+                f"the official file {OFFICIAL[name].filename} ('{name}') is not in the cache "
+                f"({path}) and downloads are disabled here; run `make weights` first (where the "
+                f"web is unreachable, with {ENV_MIRROR} or paths.weights_mirror naming a "
+                f"directory that holds a copy of it)"
+            )
+        fetch_official(name, cache_dir, mirror)
+    return load(name, cache_dir, allow_fetch=allow_fetch)
+
+
 # --- the registry -------------------------------------------------------------------------
 
 
@@ -341,6 +560,19 @@ SPECS: dict[str, WeightSpec] = {
         online_only=True,
     ),
 }
+
+
+# Official files: content checksums of the state dicts read from the pinned files.
+SPECS.update(
+    {
+        name: WeightSpec(name, _official_routes(name), sha256)
+        for name, sha256 in {
+            "watson_dft_rgb": "8b31e6973baa7d64bac72823fa650fb4501831ade7f0b99af5ad76710fcdddd9",
+            "watson_dft_gray": "ddb48f253bbfe83de02109d0ac26e38ca8aa85611fc39f658abf0366c8df1892",
+            "elpips_vgg": "3e8c5ce86b70d469c4b79d9f00237e47e3544e44a26e96f213744adad45a946c",
+        }.items()
+    }
+)
 
 
 def cache_path(name: str, cache_dir: str | Path | None = None) -> Path:
@@ -439,12 +671,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache-dir", default=None, help=f"default: ${ENV_CACHE} or ~/.cache/attackpsm/weights"
     )
+    parser.add_argument(
+        "--mirror",
+        default=None,
+        help=f"directory of official files, used when their URL is unreachable (default: ${ENV_MIRROR})",
+    )
     args = parser.parse_args(argv)
     failed = []
     for name in args.names:
         try:
-            path = fetch(name, args.cache_dir)
+            if name in OFFICIAL:
+                path = fetch_official(name, args.cache_dir, args.mirror)
+            else:
+                path = fetch(name, args.cache_dir)
         except WeightsUnavailable as exc:
+            if name in OFFICIAL:
+                # web and mirror both failed: report and go on; only the metrics that need
+                # this file fail (clearly, naming the mirror option)
+                print(f"{name}: unavailable here: {exc}", file=sys.stderr)
+                failed.append(name)
+                continue
             if not SPECS[name].online_only:
                 raise
             # online-only weights: report and go on; the metrics that need them fail clearly
@@ -453,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{name}: {path}")
     if failed:
-        print(f"online-only weights not fetched: {', '.join(failed)}", file=sys.stderr)
+        print(f"weights not fetched: {', '.join(failed)}", file=sys.stderr)
     return 0
 
 

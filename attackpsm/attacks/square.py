@@ -23,15 +23,10 @@ from typing import Any
 import torch
 
 from attackpsm.attacks.apgd import margin
-from attackpsm.attacks.base import (
-    Attack,
-    AttackResult,
-    check_int,
-    check_positive,
-    rank_flipped,
-)
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
+from attackpsm.twoafc import rank_flipped
 
 NORMS = ("linf", "l2")
 

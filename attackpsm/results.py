@@ -176,7 +176,7 @@ SUMMARY_COLUMNS = [
     "rmse_float_std",
     "psnr_float_mean",
     "psnr_float_std",
-    *[f"{pct_column(t, 'uint8')}" for t in THRESHOLDS],
+    *[pct_column(t, "uint8") for t in THRESHOLDS],
     "skipped",
 ]
 
@@ -198,10 +198,9 @@ def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0)
         if label == NO_CHOICE and part.empty:
             continue
         flipped = part[part["flipped"].astype(bool)]
-
-        def finite(column: str, flipped: pd.DataFrame = flipped) -> pd.Series:
-            return flipped[column].replace([np.inf, -np.inf], np.nan)
-
+        # PSNR of an unchanged image is infinite: left out of the means
+        psnr = flipped[PAPER_COLUMNS["psnr"]].replace([np.inf, -np.inf], np.nan)
+        psnr_float = flipped["psnr_float"].replace([np.inf, -np.inf], np.nan)
         row = {
             "metric": metric,
             "attack": attack,
@@ -212,13 +211,13 @@ def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0)
             "flipped_uint8": int(part["flipped_uint8"].astype(bool).sum()) if len(part) else 0,
             "rmse_mean": flipped[PAPER_COLUMNS["rmse"]].mean(),
             "rmse_std": flipped[PAPER_COLUMNS["rmse"]].std(),
-            "psnr_mean": finite(PAPER_COLUMNS["psnr"]).mean(),
-            "psnr_std": finite(PAPER_COLUMNS["psnr"]).std(),
+            "psnr_mean": psnr.mean(),
+            "psnr_std": psnr.std(),
             "mean_eps": flipped["eps_found"].mean() if "eps_found" in flipped else float("nan"),
             "rmse_float_mean": flipped["rmse_float"].mean(),
             "rmse_float_std": flipped["rmse_float"].std(),
-            "psnr_float_mean": finite("psnr_float").mean(),
-            "psnr_float_std": finite("psnr_float").std(),
+            "psnr_float_mean": psnr_float.mean(),
+            "psnr_float_std": psnr_float.std(),
             "skipped": skipped,
         }
         for t in THRESHOLDS:

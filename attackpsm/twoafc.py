@@ -94,6 +94,15 @@ def rank_flipped(s_adv: Any, s_other: Any, reverse: bool = False) -> Any:
     return s_adv < s_other if reverse else s_adv > s_other
 
 
+def flip_margin(s_other: torch.Tensor, s_adv: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Signed distance to the flip: ``s_adv - s_other`` (``s_other - s_adv`` reversed).
+
+    Positive exactly when :func:`rank_flipped` holds; the objective of the attacks that
+    maximise the margin (APGD, Square) and how a cascade ranks unflipped candidates.
+    """
+    return s_other - s_adv if reverse else s_adv - s_other
+
+
 def rank_loss(s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
     """Eq. 1: ``J = (s_other / (s_other + s_adv) - 1)^2``, one value per sample.
 

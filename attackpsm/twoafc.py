@@ -14,6 +14,9 @@ rule leaves alone.
 
 **Flip** (Sec. 3, "Attack Models"): the attack succeeds when ``s_adv > s_other``; for the
 reverse attack when ``s_adv < s_other``. Strict inequalities: equal scores are no flip.
+:func:`rank_flipped` is the only place this is decided: the attacks call it on the float
+adversarial image, the engine again on the 8-bit images (``flipped_uint8``) and the
+transfer craft on the saved PNGs.
 
 **Losses**: Eq. 1 ``J = (s_other / (s_other + s_adv) - 1)^2`` (FGSM, PGD) and Eq. 7
 ``J = (s_other / (s_other + s_adv))^2`` (reverse PGD), both maximised.
@@ -29,6 +32,13 @@ everywhere -- the rule of the 2AFC score of Zhang et al. (2018), whose released
   correct sample (on unanimous triplets the accuracy *equals* the 2AFC score);
 - the ✓/✗ split (:func:`human_agrees`) puts a tie in neither row: it is ``<NA>`` (``n/a``),
   like a triplet without a label or with a tied human vote (``judge == 0.5``).
+
+Why this rule: Table 1's published 2AFC scores were computed with it, so any other rule
+would make ours incomparable; a tie is no preference, so counting it as agreement
+overstates the accuracy and counting it as disagreement understates it; and with half
+credit the accuracy on unanimous triplets and the 2AFC score are one number, not two.
+Ties are rare with float scores but not impossible with 8-bit inputs (two distortions
+that round to the same image, or a metric that saturates).
 
 A tie still has a prey (Alg. 1 takes ``I_0``: ``int(s_0 > s_1) = 0``), so it is attacked.
 """

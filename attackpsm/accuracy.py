@@ -3,10 +3,12 @@
 Two numbers per subset and overall, from the per-triplet table (``d0``, ``d1``, ``judge``):
 
 - **2AFC score** on every labelled triplet (Zhang et al., 2018): the fraction of raters
-  who agree with the metric's choice -- ``judge`` when the metric prefers ``p1``
-  (``d1 < d0``), ``1 - judge`` when it prefers ``p0``, 0.5 on a tie;
+  who agree with the metric's choice (:func:`attackpsm.twoafc.twoafc_scores`);
 - **accuracy** on the unanimous triplets only (``judge`` exactly 0 or 1, the paper's
-  12,227-sample subset of BAPPS): the fraction where the metric's rank equals the human one.
+  12,227-sample subset of BAPPS): the fraction where the metric's rank equals the human one
+  (:func:`attackpsm.twoafc.accuracy`).
+
+Both use the one tie rule of :mod:`attackpsm.twoafc`: ``d0 == d1`` is half right.
 """
 
 from __future__ import annotations
@@ -16,13 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attackpsm.twoafc import accuracy, twoafc_scores
+
 TABLE1_COLUMNS = ["metric", "subset", "triplets", "twoafc_pct", "unanimous", "accuracy_pct"]
-
-
-def twoafc_scores(d0: np.ndarray, d1: np.ndarray, judge: np.ndarray) -> np.ndarray:
-    """Per-triplet 2AFC score: agreement of the metric's choice with the raters' fraction."""
-    d0, d1, judge = (np.asarray(a, dtype=float) for a in (d0, d1, judge))
-    return np.where(d1 < d0, judge, np.where(d0 < d1, 1.0 - judge, 0.5))
 
 
 def _row(metric: str, subset: str, part: pd.DataFrame) -> dict:
@@ -32,18 +30,16 @@ def _row(metric: str, subset: str, part: pd.DataFrame) -> dict:
         part["d0"].to_numpy()[labelled], part["d1"].to_numpy()[labelled], judge[labelled]
     )
     unanimous = labelled & ((judge == 0.0) | (judge == 1.0))
-    d0, d1 = (
-        part["d0"].to_numpy(dtype=float)[unanimous],
-        part["d1"].to_numpy(dtype=float)[unanimous],
+    acc, count = accuracy(
+        part["d0"].to_numpy()[unanimous], part["d1"].to_numpy()[unanimous], judge[unanimous]
     )
-    correct = np.where(judge[unanimous] == 1.0, d1 < d0, d0 < d1)
     return {
         "metric": metric,
         "subset": subset,
         "triplets": int(labelled.sum()),
         "twoafc_pct": 100.0 * scores.mean() if len(scores) else float("nan"),
-        "unanimous": int(unanimous.sum()),
-        "accuracy_pct": 100.0 * correct.mean() if len(correct) else float("nan"),
+        "unanimous": count,
+        "accuracy_pct": 100.0 * acc,
     }
 
 

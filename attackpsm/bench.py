@@ -34,20 +34,22 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, rank_loss
+from attackpsm.attacks.base import Attack
 from attackpsm.data.base import Batch, collate
 from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric
+from attackpsm.twoafc import choose_prey, rank_flipped, rank_loss
 
 # --- per-triplet reference loops ----------------------------------------------------------
 
 
 def _select_prey(metric: Metric, ref, p0, p1):
-    """Algorithm 1, lines 2-5, for one triplet."""
-    s0, s1 = metric(ref, p0).item(), metric(ref, p1).item()
-    return (p1, s0) if s0 > s1 else (p0, s1)
+    """Algorithm 1, lines 1-4, for one triplet: ``(prey image, s_other as a float)``."""
+    with torch.no_grad():
+        chosen = choose_prey(metric(ref, p0), metric(ref, p1))
+    return chosen.images(p0, p1), chosen.s_other.item()
 
 
 def reference_pgd(metric: Metric, ref, p0, p1, eps=0.03, alpha=0.001, max_iterations=30):
@@ -60,7 +62,7 @@ def reference_pgd(metric: Metric, ref, p0, p1, eps=0.03, alpha=0.001, max_iterat
         adv = (prey + delta).clamp(LOW, HIGH).detach().requires_grad_(True)
         s = metric(ref, adv)
         s_adv = s.item()
-        if s_adv > s_other:
+        if rank_flipped(s_adv, s_other):
             return True, s_adv, s_other
         if k == max_iterations:  # the gradient of the last check is never used
             break
@@ -80,14 +82,14 @@ def reference_fgsm(metric: Metric, ref, p0, p1, max_eps=0.05, eps_step=0.0001):
     (grad,) = torch.autograd.grad(loss, x)
     sign = grad.sign()
     s_adv = float("nan")
-    k = 1
-    while k * eps_step <= max_eps + 1e-12:
+    eps = eps_step
+    while eps <= max_eps:  # Alg. 3, lines 8-15: ε grows by repeated addition
         with torch.no_grad():
-            adv = (prey + (k * eps_step) * sign).clamp(LOW, HIGH)
+            adv = (prey + eps * sign).clamp(LOW, HIGH)
             s_adv = metric(ref, adv).item()
-        if s_adv > s_other:
+        if rank_flipped(s_adv, s_other):
             return True, s_adv, s_other
-        k += 1
+        eps += eps_step
     return False, s_adv, s_other
 
 

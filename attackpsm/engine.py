@@ -1,39 +1,29 @@
 """The batched 2AFC attack step shared by every attack (Sec. 3, Algorithms 1-3, lines 1-5).
 
 For a batch of triplets: score both distortions against the reference, pick the prey
-(the one the metric ranks closer: ``rank = int(s_0 > s_1)``), run the attack, re-score
-the adversarial image after an 8-bit round trip, and compute the perturbation statistics.
+(:func:`attackpsm.twoafc.choose_prey`), run the attack, re-check the flip on the 8-bit
+images a viewer sees, and compute the perturbation statistics. The rules themselves
+(prey, flip, human agreement) live in :mod:`attackpsm.twoafc`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from attackpsm.attacks.base import Attack, rank_flipped
+from attackpsm.attacks.base import Attack
 from attackpsm.data.base import Batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
+from attackpsm.twoafc import Prey, choose_prey, human_agrees, rank_flipped
 
 log = logging.getLogger("attackpsm")
-
-
-def human_agreement(d0: torch.Tensor, d1: torch.Tensor, judge: torch.Tensor) -> pd.Series:
-    """Whether the metric's rank matches the human one (✓/✗ rows of every table).
-
-    ``judge`` is the fraction of raters preferring ``I_1``; the metric prefers ``I_1`` when
-    ``d1 < d0``. Undefined (``<NA>``) without a label or for a tied vote (0.5).
-    """
-    judge = judge.cpu().numpy()
-    metric_p1 = (d1 < d0).cpu().numpy()
-    agrees = pd.array(metric_p1 == (judge > 0.5), dtype="boolean")
-    agrees[np.isnan(judge) | (judge == 0.5)] = pd.NA
-    return pd.Series(agrees)
 
 
 def attack_batch(
@@ -79,20 +69,16 @@ def attack_batch(
         if len(batch) == 0:
             return pd.DataFrame(), errors
 
-    rank = d0 > d1  # True: I_1 is more similar, so it is the prey (Alg. 1, lines 2-5)
     reverse = bool(getattr(attack, "reverse", False))
-    if reverse:  # Appendix F: the prey is the *less* similar image
-        rank = ~rank
-    prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
-    s_other = torch.where(rank, d0, d1)
-    s_prey = torch.where(rank, d1, d0)
+    chosen = choose_prey(d0, d1, reverse)
+    rank, s_other, s_prey = chosen.is_p1, chosen.s_other, chosen.s_prey
+    prey = chosen.images(batch.p0, batch.p1)
 
     if hasattr(attack, "on_batch"):
         attack.on_batch(batch, rank)
     result = attack.run(metric, prepared, prey, s_other)
     adv = result.adv.detach()
-    with torch.no_grad():
-        s_adv_uint8 = metric.score(prepared, quantize(adv))
+    s_adv_uint8, s_other_uint8 = _rescore_uint8(metric, prepared, batch, chosen, adv)
     stats = perturbation_stats(adv, prey)
 
     rows = pd.DataFrame(
@@ -102,15 +88,16 @@ def attack_batch(
             "judge": batch.judge.cpu().numpy(),
             "d0": d0.cpu().numpy(),
             "d1": d1.cpu().numpy(),
-            "human_agrees": human_agreement(d0, d1, batch.judge),
+            "human_agrees": human_agrees(d0, d1, batch.judge),
             "prey": rank.long().cpu().numpy(),
             "s_other": s_other.cpu().numpy(),
             "s_prey": s_prey.cpu().numpy(),
             "s_adv": result.s_adv.detach().cpu().numpy(),
             "flipped": result.flipped.cpu().numpy(),
             "s_adv_uint8": s_adv_uint8.cpu().numpy(),
-            # the flip survives saving the adversarial image as an 8-bit PNG (REFERENCE §2)
-            "flipped_uint8": (result.flipped & rank_flipped(s_adv_uint8, s_other, reverse))
+            # the flip survives saving the images as 8-bit PNGs (the released code decided
+            # flips on float tensors but saved 8-bit images)
+            "flipped_uint8": (result.flipped & rank_flipped(s_adv_uint8, s_other_uint8, reverse))
             .cpu()
             .numpy(),
             "iterations": result.columns.get(
@@ -142,6 +129,23 @@ def attack_batch(
         )
         rows = rows[~nonfinite].reset_index(drop=True)
     return rows, errors
+
+
+def _rescore_uint8(
+    metric: Metric, prepared: Any, batch: Batch, chosen: Prey, adv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s_adv, s_other)`` with every image of the triplet rounded to 8 bits.
+
+    With the paper's 8-bit inputs (``dataset.quantize=true``) the clean images are already
+    on the grid and ``s_other`` is reused; with float inputs the reference and the other
+    image are rounded too, so both sides of the comparison see the same saved images.
+    """
+    with torch.no_grad():
+        if all(torch.equal(quantize(x), x) for x in (batch.ref, batch.p0, batch.p1)):
+            return metric.score(prepared, quantize(adv)), chosen.s_other
+        prepared_q = metric.prepare(quantize(batch.ref))
+        other = quantize(chosen.others(batch.p0, batch.p1))
+        return metric.score(prepared_q, quantize(adv)), metric.score(prepared_q, other)
 
 
 def _chunk(batch: Batch, start: int, stop: int) -> Batch:

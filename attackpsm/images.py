@@ -28,6 +28,16 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(LOW, HIGH) + 1.0) * 127.5).round().to(torch.uint8)
 
 
+def to_uint8_truncated(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` float -> ``uint8`` the way the released code saves and measures images.
+
+    The released code's ``tensor2im`` computes ``(x + 1) * 255 / 2`` in float32 and casts to
+    ``uint8``, which *truncates* (no rounding): its RMSE and PSNR (Table 2, Table 4) are
+    measured between such images, so the paper's columns use this conversion.
+    """
+    return ((images.float().clamp(LOW, HIGH) + 1.0) * 127.5).to(torch.uint8)
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """Round-trip through 8 bits: what survives saving the image as a PNG."""
     return to_uint8(images).float() / 127.5 - 1.0

@@ -33,6 +33,7 @@ import pandas as pd
 
 from attackpsm.attacks.min_eps import median_radius, robustness_curve
 from attackpsm.report.load import Run, load_runs
+from attackpsm.twoafc import accuracy
 
 PAPER_BUDGET = 0.03  # ℓ∞ ε of PGD in the paper, on the [-1, 1] scale
 L2_BUDGET = 1.0  # ε of attack=apgd_l2, on the [-1, 1] scale
@@ -142,8 +143,8 @@ def entry(runs: list[Run], threat: str, clean: Run | None, budget: float) -> dic
         "threat_model": threat,
         "triplets": triplets or (len(radius[0].results) if radius else 0),
         "clean_accuracy": _clean(
-            float(clean.results["human_agrees"].dropna().astype(bool).mean())
-            if clean is not None and clean.results["human_agrees"].notna().any()
+            accuracy(clean.results["d0"], clean.results["d1"], clean.results["judge"])[0]
+            if clean is not None and len(clean.results)
             else float("nan")
         ),
         "budget": budget,

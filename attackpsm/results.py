@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attackpsm.stats import THRESHOLDS, frac_column
+from attackpsm.stats import PAPER_COLUMNS, PAPER_DEFINITIONS, STAT_COLUMNS, THRESHOLDS, pct_column
+from attackpsm.twoafc import NO_CHOICE, SPLIT_ORDER, split_labels
 
 # The per-triplet columns every attack writes (attacks may add their own after these).
 BASE_COLUMNS = [
@@ -42,10 +43,7 @@ BASE_COLUMNS = [
     "s_adv_uint8",
     "flipped_uint8",
     "iterations",
-    "linf",
-    "rmse",
-    "psnr",
-    *[frac_column(t) for t in THRESHOLDS],
+    *STAT_COLUMNS,
 ]
 ERROR_COLUMNS = ["triplet_id", "subset", "reason"]
 
@@ -174,31 +172,35 @@ SUMMARY_COLUMNS = [
     "psnr_std",
     *[f"pct_px_gt_{t:g}" for t in THRESHOLDS],
     "mean_eps",
+    "rmse_float_mean",
+    "rmse_float_std",
+    "psnr_float_mean",
+    "psnr_float_std",
+    *[pct_column(t, "uint8") for t in THRESHOLDS],
     "skipped",
 ]
-
-
-def _agree_label(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return "n/a"
-    return "✓" if bool(value) else "✗"
 
 
 def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0) -> pd.DataFrame:
     """The paper's Table-2 layout: rows ✓/✗ (metric agrees with humans), per-flip stats.
 
-    Perturbation statistics (RMSE, PSNR, % pixels) are over the *flipped* samples, as in
-    the paper. ``mean_eps`` is the mean ε at the first flip for attacks that search ε
-    (FGSM; column ``eps_found``), empty otherwise.
+    Perturbation statistics are over the *flipped* samples, as in the paper. ``rmse_*``,
+    ``psnr_*`` and ``pct_px_gt_<t>`` follow the paper's definitions
+    (:data:`attackpsm.stats.PAPER_COLUMNS`: RMSE/PSNR between the 8-bit images, % pixels on
+    the float δ); ``rmse_float_*``, ``psnr_float_*`` and ``pct_px_gt_<t>_uint8`` are the
+    other way round. ``mean_eps`` is the mean ε at the first flip for attacks that search
+    ε (FGSM; column ``eps_found``), empty otherwise.
     """
     rows = []
-    labels = results["human_agrees"].map(_agree_label) if len(results) else pd.Series(dtype=str)
-    for label in ("✓", "✗", "n/a"):
+    labels = split_labels(results["human_agrees"]) if len(results) else pd.Series(dtype=str)
+    for label in SPLIT_ORDER:
         part = results[labels == label]
-        if label == "n/a" and part.empty:
+        if label == NO_CHOICE and part.empty:
             continue
         flipped = part[part["flipped"].astype(bool)]
-        finite_psnr = flipped["psnr"].replace([np.inf, -np.inf], np.nan)
+        # PSNR of an unchanged image is infinite: left out of the means
+        psnr = flipped[PAPER_COLUMNS["psnr"]].replace([np.inf, -np.inf], np.nan)
+        psnr_float = flipped["psnr_float"].replace([np.inf, -np.inf], np.nan)
         row = {
             "metric": metric,
             "attack": attack,
@@ -207,15 +209,20 @@ def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0)
             "flipped": len(flipped),
             "flipped_pct": 100.0 * len(flipped) / len(part) if len(part) else float("nan"),
             "flipped_uint8": int(part["flipped_uint8"].astype(bool).sum()) if len(part) else 0,
-            "rmse_mean": flipped["rmse"].mean(),
-            "rmse_std": flipped["rmse"].std(),
-            "psnr_mean": finite_psnr.mean(),
-            "psnr_std": finite_psnr.std(),
+            "rmse_mean": flipped[PAPER_COLUMNS["rmse"]].mean(),
+            "rmse_std": flipped[PAPER_COLUMNS["rmse"]].std(),
+            "psnr_mean": psnr.mean(),
+            "psnr_std": psnr.std(),
             "mean_eps": flipped["eps_found"].mean() if "eps_found" in flipped else float("nan"),
+            "rmse_float_mean": flipped["rmse_float"].mean(),
+            "rmse_float_std": flipped["rmse_float"].std(),
+            "psnr_float_mean": psnr_float.mean(),
+            "psnr_float_std": psnr_float.std(),
             "skipped": skipped,
         }
         for t in THRESHOLDS:
-            row[f"pct_px_gt_{t:g}"] = flipped[frac_column(t)].mean()
+            row[f"pct_px_gt_{t:g}"] = flipped[PAPER_COLUMNS[f"pct_px_gt_{t:g}"]].mean()
+            row[pct_column(t, "uint8")] = flipped[pct_column(t, "uint8")].mean()
         rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -230,7 +237,8 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     """Render :func:`summarize` output as a markdown table in the paper's Table-2 style."""
     head = (
         "| Metric | Attack | Same rank by human & metric | Samples | #Flipped | Flipped (uint8) "
-        "| RMSE μ | RMSE σ | PSNR μ | PSNR σ | %px ε>0.001 | %px ε>0.01 | %px ε>0.03 | mean ε |"
+        "| RMSE μ (8-bit) | RMSE σ (8-bit) | PSNR μ (8-bit) | PSNR σ (8-bit) "
+        "| %px ε>0.001 (float δ) | %px ε>0.01 (float δ) | %px ε>0.03 (float δ) | mean ε |"
     )
     lines = [head, "|" + "---|" * 14]
     px = [f"pct_px_gt_{t:g}" for t in THRESHOLDS]
@@ -244,6 +252,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         )
     skipped = int(summary["skipped"].max()) if len(summary) else 0
     lines.append("")
+    lines.append(f"Perturbation sizes as in the paper: {PAPER_DEFINITIONS}.")
     lines.append(f"Skipped triplets (unreadable or invalid, see errors.parquet): {skipped}")
     return "\n".join(lines) + "\n"
 

@@ -28,6 +28,8 @@ from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
 from attackpsm.results import ShardStore, identity_hash, merge_shards, summarize, write_summary
+from attackpsm.stats import PAPER_COLUMNS
+from attackpsm.twoafc import accuracy
 
 log = logging.getLogger("attackpsm")
 
@@ -214,13 +216,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
     n = len(table)
     flipped = table["flipped"].astype(bool) if n else pd.Series(dtype=bool)
-    agrees = table["human_agrees"] if n else pd.Series(dtype="boolean")
-    labelled = agrees.notna()
     return {
         "samples": n,
         "skipped": skipped,
         "flip_rate": float(flipped.mean()) if n else float("nan"),
         "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else float("nan"),
-        "accuracy": float(agrees[labelled].astype(bool).mean()) if labelled.any() else float("nan"),
-        "rmse_flipped_mean": float(table.loc[flipped, "rmse"].mean()) if n else float("nan"),
+        "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else float("nan"),
+        "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean())
+        if n
+        else float("nan"),
     }

@@ -40,12 +40,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from attackpsm.attacks.base import Attack, AttackResult, rank_flipped
+from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.data.base import TripletDataset, TripletRecord
-from attackpsm.engine import human_agreement
 from attackpsm.images import from_uint8, to_uint8
 from attackpsm.metrics.base import Metric
-from attackpsm.stats import perturbation_stats
+from attackpsm.stats import PAPER_COLUMNS, perturbation_stats
+from attackpsm.twoafc import human_agrees, rank_flipped
 
 MANIFEST = "manifest.parquet"
 PARTS = "manifest.parts"
@@ -158,18 +158,18 @@ class CraftWriter:
                     "human_agrees": rows["human_agrees"].iloc[i],
                     "flipped": bool(rows["flipped"].iloc[i]),
                     "flipped_uint8": bool(rows["flipped_uint8"].iloc[i]),
-                    "rmse": float(rows["rmse"].iloc[i]),
+                    "rmse": float(rows[PAPER_COLUMNS["rmse"]].iloc[i]),
                     "d0_saved": float(d0[i]),
                     "d1_saved": float(d1[i]),
                     "s_adv_saved": float(s_adv[i]),
                     "flipped_saved": bool(flipped_saved[i]),
-                    "rmse_saved": float(stats["rmse"][i]),
+                    "rmse_saved": float(stats[PAPER_COLUMNS["rmse"]][i]),
                     "linf_saved": float(stats["linf"][i]),
                     "dir": str(folder.relative_to(self.out_dir)),
                 }
             )
         frame = pd.DataFrame(records)
-        agrees = human_agreement(
+        agrees = human_agrees(
             torch.tensor(frame["d0_saved"].to_numpy()),
             torch.tensor(frame["d1_saved"].to_numpy()),
             torch.tensor(frame["judge"].to_numpy()),
@@ -333,8 +333,9 @@ class TransferTriplets(TripletDataset):
         seed: int = 0,
         device: str = "auto",
         batch_size: int = 64,
+        quantize: bool = True,
     ):
-        super().__init__(size)
+        super().__init__(size, quantize)
         common = dict(
             source=source,
             source_overrides=list(source_overrides),

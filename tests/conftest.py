@@ -63,16 +63,17 @@ def synthetic_batch(num_triplets: int, seed: int, size: int = 32):
 
 
 def select_prey(metric, batch, reverse=False):
-    """The engine's prey selection (Alg. 1, lines 2-5; Appendix F when reversed).
+    """The engine's prey selection (:func:`attackpsm.twoafc.choose_prey`) on a batch.
 
     Returns the prepared references, the image to attack and the score of the other one.
     """
+    from attackpsm.twoafc import choose_prey
+
     prepared = metric.prepare(batch.ref)
     with torch.no_grad():
         d0, d1 = metric.score(prepared, batch.p0), metric.score(prepared, batch.p1)
-    rank = (d0 > d1) != reverse
-    prey = torch.where(rank[:, None, None, None], batch.p1, batch.p0)
-    return prepared, prey, torch.where(rank, d0, d1)
+    chosen = choose_prey(d0, d1, reverse)
+    return prepared, chosen.images(batch.p0, batch.p1), chosen.s_other
 
 
 def assert_config_runs(cfg_factory, name: str, overrides: list[str]) -> None:

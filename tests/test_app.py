@@ -32,11 +32,16 @@ REQUIRED = [
     "flipped_uint8",
     "iterations",
     "linf",
-    "rmse",
-    "psnr",
-    "frac_gt_0.001",
-    "frac_gt_0.01",
-    "frac_gt_0.03",
+    "rmse_uint8",
+    "psnr_uint8",
+    "rmse_float",
+    "psnr_float",
+    "pct_px_gt_0.001_float",
+    "pct_px_gt_0.01_float",
+    "pct_px_gt_0.03_float",
+    "pct_px_gt_0.001_uint8",
+    "pct_px_gt_0.01_uint8",
+    "pct_px_gt_0.03_uint8",
 ]
 
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from attackpsm.attacks import lbfgs
-from attackpsm.attacks.base import rank_flipped
 from attackpsm.attacks.fgsm import FGSM
 from attackpsm.attacks.onepixel import OnePixel, counter_uniform, image_keys
 from attackpsm.attacks.pgd import PGD, ReversePGD
@@ -22,6 +21,7 @@ from attackpsm.engine import attack_batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import select
 from attackpsm.metrics.classic import L2
+from attackpsm.twoafc import rank_flipped
 from tests.conftest import assert_config_runs, select_prey, synthetic_batch
 
 

@@ -23,7 +23,7 @@ from attackpsm.data.clic import CLIC
 from attackpsm.data.files import DatasetLayoutError, read_rgb
 from attackpsm.data.pieapp import PieAPP
 from attackpsm.engine import attack_batch
-from attackpsm.images import resize
+from attackpsm.images import quantize, resize
 from attackpsm.metrics.classic import L2
 from tests.dataset_fixtures import bapps_path, make_bapps, make_clic, make_pieapp, save_png
 
@@ -220,7 +220,9 @@ def test_resize_is_identical_for_the_three_images(tmp_path):
         stacked = torch.stack([it["ref"], it["p0"], it["p1"]])
         assert stacked.shape == (3, 3, size, size) and stacked.dtype == torch.float32
         expected = resize(torch.stack([native["ref"], native["p0"], native["p1"]]), size)
-        assert torch.equal(stacked, expected)
+        assert torch.equal(stacked, quantize(expected))  # 8-bit after resizing (the default)
+        floats = BAPPS(root=root, size=size, quantize=False)[0]
+        assert torch.equal(torch.stack([floats["ref"], floats["p0"], floats["p1"]]), expected)
         # antialiased: the 64x64 version of the reference is its local average, not a subsample
         if size == 64:
             pooled = torch.nn.functional.avg_pool2d(native["ref"][None], 4)[0]

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from skimage import data as skdata
 
-from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown, twoafc_scores
+from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.images import from_uint8, resize
 from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric, select
 from attackpsm.run import build
+from attackpsm.twoafc import twoafc_scores
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 OFFLINE = [

@@ -72,11 +72,16 @@ def triplets(
             "flipped_uint8": flipped,
             "iterations": np.where(flipped, 5, 30),
             "linf": np.full(n, 0.01),
-            "rmse": np.ones(n),
-            "psnr": np.full(n, 48.13),
-            "frac_gt_0.001": np.full(n, 80.0),
-            "frac_gt_0.01": np.full(n, 10.0),
-            "frac_gt_0.03": np.zeros(n),
+            "rmse_uint8": np.ones(n),
+            "psnr_uint8": np.full(n, 48.13),
+            "rmse_float": np.full(n, 0.9),
+            "psnr_float": np.full(n, 49.0),
+            "pct_px_gt_0.001_float": np.full(n, 80.0),
+            "pct_px_gt_0.01_float": np.full(n, 10.0),
+            "pct_px_gt_0.03_float": np.zeros(n),
+            "pct_px_gt_0.001_uint8": np.full(n, 70.0),
+            "pct_px_gt_0.01_uint8": np.full(n, 5.0),
+            "pct_px_gt_0.03_uint8": np.zeros(n),
         }
     )
     for name, values in columns.items():
@@ -116,8 +121,8 @@ def results(tmp_path) -> Path:
     root = tmp_path / "results"
     # PGD on LPIPS(Alex): ✓ 7/10 flipped, ✗ 4/5; RMSE of the flipped ✓ rows 1..7, PSNR 40..50 + one inf
     pgd = triplets(10, 7, 5, 4)
-    pgd.loc[:6, "rmse"] = np.arange(1, 8, dtype=float)
-    pgd.loc[:6, "psnr"] = [40.0, 42.0, 44.0, 46.0, 48.0, 50.0, np.inf]
+    pgd.loc[:6, "rmse_uint8"] = np.arange(1, 8, dtype=float)
+    pgd.loc[:6, "psnr_uint8"] = [40.0, 42.0, 44.0, 46.0, 48.0, 50.0, np.inf]
     write_run(root, "lpips_alex", PGD, pgd)
     write_run(root, "lpips_alex", {**PGD, "alpha": 0.00375}, triplets(10, 9, 5, 5))
     write_run(root, "lpips_alex", {"_target_": "x", "name": "none"}, triplets(10, 0, 5, 0))

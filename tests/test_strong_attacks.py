@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attackpsm.attacks.apgd import APGD, checkpoints, margin
+from attackpsm.attacks.apgd import APGD, checkpoints
 from attackpsm.attacks.base import check_int
 from attackpsm.attacks.cascade import Cascade
 from attackpsm.attacks.eot import EoT, ExpectedScore
@@ -26,6 +26,7 @@ from attackpsm.attacks.stadv import StAdv, StAdvPGD
 from attackpsm.metrics.base import Metric
 from attackpsm.metrics.classic import L2, SSIM
 from attackpsm.run import run
+from attackpsm.twoafc import flip_margin
 from tests.conftest import assert_config_runs, synthetic_batch
 from tests.conftest import select_prey as _prey
 
@@ -271,7 +272,7 @@ def test_square_l2_search_flips_weak_metrics(metric_name, eps, metrics, batch):
     assert 0 < flips >= int(start.flipped.sum())
     # random search keeps a candidate only if it helps: never worse than its start
     # (the same seed draws the same start), and strictly better on the unflipped ones
-    gained = margin(s_other, out.s_adv) - margin(s_other, start.s_adv)
+    gained = flip_margin(s_other, out.s_adv) - flip_margin(s_other, start.s_adv)
     assert (gained >= 0).all()
     assert gained[~start.flipped].sum() > 0
     assert (_size(out.adv - prey, "l2") <= eps + 1e-5).all()

@@ -76,7 +76,7 @@ def test_craft_saves_pngs_and_a_manifest(evaluated, lpips_alex):
             )
         assert row.flipped_saved == (s_adv > s_other and not s_prey > s_other)
         assert row.rmse_saved == pytest.approx(
-            perturbation_stats(adv, prey)["rmse"].item(), abs=1e-4
+            perturbation_stats(adv, prey)["rmse_uint8"].item(), abs=1e-4
         )
         changed = (adv != prey).any().item()
         assert changed or not row.flipped_saved

@@ -16,7 +16,7 @@ No attack: :class:`~attackpsm.attacks.none.NoAttack` (clean accuracy).
 """
 
 from attackpsm.attacks.apgd import APGD
-from attackpsm.attacks.base import Attack, AttackResult, rank_flipped, rank_loss, reverse_rank_loss
+from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.attacks.cascade import Cascade
 from attackpsm.attacks.eot import EoT
 from attackpsm.attacks.fgsm import FGSM
@@ -26,6 +26,7 @@ from attackpsm.attacks.onepixel import OnePixel
 from attackpsm.attacks.pgd import PGD, ReversePGD
 from attackpsm.attacks.square import Square
 from attackpsm.attacks.stadv import StAdv, StAdvPGD
+from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
 
 __all__ = [
     "APGD",

@@ -14,16 +14,12 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive, rank_flipped
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
+from attackpsm.twoafc import flip_margin, rank_flipped
 
 NORMS = ("linf", "l2")
-
-
-def margin(s_other: torch.Tensor, s_adv: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """Rank-flip margin, positive exactly when the rank flipped: ``s_adv - s_other``."""
-    return s_other - s_adv if reverse else s_adv - s_other
 
 
 def checkpoints(iterations: int) -> list[int]:
@@ -153,8 +149,8 @@ class APGD(Attack):
             )
             result.columns["queries"][todo] += again.columns["queries"]
             better = again.flipped | (
-                margin(s_other[todo], again.s_adv, self.reverse)
-                > margin(s_other[todo], result.s_adv[todo], self.reverse)
+                flip_margin(s_other[todo], again.s_adv, self.reverse)
+                > flip_margin(s_other[todo], result.s_adv[todo], self.reverse)
             )
             idx = todo[better]
             result.adv[idx] = again.adv[better]
@@ -199,7 +195,7 @@ class APGD(Attack):
                 s = self._score(metric, select(prepared_ref, active), xa)
             queries[active] += draws
             s_det = s.detach()
-            f = margin(s_other[active], s_det, self.reverse)
+            f = flip_margin(s_other[active], s_det, self.reverse)
             gain = f > best[active]
             if k > 0:
                 improved[active] += (f > best[active]).float()
@@ -219,7 +215,7 @@ class APGD(Attack):
             keep = ~done
             if not keep.any():
                 break
-            (grad,) = torch.autograd.grad(margin(s_other[active], s, self.reverse).sum(), xa)
+            (grad,) = torch.autograd.grad(flip_margin(s_other[active], s, self.reverse).sum(), xa)
             xa, grad, a = xa.detach()[keep], grad[keep], active[keep]
             center, e = prey[a], eps[a]
             direction = ascent_direction(grad, self.norm)

@@ -3,7 +3,8 @@
 The engine picks the prey -- the distortion the metric ranks closer to the reference --
 and hands each attack the prey, the prepared reference and ``s_other``. An attack
 returns the adversarial image, its score ``s_adv`` and whether the rank flipped
-(``s_adv > s_other``; reversed for the reverse attack of Appendix F).
+(``s_adv > s_other``; reversed for the reverse attack of Appendix F). The prey rule, the
+flip rule and the losses of Eq. 1 and Eq. 7 live in :mod:`attackpsm.twoafc`.
 """
 
 from __future__ import annotations
@@ -14,27 +15,6 @@ from typing import Any
 import torch
 
 from attackpsm.metrics.base import Metric
-
-
-def rank_loss(s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
-    """Eq. 1: ``J = (s_other / (s_other + s_adv) - 1)^2``, one value per sample.
-
-    Maximised by FGSM and PGD: it grows as ``s_adv`` grows past ``s_other``.
-    """
-    return (s_other / (s_other + s_adv) - 1.0) ** 2
-
-
-def reverse_rank_loss(s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
-    """Eq. 7 (Appendix F): ``J = (s_other / (s_other + s_adv))^2``, one value per sample.
-
-    Maximised by the reverse PGD attack: it grows as ``s_adv`` falls below ``s_other``.
-    """
-    return (s_other / (s_other + s_adv)) ** 2
-
-
-def rank_flipped(s_adv: torch.Tensor, s_other: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """Success of an attack (Sec. 3): ``s_adv > s_other``; ``s_adv < s_other`` when reversed."""
-    return s_adv < s_other if reverse else s_adv > s_other
 
 
 @dataclass

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.apgd import margin
 from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.metrics.base import Metric, select
+from attackpsm.twoafc import flip_margin
 
 
 class Cascade(Attack):
@@ -72,8 +72,8 @@ class Cascade(Attack):
                 out.flipped
                 | torch.isnan(old)
                 | (
-                    margin(s_other[todo], s_new, self.reverse)
-                    > margin(s_other[todo], old, self.reverse)
+                    flip_margin(s_other[todo], s_new, self.reverse)
+                    > flip_margin(s_other[todo], old, self.reverse)
                 )
             )
             idx = todo[better]

@@ -6,27 +6,22 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import (
-    Attack,
-    AttackResult,
-    check_int,
-    check_positive,
-    rank_flipped,
-    rank_loss,
-)
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
+from attackpsm.twoafc import rank_flipped, rank_loss
 
 
 class FGSM(Attack):
     """One signed gradient of Eq. 1 at the prey, then the smallest ε that flips the rank.
 
     Distance measure: ℓ∞ on the ``[-1, 1]`` scale. Algorithm 3 computes
-    ``g = sign(∇ J(I_prey))`` once and scans ``ε = 0.0001, 0.0002, … ≤ max_eps``, returning
+    ``g = sign(∇ J(I_prey))`` once and scans ``ε = 0.0001, 0.0002, … ≤ max_eps`` (ε grows
+    by repeated addition, so 499 values up to 0.05: :meth:`eps_grid`), returning
     at the first ``ε`` whose ``I_adv = clip(I_prey + ε·g, -1, 1)`` flips the rank. Here the
     scan is evaluated many ε at a time (up to ``max_batch`` images per metric call); each
     triplet keeps the first flipping ε of the scan order, so the result is exactly what the
-    one-ε-at-a-time loop returns. A triplet that never flips keeps the ``max_eps`` image.
+    one-ε-at-a-time loop returns. A triplet that never flips keeps the image of the last ε.
 
     Per-triplet columns: ``eps_found`` (NaN if no flip) and ``iterations`` (how many ε
     were tried, i.e. metric queries after the gradient).
@@ -53,11 +48,22 @@ class FGSM(Attack):
         self.max_batch = int(max_batch)
 
     def eps_grid(self) -> torch.Tensor:
-        """The scan ``ε_k = k · eps_step`` for ``k = 1 .. K`` with ``ε_K ≤ max_eps`` (float64)."""
-        steps = int(self.max_eps / self.eps_step + 1e-9)  # tolerate 0.05 / 0.0001 = 499.99…
-        if steps < 1:
+        """The ε values Algorithm 3 tries, in order (float64).
+
+        Lines 8-15 as written: ``ε = eps_step``; ``while ε ≤ max_ε``: try ε, then
+        ``ε = ε + eps_step``. The sum accumulates float64 round-off, so the loop's last ε is
+        where the running sum stops being ``≤ max_ε``: with the defaults (0.0001 up to 0.05)
+        the 500th sum is 0.0500000000000004 > 0.05 and the loop tries **499** values
+        (0.0001 … 0.0499); up to 0.03 it tries 300 (the 300th sum is 0.02999… ≤ 0.03).
+        """
+        values = []
+        eps = self.eps_step
+        while eps <= self.max_eps:
+            values.append(eps)
+            eps += self.eps_step
+        if not values:
             raise ValueError(f"max_eps={self.max_eps} is smaller than eps_step={self.eps_step}")
-        return torch.arange(1, steps + 1, dtype=torch.float64) * self.eps_step
+        return torch.tensor(values, dtype=torch.float64)
 
     def gradient_sign(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive, rank_flipped
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.images import to_uint8
 from attackpsm.metrics.base import Metric, select
+from attackpsm.twoafc import rank_flipped
 
 _MASK64 = (1 << 64) - 1
 

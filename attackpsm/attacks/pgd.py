@@ -7,17 +7,10 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import (
-    Attack,
-    AttackResult,
-    check_int,
-    check_positive,
-    rank_flipped,
-    rank_loss,
-    reverse_rank_loss,
-)
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
+from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
 
 
 class PGD(Attack):

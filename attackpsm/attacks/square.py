@@ -22,16 +22,10 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.apgd import margin
-from attackpsm.attacks.base import (
-    Attack,
-    AttackResult,
-    check_int,
-    check_positive,
-    rank_flipped,
-)
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
+from attackpsm.twoafc import flip_margin, rank_flipped
 
 NORMS = ("linf", "l2")
 
@@ -152,7 +146,7 @@ class Square(Attack):
         adv = start(prey, e, gen)
         s_adv = metric.score(prepared_ref, adv)
         queries = torch.ones(n, dtype=torch.long, device=device)
-        best = margin(s_other, s_adv, self.reverse)
+        best = flip_margin(s_other, s_adv, self.reverse)
         flipped = rank_flipped(s_adv, s_other, self.reverse)
         iterations = torch.zeros(n, dtype=torch.long, device=device)
         for q in range(1, self.max_queries):
@@ -163,7 +157,7 @@ class Square(Attack):
             candidate = candidates(prey[active], adv[active], e[active], side, gen)
             s_new = metric.score(select(prepared_ref, active), candidate)
             queries[active] += 1
-            f = margin(s_other[active], s_new, self.reverse)
+            f = flip_margin(s_other[active], s_new, self.reverse)
             better = f > best[active]
             idx = active[better]
             adv[idx] = candidate[better]

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from attackpsm.attacks import lbfgs
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive, rank_flipped
+from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.attacks.pgd import PGD
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
+from attackpsm.twoafc import rank_flipped
 
 VARIANTS = ("paper", "official")
 FLOW_EPS = 1e-8  # keeps the flow loss differentiable at zero flow (Xiao et al.'s code)
@@ -198,7 +199,8 @@ class StAdvPGD(StAdv):
     result is judged on the final image. ``center="prey"`` projects onto the ε-ball around
     the original prey instead, as the released code did.
 
-    Extra per-triplet columns: ``stadv_flipped`` and ``stadv_rmse`` (the stAdv stage).
+    Extra per-triplet columns: ``stadv_flipped`` and ``stadv_rmse`` (the stAdv stage; RMSE
+    between the 8-bit images as in the paper, see :mod:`attackpsm.stats`).
 
     Args:
         pgd_steps: PGD steps (10; Table 5 uses 5, 10, 15, 20).
@@ -241,6 +243,6 @@ class StAdvPGD(StAdv):
         columns = {
             **st.columns,
             "stadv_flipped": st.flipped,
-            "stadv_rmse": perturbation_stats(st.adv, prey)["rmse"],
+            "stadv_rmse": perturbation_stats(st.adv, prey)["rmse_uint8"],
         }
         return AttackResult(out.adv, out.s_adv, out.flipped, columns)

@@ -82,8 +82,9 @@ class BAPPS(DiskTriplets):
         split: str = "val",
         subsets: list[str] | None = None,
         filter: str = "unanimous",
+        quantize: bool = True,
     ):
-        super().__init__(size, root)
+        super().__init__(size, root, quantize)
         if split not in SUBSETS:
             raise ValueError(f"bapps split must be one of {sorted(SUBSETS)}, got {split!r}")
         if filter not in FILTERS:

@@ -5,6 +5,11 @@ fraction of raters who preferred ``I_1`` (0 = everyone chose ``I_0``; ``None`` w
 is no human label). Datasets list light :class:`TripletRecord` entries and load pixels
 lazily in ``__getitem__``, so memory stays bounded whatever the resolution.
 
+Every dataset hands the metric **8-bit images** by default, as the paper's loader does (it
+resizes the 8-bit PNGs with PIL and gives the metric 8-bit images): after the resize the
+three images are rounded to the nearest of the 256 levels (:func:`attackpsm.images.quantize`).
+``dataset.quantize=false`` keeps the resized floats.
+
 A triplet that cannot be loaded (missing or corrupt file, wrong shape, bad judge) is not
 an exception: ``__getitem__`` returns it as an error row, :func:`collate` keeps it apart,
 and the run records it in its errors table and goes on.
@@ -19,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from attackpsm.images import resize
+from attackpsm.images import quantize, resize
 
 
 @dataclass(frozen=True)
@@ -48,14 +53,19 @@ class TripletDataset(Dataset):
     Args:
         size: output side length (``None`` = native); the same antialiased resize is applied
             to the three images.
+        quantize: round the three images to 8 bits after resizing (True, the paper's
+            protocol); False keeps the resized float values.
     """
 
     name = "triplets"
 
-    def __init__(self, size: int | None = None):
+    def __init__(self, size: int | None = None, quantize: bool = True):
         if size is not None and size <= 0:
             raise ValueError(f"resolution size must be positive or null (native), got {size}")
+        if not isinstance(quantize, bool):
+            raise ValueError(f"dataset.quantize must be true or false, got {quantize!r}")
         self.size = size
+        self.quantize = quantize
         self.records: list[TripletRecord] = []
 
     def load_images(self, record: TripletRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,6 +99,8 @@ class TripletDataset(Dataset):
             if ref.dim() != 3 or ref.shape[0] != 3:
                 raise ValueError(f"expected 3xHxW RGB images, got {tuple(ref.shape)}")
             images = resize(torch.stack([ref, p0, p1]), self.size)
+            if self.quantize:
+                images = quantize(images)
         except Exception as exc:  # recorded and skipped, never fatal
             item["error"] = f"{type(exc).__name__}: {exc}"
             return item

@@ -68,8 +68,9 @@ class CLIC(DiskTriplets):
         size: int | None = None,
         root: str | os.PathLike | None = None,
         csv: str | None = None,
+        quantize: bool = True,
     ):
-        super().__init__(size, root)
+        super().__init__(size, root, quantize)
         if csv is None:
             found = [c for c in CSV_CANDIDATES if (self.root / c).is_file()]
             if not found:

@@ -51,13 +51,19 @@ class DiskTriplets(TripletDataset):
     Args:
         size: output side length (``None`` = native), see :class:`TripletDataset`.
         root: dataset folder; ``None`` is an error naming ``env`` and the expected layout.
+        quantize: 8-bit images after resizing (the paper's protocol), see :class:`TripletDataset`.
     """
 
     layout = ""  # the expected folder layout, quoted in every DatasetLayoutError
     env = ""  # environment variable that may hold the root (see conf/dataset/*.yaml)
 
-    def __init__(self, size: int | None = None, root: str | os.PathLike | None = None):
-        super().__init__(size)
+    def __init__(
+        self,
+        size: int | None = None,
+        root: str | os.PathLike | None = None,
+        quantize: bool = True,
+    ):
+        super().__init__(size, quantize)
         if root is None or str(root) == "":
             raise self.layout_error(f"no dataset.root given (set dataset.root=... or ${self.env})")
         self.root = Path(root).expanduser()

@@ -69,8 +69,9 @@ class PieAPP(DiskTriplets):
         root: str | os.PathLike | None = None,
         split: str = "test",
         threshold: float | None = 0.85,
+        quantize: bool = True,
     ):
-        super().__init__(size, root)
+        super().__init__(size, root, quantize)
         if split not in SPLITS:
             raise ValueError(f"pieapp split must be one of {list(SPLITS)}, got {split!r}")
         if threshold is not None and not 0.5 <= threshold < 1.0:

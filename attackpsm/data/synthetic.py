@@ -117,8 +117,9 @@ class SyntheticTriplets(TripletDataset):
         num_triplets: int = 512,
         seed: int = 0,
         families: list[str] | None = None,
+        quantize: bool = True,
     ):
-        super().__init__(size)
+        super().__init__(size, quantize)
         families = list(families or FAMILIES)
         unknown = sorted(set(families) - set(FAMILIES))
         if unknown:

@@ -29,6 +29,7 @@ from attackpsm.images import to_uint8
 from attackpsm.report import paper
 from attackpsm.report.load import Run, load_run
 from attackpsm.report.tables import agree_labels
+from attackpsm.stats import PAPER_COLUMNS
 
 
 @dataclass
@@ -75,7 +76,9 @@ def choose_examples(results: pd.DataFrame, n: int = 4) -> list[str]:
     flipped = frame[frame["flipped"].astype(bool)]
     pool = flipped if len(flipped) else frame
     groups = [
-        pool[pool["_label"] == label].sort_values(["rmse", "triplet_id"])["triplet_id"].tolist()
+        pool[pool["_label"] == label]
+        .sort_values([PAPER_COLUMNS["rmse"], "triplet_id"])["triplet_id"]
+        .tolist()
         for label in ("✓", "✗", "n/a")
     ]
     groups = [g for g in groups if g]
@@ -166,7 +169,7 @@ def regenerate(
                 s_prey=float(row["s_prey"]),
                 s_adv=float(row["s_adv"]),
                 flipped=bool(row["flipped"]),
-                rmse=float(row["rmse"]),
+                rmse=float(row[PAPER_COLUMNS["rmse"]]),
                 stored_s_adv=float(old["s_adv"]) if old is not None else float("nan"),
                 stored_flipped=bool(old["flipped"]) if old is not None else False,
             )

@@ -312,7 +312,7 @@ def perturbation_histograms(runs: list[Run]) -> dict[str, Figure]:
         for row, panel in zip(axes, panels, strict=True):
             runs_here = [r for r in chosen if r.title == panel]
             for ax, col, xlabel in (
-                (row[0], "rmse", "RMSE of δ ([0, 255] scale)"),
+                (row[0], "rmse_uint8", "RMSE, 8-bit images ([0, 255] scale)"),
                 (row[1], "linf", "ℓ∞ of δ ([-1, 1] scale)"),
             ):
                 values = [

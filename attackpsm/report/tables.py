@@ -33,10 +33,11 @@ import pandas as pd
 from attackpsm.report import paper
 from attackpsm.report.load import Run, attack_title
 from attackpsm.results import BASE_COLUMNS
-from attackpsm.stats import THRESHOLDS, frac_column
+from attackpsm.stats import PAPER_COLUMNS, PAPER_DEFINITIONS, THRESHOLDS
+from attackpsm.twoafc import SPLIT_ORDER, accuracy, split_labels, twoafc_scores
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
-AGREE_ORDER = ("✓", "✗", "n/a")
+AGREE_ORDER = SPLIT_ORDER
 PX_COLUMNS = [f"pct_px_gt_{t:g}" for t in THRESHOLDS]
 TABLE2_ATTACKS = ("fgsm", "pgd", "onepixel")  # attack families, in the paper's column order
 # The paper's attack settings (REFERENCE §1); a run is compared with the paper only when
@@ -102,11 +103,7 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def agree_labels(results: pd.DataFrame) -> pd.Series:
     """✓ / ✗ / n/a per triplet from the nullable ``human_agrees`` column."""
-    agrees = results["human_agrees"].astype("boolean")
-    out = pd.Series("n/a", index=results.index, dtype=object)
-    out[agrees.fillna(False).astype(bool)] = "✓"
-    out[(~agrees).fillna(False).astype(bool)] = "✗"
-    return out
+    return split_labels(results["human_agrees"])
 
 
 def _mean(s: pd.Series) -> float:
@@ -133,11 +130,13 @@ def extra_columns(results: pd.DataFrame) -> list[str]:
 def flip_stats(rows: pd.DataFrame) -> dict[str, float]:
     """Flip counts and perturbation statistics of a set of per-triplet rows.
 
-    Perturbation statistics are over the flipped rows, as in the paper (Table 2): RMSE and
-    PSNR on the [0, 255] scale (PSNR ignores the infinite values of unchanged images),
-    ``pct_px_gt_<t>`` = mean % of values with ``|δ| > t`` on the [-1, 1] scale,
-    ``mean_eps`` = mean ε at the first flip (FGSM's ``eps_found``). ``<col>_mean`` is the
-    mean over flipped rows of each attack-specific column (``iterations``, ``queries``, ...).
+    Perturbation statistics are over the flipped rows, as in the paper (Table 2), with the
+    paper's definitions (:data:`attackpsm.stats.PAPER_COLUMNS`): RMSE and PSNR on the
+    [0, 255] scale between the 8-bit images (PSNR ignores the infinite values of unchanged
+    images), ``pct_px_gt_<t>`` = mean % of values of the float δ with ``|δ| > t`` on the
+    [-1, 1] scale, ``mean_eps`` = mean ε at the first flip (FGSM's ``eps_found``).
+    ``<col>_mean`` is the mean over flipped rows of each attack-specific column
+    (``iterations``, ``queries``, ...).
     """
     n = len(rows)
     flipped_mask = rows["flipped"].astype(bool) if n else pd.Series(dtype=bool)
@@ -153,15 +152,15 @@ def flip_stats(rows: pd.DataFrame) -> dict[str, float]:
         "flipped_uint8": int(rows["flipped_uint8"].astype(bool).sum())
         if n and "flipped_uint8" in rows
         else 0,
-        "rmse_mean": _mean(flipped["rmse"]),
-        "rmse_std": _std(flipped["rmse"]),
-        "psnr_mean": _mean(flipped["psnr"]),
-        "psnr_std": _std(flipped["psnr"]),
+        "rmse_mean": _mean(flipped[PAPER_COLUMNS["rmse"]]),
+        "rmse_std": _std(flipped[PAPER_COLUMNS["rmse"]]),
+        "psnr_mean": _mean(flipped[PAPER_COLUMNS["psnr"]]),
+        "psnr_std": _std(flipped[PAPER_COLUMNS["psnr"]]),
         "linf_mean": _mean(flipped["linf"]),
         "mean_eps": _mean(flipped["eps_found"]) if "eps_found" in rows else float("nan"),
     }
-    for t, col in zip(THRESHOLDS, PX_COLUMNS, strict=True):
-        out[col] = _mean(flipped[frac_column(t)])
+    for col in PX_COLUMNS:
+        out[col] = _mean(flipped[PAPER_COLUMNS[col]])
     for col in ["iterations", *extra_columns(rows)]:
         if col in rows:
             out[f"{col}_mean"] = _mean(flipped[col])
@@ -372,10 +371,21 @@ def afc2_score(results: pd.DataFrame) -> float:
     labelled = results[results["judge"].notna()]
     if labelled.empty:
         return float("nan")
-    judge = labelled["judge"].to_numpy(float)
-    d0, d1 = labelled["d0"].to_numpy(float), labelled["d1"].to_numpy(float)
-    agree = np.where(d1 < d0, judge, np.where(d0 < d1, 1.0 - judge, 0.5))
-    return float(100.0 * agree.mean())
+    return float(100.0 * twoafc_scores(labelled["d0"], labelled["d1"], labelled["judge"]).mean())
+
+
+def _accuracy_row(results: pd.DataFrame) -> dict[str, float]:
+    """Accuracy of a set of triplets (:func:`attackpsm.twoafc.accuracy`: a tie is half
+    right), its 95% interval, the number with a human choice and the ✓ count."""
+    acc, n = accuracy(results["d0"], results["d1"], results["judge"])
+    lo, hi = wilson_interval(acc * n, n) if n else (float("nan"), float("nan"))
+    return {
+        "labelled": n,
+        "accurate": int((agree_labels(results) == "✓").sum()),
+        "accuracy_pct": 100.0 * acc,
+        "ci_low_pct": 100.0 * lo,
+        "ci_high_pct": 100.0 * hi,
+    }
 
 
 def table1_accuracy(runs: list[Run]) -> Table:
@@ -383,10 +393,6 @@ def table1_accuracy(runs: list[Run]) -> Table:
     rows = []
     for r in clean_runs(runs):
         res = r.results
-        labels = agree_labels(res)
-        n = int((labels != "n/a").sum())
-        k = int((labels == "✓").sum())
-        lo, hi = wilson_interval(k, n)
         pub = (
             paper.lookup(1, r.metric, None, "bapps", 64, attack="none")
             if (r.dataset == "bapps" and r.resolution == 64 and paper_dataset(r))
@@ -398,11 +404,7 @@ def table1_accuracy(runs: list[Run]) -> Table:
                 **{k_: v for k_, v in _run_keys(r).items() if k_ not in _ATTACK_KEYS},
                 "from_run": r.label,
                 "samples": len(res),
-                "labelled": n,
-                "accurate": k,
-                "accuracy_pct": 100.0 * k / n if n else float("nan"),
-                "ci_low_pct": 100.0 * lo,
-                "ci_high_pct": 100.0 * hi,
+                **_accuracy_row(res),
                 "afc2_pct": afc2_score(res),
                 "paper_accuracy_pct": pub["accuracy"] if pub and unanimous else float("nan"),
                 "paper_afc2_full_pct": pub["afc2_full"] if pub and not unanimous else float("nan"),
@@ -448,8 +450,9 @@ def table1_accuracy(runs: list[Run]) -> Table:
 
     note = (
         "Accuracy: % of labelled triplets where the metric ranks the two distortions as the "
-        "humans did (the ✓ rows of every other table). 2AFC: mean fraction of raters agreeing "
-        "with the metric (equals the accuracy on unanimous triplets)."
+        "humans did (the ✓ rows of every other table); a tie d0 = d1 counts as half right, "
+        "as in the 2AFC score. 2AFC: mean fraction of raters agreeing with the metric "
+        "(equals the accuracy on unanimous triplets)."
     )
     return Table(
         "table1_accuracy",
@@ -463,20 +466,12 @@ def table1_by_subset(runs: list[Run]) -> Table:
     """Accuracy per subset (BAPPS: traditional, cnn, ...; synthetic: distortion family)."""
     rows = []
     for r in clean_runs(runs):
-        res = r.results.assign(_label=agree_labels(r.results))
-        for subset, part in res.groupby("subset", sort=True):
-            n = int((part["_label"] != "n/a").sum())
-            k = int((part["_label"] == "✓").sum())
-            lo, hi = wilson_interval(k, n)
+        for subset, part in r.results.groupby("subset", sort=True):
             rows.append(
                 {
                     **{k_: v for k_, v in _run_keys(r).items() if k_ not in _ATTACK_KEYS},
                     "subset": subset,
-                    "labelled": n,
-                    "accurate": k,
-                    "accuracy_pct": 100.0 * k / n if n else float("nan"),
-                    "ci_low_pct": 100.0 * lo,
-                    "ci_high_pct": 100.0 * hi,
+                    **_accuracy_row(part),
                     "afc2_pct": afc2_score(part),
                 }
             )
@@ -673,15 +668,15 @@ def long_render(part: pd.DataFrame) -> pd.DataFrame:
         out["Mean ε"] = part["mean_eps"].map(lambda v: _num(v, 4)).to_numpy()
         if _has_paper(part, "paper_mean_eps"):
             out["Paper mean ε"] = part["paper_mean_eps"].map(lambda v: _num(v, 3)).to_numpy()
-    out["%px ε>0.001 / >0.01 / >0.03"] = [_px_cell(r) for _, r in part.iterrows()]
+    out["%px ε>0.001 / >0.01 / >0.03 (float δ)"] = [_px_cell(r) for _, r in part.iterrows()]
     if _has_paper(part, "paper_pct_px_gt_0.001"):
         out["Paper %px"] = [_paper_px_cell(r) for _, r in part.iterrows()]
-    out["RMSE μ/σ"] = [
+    out["RMSE μ/σ (8-bit)"] = [
         fmt_mu_sigma(m, s) for m, s in zip(part["rmse_mean"], part["rmse_std"], strict=True)
     ]
     if _has_paper(part, "paper_rmse_mean"):
         out["Paper RMSE"] = [_paper_mu_sigma(r, "rmse") for _, r in part.iterrows()]
-    out["PSNR μ/σ"] = [
+    out["PSNR μ/σ (8-bit)"] = [
         fmt_mu_sigma(m, s, 2) for m, s in zip(part["psnr_mean"], part["psnr_std"], strict=True)
     ]
     for col in sorted(
@@ -763,11 +758,11 @@ def table2_attacks(rows: pd.DataFrame) -> Table | None:
                 if _has_paper(sub, "paper_mean_eps"):
                     table[f"{name} paper mean ε"] = col(lambda r: _num(r.get("paper_mean_eps"), 3))
             if family == "pgd":
-                table[f"{name} %px ε>0.001 / >0.01 / >0.03"] = col(_px_cell)
+                table[f"{name} %px ε>0.001 / >0.01 / >0.03 (float δ)"] = col(_px_cell)
                 if _has_paper(sub, "paper_pct_px_gt_0.001"):
                     table[f"{name} paper %px"] = col(_paper_px_cell)
             if family in ("fgsm", "pgd"):
-                table[f"{name} RMSE μ/σ"] = col(
+                table[f"{name} RMSE μ/σ (8-bit)"] = col(
                     lambda r: fmt_mu_sigma(r["rmse_mean"], r["rmse_std"])
                 )
                 if _has_paper(sub, "paper_rmse_mean"):
@@ -778,7 +773,7 @@ def table2_attacks(rows: pd.DataFrame) -> Table | None:
 
     note = (
         "#Flipped: samples whose rank flipped / % of the row's samples [95% Wilson interval, %]. "
-        "RMSE (on [0, 255]) and % pixels with |δ| > t (on [-1, 1]) are over the flipped samples. "
+        f"Perturbation sizes as in the paper: {PAPER_DEFINITIONS}. "
         "'paper' columns: the published BAPPS numbers for the same metric and setting."
     )
     title = "Table 2: attacks per metric (✓ accurate / ✗ inaccurate samples)"
@@ -802,7 +797,7 @@ def table4_psnr(rows: pd.DataFrame) -> Table | None:
             if not (part["family"] == family).any():
                 continue
             name, by = _by_family(part, family)
-            table[f"{name} PSNR μ/σ"] = [
+            table[f"{name} PSNR μ/σ (8-bit)"] = [
                 fmt_mu_sigma(by[k]["psnr_mean"], by[k]["psnr_std"], 2) if k in by else "–"
                 for k in keys
             ]
@@ -813,13 +808,18 @@ def table4_psnr(rows: pd.DataFrame) -> Table | None:
         return table
 
     title = "Table 4: PSNR of the adversarial images (flipped samples)"
-    return Table("table4_psnr", title, data, _render_blocks(title, data, render))
+    note = (
+        "PSNR as in the paper: 20 log10(255 / RMSE), RMSE on [0, 255] between the 8-bit prey "
+        "and adversarial images (truncated to uint8 as the released code's tensor2im does)."
+    )
+    return Table("table4_psnr", title, data, _render_blocks(title, data, render, note))
 
 
 def _long_table(name: str, title: str, data: pd.DataFrame, note: str = "") -> Table | None:
     if data.empty:
         return None
     data = _sorted(data, ["_family", "attack", "variant"])
+    note = f"{note} Perturbation sizes as in the paper: {PAPER_DEFINITIONS}.".strip()
     return Table(name, title, data, _render_blocks(title, data, long_render, note))
 
 

@@ -34,6 +34,8 @@ import pandas as pd
 import torch
 
 from attackpsm.images import to_uint8
+from attackpsm.stats import PAPER_COLUMNS
+from attackpsm.twoafc import accuracy
 
 PROGRESS = "progress"  # prefix of the live history keys
 
@@ -225,15 +227,14 @@ def _agree(table: pd.DataFrame) -> pd.Series:
 def _numbers(table: pd.DataFrame) -> dict[str, float]:
     n = len(table)
     flipped = table["flipped"].astype(bool)
-    agrees = table["human_agrees"].astype("boolean")
-    labelled = agrees.notna()
     nan = float("nan")
     return {
         "samples": n,
         "flip_rate": float(flipped.mean()) if n else nan,
         "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else nan,
-        "accuracy": float(agrees[labelled].astype(bool).mean()) if labelled.any() else nan,
-        "rmse_flipped_mean": float(table.loc[flipped, "rmse"].mean()) if flipped.any() else nan,
+        # one tie rule for every accuracy (Table 1, headline, W&B): twoafc.accuracy
+        "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else nan,
+        "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean()) if flipped.any() else nan,
     }
 
 
@@ -267,7 +268,7 @@ def distributions(table: pd.DataFrame) -> dict[str, np.ndarray]:
     rank flipped, Sec. 3; the opposite sign for the reverse attack of Appendix F),
     iterations, queries, and the minimal ε of ``attack=min_eps`` (flipped triplets only)."""
     cols = {
-        "rmse": table.get("rmse"),
+        "rmse": table.get(PAPER_COLUMNS["rmse"]),
         "linf": table.get("linf"),
         "margin": table["s_adv"] - table["s_other"] if len(table) else None,
         "iterations": table.get("iterations"),
@@ -508,6 +509,6 @@ def example_image(example: dict[str, Any]):
     caption = (
         f"{r['triplet_id']} ({r['subset']}) · ref | other | prey | adv | δ×{gain:.0f} · "
         f"s_other {f(r['s_other'])} · s_prey {f(r['s_prey'])} · s_adv {f(r['s_adv'])} · "
-        f"s_adv 8-bit {f(r['s_adv_uint8'])} · RMSE {f(r['rmse'])} · ℓ∞ {f(r['linf'])}"
+        f"s_adv 8-bit {f(r['s_adv_uint8'])} · RMSE {f(r[PAPER_COLUMNS['rmse']])} · ℓ∞ {f(r['linf'])}"
     )
     return wandb.Image(strip, caption=caption)

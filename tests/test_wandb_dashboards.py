@@ -116,7 +116,7 @@ def test_histograms_and_example_images(shard):
     end = end_record(wandb_offline.history(path), "dist/rmse/_type")
     margin = (table["s_adv"] - table["s_other"]).to_numpy()
     for key, values in {
-        "rmse": table["rmse"],
+        "rmse": table["rmse_uint8"],
         "linf": table["linf"],
         "margin": margin,
         "iterations": table["iterations"],
@@ -156,7 +156,7 @@ def test_summary_splits_every_headline_number(shard):
     assert summary["samples/agree"] == len(agree)
     assert summary["flip_rate/agree"] == pytest.approx(agree["flipped"].astype(bool).mean())
     assert summary["rmse_flipped_mean/agree"] == pytest.approx(
-        agree.loc[agree["flipped"].astype(bool), "rmse"].mean()
+        agree.loc[agree["flipped"].astype(bool), "rmse_uint8"].mean()
     )
     for key in ("flip_rate_uint8/agree", "samples/disagree", "flip_rate/disagree"):
         assert key in summary
@@ -348,7 +348,7 @@ def test_distributions_of_min_eps_leave_out_the_unflipped():
 
     table = pd.DataFrame(
         {
-            "rmse": [1.0, 2.0, 3.0],
+            "rmse_uint8": [1.0, 2.0, 3.0],
             "linf": [0.01, 0.02, 0.03],
             "s_adv": [0.5, 0.4, 0.1],
             "s_other": [0.3, 0.3, 0.3],

@@ -95,7 +95,7 @@ class StAdv(Attack):
     and all triplets' function evaluations are batched
     (:func:`attackpsm.attacks.lbfgs.minimize`), so a batched run equals one-at-a-time runs.
 
-    Variants (REFERENCE §2): ``paper`` (default): Eq. 6 squared, Eq. 5 with square roots
+    Variants (the paper vs its released code): ``paper`` (default): Eq. 6 squared, Eq. 5 with square roots
     over the 4-neighbours, 250 iterations. ``official``: the released code's unsquared
     ``L_rank``, squared differences to the 4 diagonal neighbours, 50 iterations.
 

@@ -40,7 +40,7 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 AGREE_ORDER = SPLIT_ORDER
 PX_COLUMNS = [f"pct_px_gt_{t:g}" for t in THRESHOLDS]
 TABLE2_ATTACKS = ("fgsm", "pgd", "onepixel")  # attack families, in the paper's column order
-# The paper's attack settings (REFERENCE §1); a run is compared with the paper only when
+# The paper's attack settings (Sec. 3, Alg. 1-3); a run is compared with the paper only when
 # its parameters match these wherever it has them.
 PAPER_PARAMS: dict[str, dict[str, Any]] = {
     "fgsm": {"max_eps": 0.05},

@@ -10,4 +10,4 @@ Image convention inside the package: ``float32`` tensors, NCHW, RGB, values in
 convert to and from other ranges live at the edges (:mod:`attackpsm.images`).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -316,6 +316,7 @@ class TransferTriplets(TripletDataset):
     """
 
     name = "transfer"
+    builds_on_demand = True  # a missing craft is made when the dataset is constructed
 
     def __init__(
         self,

@@ -12,8 +12,11 @@ and the run records it in its errors table and goes on.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +54,9 @@ class TripletDataset(Dataset):
     """
 
     name = "triplets"
+    # constructing it may run a computation (the transfer set crafts missing images): look-ups
+    # that only need a run's identity (which shards are finished) do not construct it
+    builds_on_demand = False
 
     def __init__(self, size: int | None = None):
         if size is not None and size <= 0:
@@ -63,6 +69,32 @@ class TripletDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def fingerprint(self) -> str:
+        """A cheap hash of the index, part of a run's identity: the data the results are of.
+
+        Covers every record's id, subset, label and known error and, for records read from
+        disk, each file's path, size and modification time (``stat`` only: no pixel is read;
+        a file shared by several triplets is looked at once). Changed, added or removed data
+        gives a new fingerprint, so results of other data are never reused or merged in.
+        A dataset without files (the synthetic set) is fingerprinted by its ids and labels;
+        its generator parameters are part of the run identity already.
+        """
+        root = getattr(self, "root", None)
+        stats: dict[str, str] = {}
+        digest = hashlib.sha256()
+        for r in sorted(self.records, key=lambda r: r.triplet_id):
+            digest.update(repr((r.triplet_id, r.subset, r.judge, r.error)).encode())
+            for rel in r.files or ():
+                if rel not in stats:
+                    try:
+                        st = os.stat(Path(root, rel) if root is not None else Path(rel))
+                        stats[rel] = f"{st.st_size}:{st.st_mtime_ns}"
+                    except OSError:
+                        stats[rel] = "missing"
+                digest.update(f"|{rel}:{stats[rel]}".encode())
+            digest.update(b"\n")
+        return digest.hexdigest()[:16]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Triplets kept per subset and those already known to be unusable (``errors``)."""

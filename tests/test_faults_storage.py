@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from attackpsm.cluster import main as cluster_main
-from attackpsm.storage import read_identity
+from attackpsm.storage import Lease, LeaseHeld, LeaseLost, read_identity
 from tests.dataset_fixtures import bapps_path, make_bapps, save_png, smooth_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,3 +342,35 @@ def test_changed_data_is_never_mixed(tmp_path):
     assert "refusing to merge shards of different data" in merged_out
     assert fp_old in merged_out and fp_new in merged_out
     assert not (old / "results.parquet").exists()
+
+
+def test_lease_taken_over_only_when_stale(tmp_path, monkeypatch):
+    """A live lease refuses a second writer, naming the owner; a silent heartbeat or an earlier
+    attempt of the same SLURM job makes it stale; the writer that lost it stops writing."""
+    path = tmp_path / "shard-00000-of-00001.lease"
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    first = Lease(path, stale_s=0.6, wait_s=0, heartbeat_s=0.1)
+    assert first.acquire()
+    with pytest.raises(LeaseHeld, match=rf"pid {os.getpid()}, SLURM job 4242"):
+        Lease(path, stale_s=60, wait_s=0.3).acquire()
+    monkeypatch.delenv("SLURM_JOB_ID")
+    time.sleep(1.0)  # heartbeats keep it fresh
+    with pytest.raises(LeaseHeld):
+        Lease(path, stale_s=0.6, wait_s=0).acquire()
+    first._stop.set()  # the owner stalls (its heartbeat thread stops)
+    time.sleep(1.0)
+    second = Lease(path, stale_s=0.6, wait_s=0)
+    assert second.acquire()
+    with pytest.raises(LeaseLost, match="taken over"):
+        first.check()
+    first.release()
+    assert path.exists() and second.holds()  # releasing a lost lease leaves the new owner's
+    second.release()
+    assert not path.exists()
+
+    # a requeued SLURM task (same job id, on any host) takes its previous attempt's lease at once
+    path.write_text('{"host": "node-a", "pid": 1, "slurm_job_id": "77", "token": "t"}')
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    third = Lease(path, stale_s=600, wait_s=0)
+    assert third.acquire()
+    third.release()

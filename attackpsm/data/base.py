@@ -16,7 +16,6 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,20 +79,21 @@ class TripletDataset(Dataset):
         A dataset without files (the synthetic set) is fingerprinted by its ids and labels;
         its generator parameters are part of the run identity already.
         """
-        root = getattr(self, "root", None)
+        root = str(getattr(self, "root", None) or "")
         stats: dict[str, str] = {}
-        digest = hashlib.sha256()
+        lines = []
         for r in sorted(self.records, key=lambda r: r.triplet_id):
-            digest.update(repr((r.triplet_id, r.subset, r.judge, r.error)).encode())
+            line = [repr((r.triplet_id, r.subset, r.judge, r.error))]
             for rel in r.files or ():
                 if rel not in stats:
                     try:
-                        st = os.stat(Path(root, rel) if root is not None else Path(rel))
-                        stats[rel] = f"{st.st_size}:{st.st_mtime_ns}"
+                        st = os.stat(os.path.join(root, rel))
+                        stats[rel] = f"{rel}:{st.st_size}:{st.st_mtime_ns}"
                     except OSError:
-                        stats[rel] = "missing"
-                digest.update(f"|{rel}:{stats[rel]}".encode())
-            digest.update(b"\n")
+                        stats[rel] = f"{rel}:missing"
+                line.append(stats[rel])
+            lines.append("|".join(line))
+        digest = hashlib.sha256("\n".join(lines).encode())
         return digest.hexdigest()[:16]
 
     def counts(self) -> dict[str, dict[str, int]]:

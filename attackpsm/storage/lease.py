@@ -6,8 +6,9 @@ and array task ids when set, and a random token. A background thread touches the
 every ``heartbeat_s`` seconds while the shard runs. Another writer of the same shard waits
 (up to ``wait_s`` seconds) for the lease to go away, then exits with an error naming the
 owner. A lease is taken over only when it is *stale*: its heartbeat is older than
-``stale_s`` seconds, or its owner ran on this host and that process is gone (a SIGKILLed
-or preempted run). A writer that finds its lease taken over stops before writing anything
+``stale_s`` seconds, its owner ran on this host and that process is gone (a SIGKILLed
+run), or its owner is an earlier attempt of this very SLURM job (requeued after a
+preemption or time-out, possibly on another node). A writer that finds its lease taken over stops before writing anything
 more (:meth:`Lease.check`).
 """
 
@@ -134,8 +135,13 @@ class Lease:
             return f"no heartbeat for {age:.0f}s (lease.stale_s={self.stale_s:g})"
         pid = owner.get("pid")
         same_host = owner.get("host") == socket.gethostname()
-        if same_host and isinstance(pid, int) and not _pid_alive(pid):
+        if same_host and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
             return f"process {pid} on this host is gone"
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and owner.get("slurm_job_id") == job and pid != os.getpid():
+            # SLURM runs one instance of a job at a time: the owner is this task's
+            # previous attempt (preempted or timed out, then requeued)
+            return f"SLURM job {job} was requeued"
         return None
 
     def _take_over(self, owner: dict[str, Any], reason: str) -> None:

@@ -97,7 +97,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
     # one writer per shard: a second one waits for it (bounded), then reuses or refuses
     lease = store.lease(stale_s=cfg.lease.stale_s, wait_s=cfg.lease.wait_s)
-    if not lease.acquire(done=lambda: store.finished):
+    if not lease.acquire(done=lambda: store.finished) or store.finished:
+        lease.release()  # another writer finished it meanwhile: reuse, as a re-run would
         return finished_shard(cfg, fingerprint) or run(cfg)
     group = str(run_dir.relative_to(Path(cfg.paths.results_dir)))
     try:

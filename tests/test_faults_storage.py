@@ -131,44 +131,45 @@ def copy_run(finished: Path, tmp: Path) -> Path:
 
 def test_second_writer_refuses_or_waits_and_never_writes(tmp_path):
     """A writer holds the shard (frozen with SIGSTOP mid-run): a second writer with a short
-    wait exits 1 naming the owner; one with a longer wait waits, then reuses the result."""
-    log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(
-        app_cmd(TINY, tmp_path), cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT
-    )
+    wait exits 1 naming the owner; a third, started at the same time with a longer wait,
+    waits for it and then reuses its result; each triplet is computed once."""
+
+    def start(args: list[str], log: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            app_cmd(args, tmp_path),
+            cwd=ROOT,
+            env=ENV,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+    logs = {name: tmp_path / f"{name}.log" for name in ("first", "refused", "waiter")}
+    first = start(TINY, logs["first"])
+    procs = [first]
     try:
         lease = wait_for(
             lambda: next((tmp_path / "results").rglob("*.lease"), None), 120, "the lease"
         )
         first.send_signal(signal.SIGSTOP)  # holds the lease, its heartbeat frozen too
-        refused = app([*TINY, "lease.wait_s=1"], tmp_path)
-        out = refused.stdout + refused.stderr
-        assert refused.returncode != 0, out[-3000:]
+        refused = start([*TINY, "lease.wait_s=1"], logs["refused"])
+        waiter = start([*TINY, "lease.wait_s=120"], logs["waiter"])
+        procs += [refused, waiter]
+        assert refused.wait(timeout=120) != 0
+        out = logs["refused"].read_text()
         assert f"pid {first.pid}" in out and "held by a live writer" in out, out[-3000:]
-        assert lease.exists()
-
-        second = subprocess.Popen(
-            app_cmd([*TINY, "lease.wait_s=120"], tmp_path),
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        time.sleep(1.0)
+        wait_for(lambda: "waiting up to" in logs["waiter"].read_text(), 120, "the waiter")
         first.send_signal(signal.SIGCONT)
-        assert first.wait(timeout=180) == 0, (tmp_path / "first.log").read_text()[-3000:]
-        out2, _ = second.communicate(timeout=180)
-        assert second.returncode == 0, out2[-3000:]
+        assert first.wait(timeout=180) == 0, logs["first"].read_text()[-3000:]
+        assert waiter.wait(timeout=180) == 0, logs["waiter"].read_text()[-3000:]
     finally:
-        for proc in (first,):
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
-    run_dir = the_run_dir(tmp_path / "results")
-    assert "already done" in out2 or "already finished" in out2, out2[-3000:]
+    waited = logs["waiter"].read_text()
+    assert f"pid {first.pid}" in waited and "already done" in waited, waited[-3000:]
     assert not lease.exists()
-    assert_complete(run_dir)
+    assert_complete(run_dir := the_run_dir(tmp_path / "results"))
     parts = sorted(p.name for p in run_dir.glob("*.parts/part-*.parquet"))
     assert parts == [f"part-{a:07d}-{a + 4:07d}.parquet" for a in (0, 4, 8, 12)]
 
@@ -271,6 +272,7 @@ def test_sigkill_during_merge_then_rerun(finished, tmp_path):
     )
 
 
+@pytest.mark.slow  # eight interpreters starting at once: ~30 s on two busy cores
 def test_concurrent_merges_all_succeed(finished, tmp_path):
     """Eight processes merge the same run at once, three times each: all succeed, one table."""
     run_dir = copy_run(finished, tmp_path)
@@ -297,6 +299,7 @@ def test_concurrent_merges_all_succeed(finished, tmp_path):
 # --- changed data --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three runs in a row
 def test_changed_data_is_never_mixed(tmp_path):
     """Files change between shard 0/2 and 1/2: shard 1 goes to a run directory of its own
     (the fingerprint differs), the old run is not reused, and shards of the two data put

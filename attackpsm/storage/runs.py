@@ -93,7 +93,8 @@ def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame]
     errors = pd.concat([e for _, e, _ in loaded], ignore_index=True).reset_index(drop=True)
     meta = {"fingerprint": next(iter(known.values()), None), "count": count}
     write_parquet(errors, run_dir / ERRORS, meta)
-    write_tables(run_dir, results, len(errors), identity)
+    if len(results):  # with every triplet skipped there is no table (the run says why)
+        write_tables(run_dir, results, len(errors), identity)
     write_parquet(results, run_dir / RESULTS, meta)  # last: it marks the run merged
     return results, errors
 

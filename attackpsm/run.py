@@ -101,20 +101,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         lease.release()  # another writer finished it meanwhile: reuse, as a re-run would
         return finished_shard(cfg, fingerprint) or run(cfg)
     group = str(run_dir.relative_to(Path(cfg.paths.results_dir)))
-    try:
-        logger = (
-            build(cfg.logger, _partial_=True)(  # the run's config is data, not to instantiate
-                group=group,
-                name=f"{group}/shard{cfg.shard.index}of{cfg.shard.count}",
-                run_config=OmegaConf.to_container(cfg, resolve=True),
-                id=shard_run_id(run_dir, cfg.shard.index, cfg.shard.count),
-            )
-            if cfg.get("logger") and cfg.logger.get("_target_")
-            else NullLogger()
+    logger = (
+        build(cfg.logger, _partial_=True)(  # the run's config is data, not something to instantiate
+            group=group,
+            name=f"{group}/shard{cfg.shard.index}of{cfg.shard.count}",
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+            id=shard_run_id(run_dir, cfg.shard.index, cfg.shard.count),
         )
-    except BaseException:
-        lease.release()
-        raise
+        if cfg.get("logger") and cfg.logger.get("_target_")
+        else NullLogger()
+    )
     try:
         shard = store.load()  # finished meanwhile, or a damaged shard file rebuilt from parts
         if shard is not None:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from attackpsm.storage import RunDirs, read_identity, read_run
+from attackpsm.storage import RunDirs, StorageError, read_identity, read_run
 
 # Attack parameters that do not define a variant (bookkeeping, not behaviour).
 _NOT_PARAMS = {"_target_", "name", "max_batch"}
@@ -141,7 +141,11 @@ def load_run(run_dir: str | Path) -> Run | None:
     """Load one run folder; ``None`` when it has no finished shard yet."""
     run_dir = Path(run_dir)
     identity = read_identity(run_dir)
-    loaded = read_run(run_dir)
+    try:
+        loaded = read_run(run_dir)
+    except StorageError as exc:  # damaged beyond repair: report the other runs
+        warnings.warn(f"{run_dir}: not reported: {exc}", stacklevel=2)
+        return None
     if loaded is None:
         return None
     results, skipped, complete = loaded

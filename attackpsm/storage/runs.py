@@ -28,7 +28,7 @@ from attackpsm.storage.identity import read_identity, run_dir_for
 from attackpsm.storage.shards import (
     ShardStore,
     StorageError,
-    _problem,
+    describe_damage,
     set_aside,
     write_parquet,
 )
@@ -116,6 +116,9 @@ def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """A merged run's ``results.parquet`` and ``errors.parquet``; ``None`` if not merged.
 
     A merged file that cannot be read is set aside and merged again from the shards.
+
+    Raises:
+        StorageError: a damaged merged file and no complete set of shards to rebuild it.
     """
     run_dir = Path(run_dir)
     path = run_dir / RESULTS
@@ -130,24 +133,22 @@ def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         )
         return results, errors
     except Exception as exc:  # noqa: BLE001 - any damage: rebuild from the shards
-        problem = _problem(exc)
+        problem = describe_damage(exc)
     try:
         pd.read_parquet(path)
         damaged = run_dir / ERRORS
     except Exception:  # noqa: BLE001
         damaged = path
-    counts = shard_counts(run_dir)
-    complete = [c for c in counts if run_status(run_dir, c).complete]
-    set_aside(
-        damaged,
-        problem,
-        "merged again from the shards"
-        if complete
-        else "no complete set of shards to merge it from",
-    )
-    if damaged == run_dir / ERRORS:
-        path.unlink(missing_ok=True)
-    return merge_shards(run_dir, complete[0]) if complete else None
+    complete = [c for c in shard_counts(run_dir) if run_status(run_dir, c).complete]
+    if not complete:
+        raise StorageError(
+            f"{damaged}: {problem}, and no complete set of shards is left to merge it from: "
+            "re-run the run's shards (finished ones are reused)"
+        )
+    set_aside(damaged, problem, "merged again from the shards")
+    if damaged != path:
+        path.unlink(missing_ok=True)  # both are written again
+    return merge_shards(run_dir, complete[0])
 
 
 def headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:

@@ -74,7 +74,7 @@ def set_aside(path: Path, problem: str, action: str) -> Path:
     return aside
 
 
-def _problem(exc: Exception) -> str:
+def describe_damage(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     text = text.split(": ", 1)[-1] if "Could not open" in text else text  # drop the path
     return f"unreadable ({type(exc).__name__}: {text[:160]})"
@@ -118,7 +118,9 @@ class ShardStore:
         except FileNotFoundError:
             return None
         except ValueError as exc:
-            set_aside(self.parts / PLAN, _problem(exc), "it is written again when the shard runs")
+            set_aside(
+                self.parts / PLAN, describe_damage(exc), "it is written again when the shard runs"
+            )
             return None
 
     # --- checkpoint parts --------------------------------------------------------------------
@@ -153,7 +155,7 @@ class ShardStore:
             try:
                 frame = pd.read_parquet(path)
             except Exception as exc:  # noqa: BLE001 - any damage: set aside, recompute
-                set_aside(path, _problem(exc), f"positions {start}-{stop} are recomputed")
+                set_aside(path, describe_damage(exc), f"positions {start}-{stop} are recomputed")
                 continue
             got = list(frame["triplet_id"]) if "triplet_id" in frame else []
             if stop > len(ids) or sorted(got) != sorted(ids[start:stop]):
@@ -279,7 +281,7 @@ class ShardStore:
             )
             return results, errors, meta
         except Exception as exc:  # noqa: BLE001 - any damage: rebuild from what is intact
-            problem = _problem(exc)
+            problem = describe_damage(exc)
         final_ok = True
         try:
             pd.read_parquet(self.final)

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 from attackpsm.cluster import main as cluster_main
-from attackpsm.storage import Lease, LeaseHeld, LeaseLost, read_identity
+from attackpsm.storage import Lease, LeaseHeld, LeaseLost, StorageError, merge_shards, read_identity
+from attackpsm.storage.shards import read_meta, write_parquet
 from tests.dataset_fixtures import bapps_path, make_bapps, save_png, smooth_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,3 +378,19 @@ def test_lease_taken_over_only_when_stale(tmp_path, monkeypatch):
     third = Lease(path, stale_s=600, wait_s=0)
     assert third.acquire()
     third.release()
+
+
+def test_merge_stops_naming_missing_or_repeated_triplets(finished, tmp_path):
+    """A shard file that lost a row, or holds one twice, is not merged: the merge names it."""
+    run_dir = copy_run(finished, tmp_path)
+    (run_dir / "results.parquet").unlink()
+    shard = run_dir / "shard-00000-of-00001.parquet"
+    rows, meta = pd.read_parquet(shard), read_meta(shard)
+    lost = rows["triplet_id"].iloc[5]
+    write_parquet(rows.drop(index=5), shard, meta)
+    with pytest.raises(StorageError, match=rf"missing {lost}"):
+        merge_shards(run_dir, 1)
+    write_parquet(pd.concat([rows, rows.iloc[[5]]]), shard, meta)
+    with pytest.raises(StorageError, match=rf"1 triplets appear more than once .*{lost}"):
+        merge_shards(run_dir, 1)
+    assert not (run_dir / "results.parquet").exists()

@@ -76,7 +76,7 @@ def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame]
     twice = sorted(t for t, n in Counter(ids).items() if n > 1)
     if twice:
         raise StorageError(
-            f"{run_dir}: {len(twice)} triplets are in more than one shard: {_names(twice)}"
+            f"{run_dir}: {len(twice)} triplets appear more than once in its shards: {_names(twice)}"
         )
     if all(meta for _, _, meta in loaded):
         expected = {t for _, _, meta in loaded for t in meta["ids"]}

@@ -242,7 +242,8 @@ def test_truncated_shard_and_results_files_are_rebuilt(finished, tmp_path):
 
 def test_sigkill_during_merge_then_rerun(finished, tmp_path):
     """A merge killed between writing ``results.parquet``'s temporary file and renaming it:
-    the run does not count as merged, and the next merge completes it."""
+    the run does not count as merged, the next merge completes it, and a merge removes the
+    killed writer's temporary file once it is an hour old."""
     run_dir = copy_run(finished, tmp_path)
     for name in ("results.parquet", "errors.parquet", "summary.md", "summary.csv"):
         (run_dir / name).unlink()
@@ -266,8 +267,14 @@ def test_sigkill_during_merge_then_rerun(finished, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not (run_dir / "results.parquet").exists()
-    assert list(run_dir.glob(".results.parquet.*.tmp"))  # the killed writer's temporary file
+    (stray,) = run_dir.glob(".results.parquet.*.tmp")  # the killed writer's temporary file
     assert cluster_main(["merge", str(run_dir), "--no-wandb"]) == 0
+    assert stray.exists()  # too recent to be judged abandoned: a live writer may own it
+    hour_ago = time.time() - 3700
+    os.utime(stray, (hour_ago, hour_ago))
+    (run_dir / "results.parquet").unlink()
+    assert cluster_main(["merge", str(run_dir), "--no-wandb"]) == 0
+    assert not stray.exists()
     pd.testing.assert_frame_equal(
         assert_complete(run_dir), pd.read_parquet(finished / "results.parquet")
     )

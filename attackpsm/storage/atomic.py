@@ -10,13 +10,19 @@ every writer of a run file writes the same content, which one wins does not matt
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("attackpsm")
+
 TMP_SUFFIX = ".tmp"
+# a temporary file this old belongs to a writer that died (a SIGKILL between write and rename)
+ABANDONED_AFTER_S = 3600.0
 
 
 def temporary_name(path: Path) -> Path:
@@ -50,3 +56,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def remove_abandoned(folder: str | os.PathLike, older_than_s: float = ABANDONED_AFTER_S) -> int:
+    """Delete temporary files of :func:`write_atomic` in ``folder`` left by dead writers.
+
+    Only files older than ``older_than_s`` go (no live writer takes that long between
+    write and rename). Returns how many were deleted; says so in one line when any were.
+    """
+    folder = Path(folder)
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for tmp in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else ():
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.warning("%s: removed %d temporary files of interrupted writes", folder, removed)
+    return removed

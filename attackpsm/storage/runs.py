@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.results import ERROR_COLUMNS, summarize, summary_markdown
-from attackpsm.storage.atomic import write_text_atomic
+from attackpsm.storage.atomic import remove_abandoned, write_text_atomic
 from attackpsm.storage.identity import read_identity, run_dir_for
 from attackpsm.storage.shards import (
     ShardStore,
@@ -91,6 +91,7 @@ def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame]
     results = pd.concat([r for r, _, _ in loaded], ignore_index=True)
     results = results.sort_values("triplet_id", kind="stable").reset_index(drop=True)
     errors = pd.concat([e for _, e, _ in loaded], ignore_index=True).reset_index(drop=True)
+    remove_abandoned(run_dir)  # e.g. of a merge killed before its last rename
     meta = {"fingerprint": next(iter(known.values()), None), "count": count}
     write_parquet(errors, run_dir / ERRORS, meta)
     if len(results):  # with every triplet skipped there is no table (the run says why)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from attackpsm.results import BASE_COLUMNS, ERROR_COLUMNS
-from attackpsm.storage.atomic import write_atomic, write_text_atomic
+from attackpsm.storage.atomic import remove_abandoned, write_atomic, write_text_atomic
 from attackpsm.storage.lease import Lease
 
 log = logging.getLogger("attackpsm")
@@ -108,6 +108,7 @@ class ShardStore:
     def start(self, ids: list[str], fingerprint: str) -> None:
         """Record the shard's triplet ids (in order) and data fingerprint before any batch."""
         self.parts.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.parts)  # of a writer killed between a write and its rename
         plan = {"ids": list(ids), "fingerprint": fingerprint}
         if self.plan() != plan:
             write_text_atomic(self.parts / PLAN, json.dumps(plan))

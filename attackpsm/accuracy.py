@@ -67,16 +67,6 @@ def clean_accuracy_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_clean_accuracy(run_dir: Path, table: pd.DataFrame) -> str:
-    """Write ``table1.csv`` and ``table1.md`` into ``run_dir``; returns the markdown."""
-    text = clean_accuracy_markdown(table)
-    for name, content in (("table1.csv", table.to_csv(index=False)), ("table1.md", text)):
-        tmp = Path(run_dir) / f"{name}.tmp"
-        tmp.write_text(content)
-        tmp.replace(Path(run_dir) / name)
-    return text
-
-
 def sweep_clean_accuracy(run_dirs: list[Path]) -> pd.DataFrame:
     """The ``all`` rows of every run's ``table1.csv``: one Table-1 line per metric of a sweep."""
     frames = []

@@ -9,7 +9,7 @@ pieces make it a study that can be killed and resumed at any point:
   configuration without the user writing the range (an explicit ``shard.index=...`` wins).
 * Every job is :func:`attackpsm.run.run`, which keys its results by the run's identity,
   checkpoints each batch, resumes an unfinished shard and skips a finished one
-  (:func:`finished_shard`: no computation, no new W&B run). A task that SLURM preempts,
+  (:func:`attackpsm.storage.finished_shard`: no computation, no new W&B run). A task that SLURM preempts,
   times out (submitit requeues it) or kills loses at most the batch in flight.
 * :class:`SweepCallback` (``hydra.callbacks.sweep``): before the sweep it refuses what cannot
   work; in each job it records the job's run directory under ``<sweep dir>/.runs/``; after
@@ -29,10 +29,8 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,143 +39,26 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from attackpsm.accuracy import (
-    clean_accuracy,
-    clean_accuracy_markdown,
-    sweep_clean_accuracy,
-    write_clean_accuracy,
+from attackpsm.accuracy import clean_accuracy_markdown, sweep_clean_accuracy
+from attackpsm.results import SUMMARY_COLUMNS
+from attackpsm.storage import (
+    RunDirs,
+    RunStatus,
+    ShardStore,
+    StorageError,
+    headline,
+    load_results,
+    merge_run,
+    read_identity,
+    run_dir_for,
+    shard_counts,
+    write_text_atomic,
 )
-from attackpsm.results import SUMMARY_COLUMNS, ShardStore, merge_shards, summarize, write_summary
 
 log = logging.getLogger("attackpsm")
 
 RECORDS = ".runs"  # per-job records inside a sweep directory
 AGGREGATES = "wandb-aggregates.json"  # W&B aggregate runs already logged for a run directory
-_SHARD_FILE = re.compile(r"^shard-(\d{5})-of-(\d{5})(?:\.parquet|\.parts)$")
-
-
-# --- state of one run directory -----------------------------------------------------------
-
-
-@dataclass
-class RunStatus:
-    """Progress of one run identity split into ``count`` shards."""
-
-    run_dir: Path
-    count: int
-    finished: list[int] = field(default_factory=list)
-    partial: dict[int, int] = field(default_factory=dict)  # shard -> triplets checkpointed
-    merged: bool = False
-    samples: int = 0
-    flip_rate: float = float("nan")
-
-    @property
-    def complete(self) -> bool:
-        return len(self.finished) == self.count
-
-    @property
-    def missing(self) -> list[int]:
-        return [i for i in range(self.count) if i not in self.finished]
-
-
-def shard_counts(run_dir: Path) -> list[int]:
-    """The shard counts a run directory holds shards of (usually exactly one)."""
-    found = {
-        int(m.group(2)) for p in Path(run_dir).glob("shard-*") if (m := _SHARD_FILE.match(p.name))
-    }
-    return sorted(found)
-
-
-def run_status(run_dir: Path, count: int) -> RunStatus:
-    status = RunStatus(Path(run_dir), count)
-    for index in range(count):
-        store = ShardStore(status.run_dir, index, count)
-        if store.finished:
-            status.finished.append(index)
-        elif store.parts.exists():
-            status.partial[index] = len(store.done_ids())
-    merged = status.run_dir / "results.parquet"
-    if status.complete and merged.exists():
-        newest_shard = max(
-            ShardStore(status.run_dir, i, count).final.stat().st_mtime_ns for i in range(count)
-        )
-        status.merged = merged.stat().st_mtime_ns >= newest_shard
-    return status
-
-
-def _identity(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "identity.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
-
-
-def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
-    """Merge a run's shards and write its summary, unless that is already up to date.
-
-    Args:
-        run_dir: a run directory (``<results>/<dataset>/<metric>/<attack>/res<size>-<hash>``).
-        count: its shard count; by default the one found on disk (a complete one first).
-    Returns:
-        the run's status after merging (``merged`` is False while shards are missing).
-    """
-    run_dir = Path(run_dir)
-    if count is None:
-        counts = shard_counts(run_dir) or [1]
-        statuses = [run_status(run_dir, c) for c in counts]
-        count = next((s.count for s in statuses if s.complete), counts[0])
-    status = run_status(run_dir, count)
-    if status.complete and not status.merged:
-        results, errors = merge_shards(run_dir, count)
-        identity = _identity(run_dir)
-        metric = identity.get("metric", {}).get("name", "metric")
-        attack = identity.get("attack", {}).get("name", "attack")
-        write_summary(run_dir, summarize(results, metric, attack, skipped=len(errors)))
-        if attack == "none":  # the clean metric: Table 1
-            write_clean_accuracy(run_dir, clean_accuracy(results, metric))
-        status = run_status(run_dir, count)
-    if status.merged:
-        table = pd.read_parquet(run_dir / "results.parquet", columns=["flipped"])
-        status.samples = len(table)
-        status.flip_rate = (
-            float(table["flipped"].astype(bool).mean()) if len(table) else float("nan")
-        )
-    return status
-
-
-def finished_shard(cfg: DictConfig) -> dict[str, Any] | None:
-    """What a re-run of an already finished shard returns, without computing anything.
-
-    ``None`` when the shard still has work to do. Called by :func:`attackpsm.run.run` before
-    it builds anything: a finished shard opens no W&B run (it has one already) and rewrites
-    no file; it only merges the run when it is the last piece missing from the merge.
-    """
-    from attackpsm.run import _headline, run_dir_for
-
-    run_dir = run_dir_for(cfg)
-    store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
-    if not store.finished:
-        return None
-    status = merge_run(run_dir, cfg.shard.count)
-    log.info(
-        "shard %d/%d already finished in %s: nothing to do",
-        cfg.shard.index,
-        cfg.shard.count,
-        run_dir,
-    )
-    if status.merged:
-        table = pd.read_parquet(run_dir / "results.parquet")
-        errors = run_dir / "errors.parquet"
-        skipped = len(pd.read_parquet(errors)) if errors.exists() else 0
-        print(f"\n{run_dir} (all shards, already done)")
-        summary = run_dir / "summary.md"
-        if summary.exists():
-            print(summary.read_text())
-    else:
-        table, errors_table = store.load()
-        skipped = len(errors_table)
-        print(
-            f"\n{run_dir} (shard {cfg.shard.index}/{cfg.shard.count}, already done; missing shards {status.missing})"
-        )
-    return {**_headline(table, skipped), "run_dir": str(run_dir)}
 
 
 # --- W&B aggregate runs --------------------------------------------------------------------
@@ -199,7 +80,6 @@ def log_aggregate(
     from hydra.utils import instantiate
 
     from attackpsm.loggers import log_results
-    from attackpsm.run import _headline
 
     run_dir = Path(run_dir)
     if not logger_spec or not logger_spec.get("_target_") or logger_spec.get("mode") == "disabled":
@@ -218,19 +98,20 @@ def log_aggregate(
     if records.get(destination, {}).get("results_sha256") == digest:
         return False
     group = str(run_dir.relative_to(results_dir)) if results_dir else "/".join(run_dir.parts[-4:])
-    table = pd.read_parquet(merged)
-    errors_path = run_dir / "errors.parquet"
-    errors = pd.read_parquet(errors_path) if errors_path.exists() else pd.DataFrame()
+    loaded = load_results(run_dir)
+    if loaded is None:
+        return False
+    table, errors = loaded
     summary_path = run_dir / "summary.csv"
     logger = instantiate(logger_spec, group=group, name=f"{group}/all", job_type="aggregate")
     try:
         if getattr(logger, "run", None) is None:
             return False
         logger.run.config.update(
-            {"identity": _identity(run_dir), "run_dir": str(run_dir)}, allow_val_change=True
+            {"identity": read_identity(run_dir), "run_dir": str(run_dir)}, allow_val_change=True
         )
         counts = shard_counts(run_dir)
-        logger.log_summary({**_headline(table, len(errors)), "shards": counts[0] if counts else 1})
+        logger.log_summary({**headline(table, len(errors)), "shards": counts[0] if counts else 1})
         log_results(logger, table)  # ✓/✗ and subset summary, histograms
         _log_report_figures(logger, run_dir)
         if summary_path.exists():
@@ -240,9 +121,7 @@ def log_aggregate(
     finally:
         logger.finish()
     records[destination] = {"results_sha256": digest, "run_id": run_id}
-    tmp = record_path.with_name(record_path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-    tmp.replace(record_path)
+    write_text_atomic(record_path, json.dumps(records, indent=1, sort_keys=True))
     return True
 
 
@@ -274,12 +153,15 @@ def _log_report_figures(logger: Any, run_dir: Path) -> None:
 # --- a sweep's records and its summary -----------------------------------------------------
 
 
-def job_record(cfg: DictConfig) -> dict[str, Any]:
-    """What the end of a sweep needs to know about one job (JSON-able)."""
-    from attackpsm.run import run_dir_for
+def job_record(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """What the end of a sweep needs to know about one job (JSON-able).
 
+    Args:
+        cfg: the job's config.
+        run_dir: its run directory when known (else found from the config and its data).
+    """
     results_dir = Path(cfg.paths.results_dir).absolute()
-    run_dir = run_dir_for(cfg).absolute()
+    run_dir = Path(run_dir if run_dir is not None else run_dir_for(cfg)).absolute()
     logger = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
     if logger and logger.get("dir"):
         logger["dir"] = str(Path(logger["dir"]).absolute())
@@ -299,10 +181,7 @@ def job_record(cfg: DictConfig) -> dict[str, Any]:
 def _write_record(sweep_dir: Path, name: str, record: dict[str, Any]) -> None:
     folder = sweep_dir / RECORDS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    tmp.replace(path)
+    write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=1, default=str))
 
 
 def sweep_records(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -323,7 +202,11 @@ def finish_runs(
         by_run.setdefault((rec["run_dir"], rec["shard_count"]), rec)
     out = []
     for (run_dir, count), rec in sorted(by_run.items()):
-        status = merge_run(Path(run_dir), count)
+        try:
+            status = merge_run(Path(run_dir), count)
+        except StorageError as exc:  # shards of other data, or triplets missing or twice
+            log.error("%s", exc)
+            status = RunStatus(Path(run_dir), count, problem=str(exc))
         if status.merged and wandb:
             log_aggregate(Path(run_dir), rec.get("logger"), Path(rec["results_dir"]))
         out.append((rec, status))
@@ -352,6 +235,8 @@ def status_lines(finished: list[tuple[dict[str, Any], RunStatus]]) -> list[str]:
     for _, s in finished:
         if s.merged:
             state = f"done: {s.samples} triplets, flip rate {s.flip_rate:.1%}"
+        elif s.problem:
+            state = f"not merged: {s.problem}"
         else:
             partial = ", ".join(f"shard {i}: {n} done" for i, n in sorted(s.partial.items()))
             state = f"{len(s.finished)}/{s.count} shards finished; missing {s.missing}" + (
@@ -367,9 +252,9 @@ def write_sweep_summary(
     table = sweep_summary(finished)
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(sweep_dir / "summary.csv", index=False)
+    write_text_atomic(sweep_dir / "summary.csv", table.to_csv(index=False))
     status = "\n".join(f"- {line}" for line in status_lines(finished))
-    (sweep_dir / "status.md").write_text(f"# Runs of this sweep\n\n{status}\n")
+    write_text_atomic(sweep_dir / "status.md", f"# Runs of this sweep\n\n{status}\n")
     return table
 
 
@@ -458,7 +343,7 @@ def _records_for(path: Path) -> list[dict[str, Any]]:
     )
     out = []
     for run_dir in run_dirs:
-        identity = _identity(run_dir)
+        identity = read_identity(run_dir)
         for count in shard_counts(run_dir) or [1]:
             rel = run_dir.relative_to(path) if run_dir != path else Path(*run_dir.parts[-4:])
             out.append(
@@ -544,19 +429,20 @@ class SubmitsPendingShards:
     """Mixin of the submitit launchers: finished shards are not submitted again.
 
     Before submitting, each job's config is composed and its shard looked up in the results
-    directory (:class:`~attackpsm.results.ShardStore`); a finished shard is recorded for the
-    end-of-sweep merge (as its job would have done) and left out of the job array, so
-    re-running a sweep to finish its stragglers submits only them. A shard that finishes
-    between this check and its task start still finds its work done (:func:`finished_shard`).
+    directory (:class:`~attackpsm.storage.ShardStore`; each distinct dataset's index is
+    built once for its data fingerprint); a finished shard is recorded for the end-of-sweep
+    merge (as its job would have done) and left out of the job array, so re-running a sweep
+    to finish its stragglers submits only them. A shard that finishes between this check and
+    its task start still finds its work done (:func:`attackpsm.storage.finished_shard`).
+    A dataset that crafts when constructed (``dataset=transfer``) is not looked up here.
     """
 
     def launch(self, job_overrides, initial_job_idx):  # noqa: ANN001 - Hydra's signature
         from hydra.core.utils import JobReturn, JobStatus
         from omegaconf import open_dict
 
-        from attackpsm.run import run_dir_for
-
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        run_dirs = RunDirs()  # one index build per distinct dataset
         pending, done = [], []
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
@@ -566,15 +452,18 @@ class SubmitsPendingShards:
                 )
                 with open_dict(cfg):
                     cfg.hydra.job.num = idx
-                store = ShardStore(run_dir_for(cfg), cfg.shard.index, cfg.shard.count)
-                finished = store.finished
+                run_dir = run_dirs(cfg)
+                finished = (
+                    run_dir is not None
+                    and ShardStore(run_dir, cfg.shard.index, cfg.shard.count).finished
+                )
             except Exception as exc:  # the job itself reports a bad config, with context
                 log.warning("job #%d: cannot look up its shard (%s); submitting it", idx, exc)
                 finished = False
             if not finished:
                 pending.append(overrides)
                 continue
-            _write_record(sweep_dir, f"finished-{idx:06d}", job_record(cfg))
+            _write_record(sweep_dir, f"finished-{idx:06d}", job_record(cfg, run_dir))
             log.info("\t#%d : %s -- already finished, not submitted", idx, " ".join(overrides))
             ret = JobReturn(overrides=list(overrides), cfg=cfg, status=JobStatus.COMPLETED)
             ret.task_name = "attackpsm"

@@ -35,7 +35,7 @@ import torch
 
 from attackpsm.images import to_uint8
 from attackpsm.stats import PAPER_COLUMNS
-from attackpsm.twoafc import accuracy
+from attackpsm.storage import headline
 
 PROGRESS = "progress"  # prefix of the live history keys
 
@@ -225,17 +225,9 @@ def _agree(table: pd.DataFrame) -> pd.Series:
 
 
 def _numbers(table: pd.DataFrame) -> dict[str, float]:
-    n = len(table)
-    flipped = table["flipped"].astype(bool)
-    nan = float("nan")
-    return {
-        "samples": n,
-        "flip_rate": float(flipped.mean()) if n else nan,
-        "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else nan,
-        # one tie rule for every accuracy (Table 1, headline, W&B): twoafc.accuracy
-        "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else nan,
-        "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean()) if flipped.any() else nan,
-    }
+    numbers = headline(table, skipped=0)
+    numbers.pop("skipped")  # skipped triplets have no row, so no split
+    return numbers
 
 
 def split_headline(table: pd.DataFrame) -> dict[str, float]:
@@ -345,20 +337,12 @@ class ShardProgress:
 
     @classmethod
     def of_store(cls, logger: NullLogger, store: Any, device: torch.device) -> ShardProgress:
-        """Progress of the shard kept by ``store`` (a :class:`attackpsm.results.ShardStore`),
+        """Progress of the shard kept by ``store`` (a :class:`attackpsm.storage.ShardStore`),
         counting what its earlier attempts checkpointed or finished."""
         earlier = None
         if getattr(logger, "run", None) is not None:
             try:
-                if store.finished:
-                    results, errors = store.load()
-                    frames = [results.assign(error=None), errors.assign(error=errors["reason"])]
-                else:
-                    frames = [
-                        pd.read_parquet(f) for f in sorted(store.parts.glob("part-*.parquet"))
-                    ]
-                frames = [f for f in frames if len(f)]
-                earlier = pd.concat(frames, ignore_index=True) if frames else None
+                earlier = store.checkpointed()
             except Exception as exc:
                 warnings.warn(f"W&B progress could not read earlier attempts: {exc}", stacklevel=2)
         return cls(logger, earlier, device)

@@ -1,24 +1,10 @@
-"""Per-triplet results tables, resumable shard storage, and the Table-2 summary.
+"""Per-triplet results tables: their columns and the paper's Table-2 summary.
 
-Layout of a results directory (keyed by the run's identity, not by a timestamp)::
-
-    <results_dir>/<dataset>/<metric>/<attack>/res<size>-<hash>/
-        identity.yaml                       what the hash covers
-        shard-00000-of-00002.parts/         checkpoints of an unfinished shard (one per batch)
-        shard-00000-of-00002.parquet        a finished shard's per-triplet rows
-        shard-00000-of-00002.errors.parquet triplets skipped (id, reason)
-        results.parquet, errors.parquet     all shards merged (once every shard is done)
-        summary.csv, summary.md             the paper's Table-2 layout
-
-A finished shard is never recomputed; an unfinished one resumes after its last
-checkpointed batch. Every file is written to a temporary name and renamed into place.
+Where the tables are stored (shards, checkpoints, merging) is :mod:`attackpsm.storage`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,114 +32,6 @@ BASE_COLUMNS = [
     *STAT_COLUMNS,
 ]
 ERROR_COLUMNS = ["triplet_id", "subset", "reason"]
-
-
-def identity_hash(identity: dict[str, Any]) -> str:
-    blob = json.dumps(identity, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:10]
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-class ShardStore:
-    """Checkpointed storage of one shard of one run (see the module docstring)."""
-
-    def __init__(self, run_dir: Path, index: int, count: int):
-        self.run_dir = Path(run_dir)
-        self.index, self.count = index, count
-        stem = f"shard-{index:05d}-of-{count:05d}"
-        self.final = self.run_dir / f"{stem}.parquet"
-        self.errors_final = self.run_dir / f"{stem}.errors.parquet"
-        self.parts = self.run_dir / f"{stem}.parts"
-
-    @property
-    def finished(self) -> bool:
-        return self.final.exists()
-
-    def _part_files(self) -> list[Path]:
-        return sorted(self.parts.glob("part-*.parquet")) if self.parts.exists() else []
-
-    def done_ids(self) -> set[str]:
-        """Ids already checkpointed (results and recorded errors) by an earlier attempt."""
-        done: set[str] = set()
-        for f in self._part_files():
-            done.update(pd.read_parquet(f, columns=["triplet_id"])["triplet_id"])
-        return done
-
-    def checkpoint(self, rows: pd.DataFrame, errors: pd.DataFrame) -> None:
-        """Persist one batch: results rows and error rows, in one atomic part file."""
-        self.parts.mkdir(parents=True, exist_ok=True)
-        seq = len(self._part_files())
-        frame = (
-            pd.concat(
-                [
-                    rows.assign(error=None),
-                    errors.assign(error=errors["reason"]).drop(columns="reason"),
-                ],
-                ignore_index=True,
-            )
-            if len(errors)
-            else rows.assign(error=None)
-        )
-        _atomic_parquet(frame, self.parts / f"part-{seq:07d}.parquet")
-
-    def finalize(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Merge the parts into the shard's final files and drop the parts."""
-        frames = [pd.read_parquet(f) for f in self._part_files()]
-        frame = (
-            pd.concat(frames, ignore_index=True)
-            if frames
-            else pd.DataFrame(columns=[*BASE_COLUMNS, "error"])
-        )
-        frame = frame.drop_duplicates("triplet_id", keep="first")
-        is_err = frame["error"].notna()
-        errors = frame.loc[is_err, ["triplet_id", "subset", "error"]].rename(
-            columns={"error": "reason"}
-        )
-        # all-empty columns stay (e.g. FGSM's eps_found when nothing flipped, judge without labels)
-        results = frame.loc[~is_err].drop(columns="error")
-        results = results.sort_values("triplet_id", kind="stable").reset_index(drop=True)
-        _atomic_parquet(errors.reset_index(drop=True), self.errors_final)
-        _atomic_parquet(results, self.final)
-        for f in self._part_files():
-            f.unlink()
-        if self.parts.exists():
-            self.parts.rmdir()
-        return results, errors
-
-    def load(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        errors = (
-            pd.read_parquet(self.errors_final)
-            if self.errors_final.exists()
-            else pd.DataFrame(columns=ERROR_COLUMNS)
-        )
-        return pd.read_parquet(self.final), errors
-
-
-def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Merge all ``count`` finished shards of a run; ``None`` while any is unfinished."""
-    stores = [ShardStore(run_dir, i, count) for i in range(count)]
-    if not all(s.finished for s in stores):
-        return None
-    loaded = [s.load() for s in stores]
-    results = pd.concat([r for r, _ in loaded], ignore_index=True).sort_values(
-        "triplet_id", kind="stable"
-    )
-    errors = pd.concat([e for _, e in loaded], ignore_index=True)
-    results = results.reset_index(drop=True)
-    _atomic_parquet(results, Path(run_dir) / "results.parquet")
-    _atomic_parquet(errors.reset_index(drop=True), Path(run_dir) / "errors.parquet")
-    return results, errors
 
 
 # --- Table 2 ------------------------------------------------------------------------------
@@ -255,10 +133,3 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     lines.append(f"Perturbation sizes as in the paper: {PAPER_DEFINITIONS}.")
     lines.append(f"Skipped triplets (unreadable or invalid, see errors.parquet): {skipped}")
     return "\n".join(lines) + "\n"
-
-
-def write_summary(run_dir: Path, summary: pd.DataFrame) -> str:
-    text = summary_markdown(summary)
-    _atomic_text(summary.to_csv(index=False), Path(run_dir) / "summary.csv")
-    _atomic_text(text, Path(run_dir) / "summary.md")
-    return text

@@ -1,8 +1,9 @@
 """One job of a study: a dataset shard x metric x attack x resolution -> results on disk.
 
 ``run(cfg)`` is what ``python -m attackpsm`` executes for each (multi)run job. It is safe to
-re-run: a finished shard is loaded instead of recomputed, an unfinished one resumes
-after its last checkpointed batch (see :mod:`attackpsm.results`).
+re-run: a finished shard is loaded instead of recomputed, an unfinished one resumes at its
+first batch without a valid checkpoint, and one process at a time writes a shard (see
+:mod:`attackpsm.storage`).
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import attackpsm
-from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown, write_clean_accuracy
-from attackpsm.cluster import finished_shard
+from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
-from attackpsm.results import ShardStore, identity_hash, merge_shards, summarize, write_summary
-from attackpsm.stats import PAPER_COLUMNS
-from attackpsm.twoafc import accuracy
+from attackpsm.results import summarize, summary_markdown
+from attackpsm.storage import (
+    ShardStore,
+    build_dataset,
+    finished_shard,
+    headline,
+    merge_shards,
+    run_dir_for,
+    run_identity,
+    write_identity,
+)
 
 log = logging.getLogger("attackpsm")
 
@@ -60,58 +66,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What determines a run's results (and so its directory): never the timestamp."""
-    return {
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "metric": {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.metric, resolve=True).items()
-            if k not in ("weights_dir", "weights_mirror", "allow_fetch")
-        },
-        "attack": OmegaConf.to_container(cfg.attack, resolve=True),
-        "resolution": cfg.resolution.size,
-        "seed": cfg.seed,
-        "version": attackpsm.__version__,
-        # a craft run (transfer benchmark) also saves its images: never mistake it for a plain run
-        **({"craft": str(cfg.craft)} if cfg.get("craft") else {}),
-    }
-
-
-def run_dir_for(cfg: DictConfig) -> Path:
-    identity = run_identity(cfg)
-    res = "native" if cfg.resolution.size is None else cfg.resolution.size
-    key = (
-        f"{cfg.dataset.name}/{cfg.metric.name}/{cfg.attack.name}/res{res}-{identity_hash(identity)}"
-    )
-    return Path(cfg.paths.results_dir) / key
-
-
-def _pending(dataset: TripletDataset, store: ShardStore, cfg: DictConfig) -> TripletDataset:
-    records = shard_records(dataset.records, cfg.shard.index, cfg.shard.count)
-    done = store.done_ids()
-    view = copy.copy(dataset)
-    view.records = [r for r in records if r.triplet_id not in done]
-    if done:
-        log.info(
-            "resuming shard %d/%d: %d done, %d to go",
-            cfg.shard.index,
-            cfg.shard.count,
-            len(done),
-            len(view.records),
-        )
-    return view
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
-    done = finished_shard(cfg)  # a re-run of finished work: no compute, no files, no W&B run
+    seed_everything(cfg.seed)
+    dataset: TripletDataset = build_dataset(cfg)  # the index only: pixels load lazily
+    fingerprint = dataset.fingerprint()  # results of other data never count as done
+    done = finished_shard(cfg, fingerprint)  # finished work: no compute, no files, no W&B run
     if done is not None:
         return done
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     # build everything before any work, so bad parameters fail fast
-    dataset: TripletDataset = build(cfg.dataset, size=cfg.resolution.size)
     metric = build(cfg.metric).to(device)
     attack = build(cfg.attack)
     if attack.white_box and not metric.differentiable:
@@ -120,18 +84,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     if len(dataset) == 0:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no usable triplets")
+    identity = run_identity(cfg, fingerprint)
     sink = None
     if cfg.get("craft"):  # transfer benchmark, craft stage: save adversarial PNGs + manifest
         from attackpsm.transfer import CraftWriter
 
-        sink = CraftWriter(cfg.craft, run_identity(cfg), reverse=attack.reverse)
+        sink = CraftWriter(cfg.craft, identity, reverse=attack.reverse)
 
-    run_dir = run_dir_for(cfg)
+    run_dir = run_dir_for(cfg, fingerprint)
     run_dir.mkdir(parents=True, exist_ok=True)
-    identity_file = run_dir / "identity.yaml"
-    if not identity_file.exists():
-        identity_file.write_text(OmegaConf.to_yaml(OmegaConf.create(run_identity(cfg))))
+    write_identity(run_dir, identity)
     store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
+    # one writer per shard: a second one waits for it (bounded), then reuses or refuses
+    lease = store.lease(stale_s=cfg.lease.stale_s, wait_s=cfg.lease.wait_s)
+    if not lease.acquire(done=lambda: store.finished) or store.finished:
+        lease.release()  # another writer finished it meanwhile: reuse, as a re-run would
+        return finished_shard(cfg, fingerprint) or run(cfg)
     group = str(run_dir.relative_to(Path(cfg.paths.results_dir)))
     logger = (
         build(cfg.logger, _partial_=True)(  # the run's config is data, not something to instantiate
@@ -145,17 +113,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     progress = ShardProgress.of_store(logger, store, device)  # W&B live history and images
     try:
-        if store.finished:
+        shard = store.load()  # finished meanwhile, or a damaged shard file rebuilt from parts
+        if shard is not None:
             log.info(
                 "shard %d/%d already finished in %s", cfg.shard.index, cfg.shard.count, run_dir
             )
-            results, errors = store.load()
+            results, errors, _ = shard
         else:
-            pending = _pending(dataset, store, cfg)
+            records = shard_records(dataset.records, cfg.shard.index, cfg.shard.count)
+            store.start([r.triplet_id for r in records], fingerprint)
+            batches = store.pending(cfg.resolution.batch_size)  # gaps and damaged parts too
+            view = copy.copy(dataset)
+            view.records = records
             loader = DataLoader(
-                pending,
-                batch_size=cfg.resolution.batch_size,
-                shuffle=False,
+                view,
+                batch_sampler=[list(range(a, b)) for a, b in batches],
                 collate_fn=collate,
                 num_workers=cfg.num_workers,
                 pin_memory=device.type == "cuda",
@@ -167,15 +139,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             flips = total = 0
             fitting = FittingBatches()  # halves the batch if the device runs out of memory
-            for batch in bar:
+            for (start, stop), batch in zip(batches, bar, strict=True):
                 rows, errs = fitting(metric, attack, batch.to(device), sink=progress.sink(sink))
-                store.checkpoint(rows, errs)
+                lease.check()  # taken over after a stall: the new owner writes this batch
+                store.checkpoint(start, stop, rows, errs)
                 progress.update(rows, errs)
                 if len(rows):
                     flips += int(rows["flipped"].sum())
                     total += len(rows)
                     bar.set_postfix(flip_rate=f"{flips / total:.1%}")
+            lease.check()
             results, errors = store.finalize()
+        lease.release()  # merging is safe without it (every writer writes the same files)
         merged = merge_shards(run_dir, cfg.shard.count)
         if sink is not None and merged is not None:
             sink.finalize()
@@ -190,7 +165,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
         # the config names (pgd10, fgsm003, ...) tell variants of one attack class apart
         summary = summarize(table, cfg.metric.name, cfg.attack.name, skipped=len(errs_all))
-        text = write_summary(run_dir, summary) if merged is not None else None
+        text = summary_markdown(summary) if merged is not None else None
         print(
             f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
@@ -198,31 +173,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         progress.finish(results)  # this shard's distributions and images
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
             table1 = clean_accuracy(table, metric.name)
-            print(
-                write_clean_accuracy(run_dir, table1)
-                if merged is not None
-                else clean_accuracy_markdown(table1)
-            )
+            print(clean_accuracy_markdown(table1))
             logger.log_table("table1", table1)
-        headline = _headline(table, len(errs_all))
-        logger.log_summary(headline)
+        numbers = headline(table, len(errs_all))
+        logger.log_summary(numbers)
         logger.log_table("summary", summary)
         logger.log_table("triplets", table)
-        return {**headline, "run_dir": str(run_dir)}
+        return {**numbers, "run_dir": str(run_dir)}
     finally:
+        lease.release()
         logger.finish()
-
-
-def _headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
-    n = len(table)
-    flipped = table["flipped"].astype(bool) if n else pd.Series(dtype=bool)
-    return {
-        "samples": n,
-        "skipped": skipped,
-        "flip_rate": float(flipped.mean()) if n else float("nan"),
-        "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else float("nan"),
-        "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else float("nan"),
-        "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean())
-        if n
-        else float("nan"),
-    }

@@ -45,6 +45,7 @@ from attackpsm.data.base import TripletDataset, TripletRecord
 from attackpsm.images import from_uint8, to_uint8
 from attackpsm.metrics.base import Metric
 from attackpsm.stats import PAPER_COLUMNS, perturbation_stats
+from attackpsm.storage import load_results, write_atomic
 from attackpsm.twoafc import human_agrees, rank_flipped
 
 MANIFEST = "manifest.parquet"
@@ -75,9 +76,7 @@ def _image_dir(root: Path, triplet_id: str) -> Path:
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def load_png(path: Path) -> torch.Tensor:
@@ -178,9 +177,7 @@ class CraftWriter:
         frame["human_agrees"] = frame["human_agrees"].astype("boolean")
         key = hashlib.sha1("\n".join(frame["triplet_id"]).encode()).hexdigest()[:16]
         part = self.out_dir / PARTS / f"part-{key}.parquet"
-        tmp = part.with_name(part.name + ".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(part)
+        write_atomic(part, lambda tmp: frame.to_parquet(tmp, index=False))
 
     def finalize(self) -> Path:
         """Merge the parts into ``manifest.parquet`` (idempotent; the parts are kept)."""
@@ -200,9 +197,7 @@ def finalize_manifest(out_dir: str | Path) -> Path:
             "triplet_id", kind="stable"
         )
     path = out_dir / MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    frame.reset_index(drop=True).to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: frame.reset_index(drop=True).to_parquet(tmp, index=False))
     return path
 
 
@@ -316,6 +311,7 @@ class TransferTriplets(TripletDataset):
     """
 
     name = "transfer"
+    builds_on_demand = True  # a missing craft is made when the dataset is constructed
 
     def __init__(
         self,
@@ -480,13 +476,13 @@ def table5(results_dir: str | Path) -> pd.DataFrame:
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for ident in sorted(Path(results_dir, TransferTriplets.name).glob("*/*/*/identity.yaml")):
-        results = ident.parent / "results.parquet"
-        if not results.exists():
+        loaded = load_results(ident.parent)
+        if loaded is None:
             continue
         identity = yaml.safe_load(ident.read_text())
         ds = identity["dataset"]
         column = Path(ds["manifest"]).name if ds.get("manifest") else ds["column"]
-        table = pd.read_parquet(results)
+        table = loaded[0]
         accurate = table["human_agrees"].fillna(False).astype(bool)
         metric = identity["metric"]["name"]
         selection = ds.get("select_manifest") or ds.get("manifest") or ds.get("select")

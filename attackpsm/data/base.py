@@ -17,7 +17,9 @@ and the run records it in its errors table and goes on.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,9 @@ class TripletDataset(Dataset):
     """
 
     name = "triplets"
+    # constructing it may run a computation (the transfer set crafts missing images): look-ups
+    # that only need a run's identity (which shards are finished) do not construct it
+    builds_on_demand = False
 
     def __init__(self, size: int | None = None, quantize: bool = True):
         if size is not None and size <= 0:
@@ -73,6 +78,33 @@ class TripletDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def fingerprint(self) -> str:
+        """A cheap hash of the index, part of a run's identity: the data the results are of.
+
+        Covers every record's id, subset, label and known error and, for records read from
+        disk, each file's path, size and modification time (``stat`` only: no pixel is read;
+        a file shared by several triplets is looked at once). Changed, added or removed data
+        gives a new fingerprint, so results of other data are never reused or merged in.
+        A dataset without files (the synthetic set) is fingerprinted by its ids and labels;
+        its generator parameters are part of the run identity already.
+        """
+        root = str(getattr(self, "root", None) or "")
+        stats: dict[str, str] = {}
+        lines = []
+        for r in sorted(self.records, key=lambda r: r.triplet_id):
+            line = [repr((r.triplet_id, r.subset, r.judge, r.error))]
+            for rel in r.files or ():
+                if rel not in stats:
+                    try:
+                        st = os.stat(os.path.join(root, rel))
+                        stats[rel] = f"{rel}:{st.st_size}:{st.st_mtime_ns}"
+                    except OSError:
+                        stats[rel] = f"{rel}:missing"
+                line.append(stats[rel])
+            lines.append("|".join(line))
+        digest = hashlib.sha256("\n".join(lines).encode())
+        return digest.hexdigest()[:16]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Triplets kept per subset and those already known to be unusable (``errors``)."""

@@ -1,7 +1,7 @@
 """Find and load the runs below a results directory or a Hydra sweep directory.
 
 A *run* is one ``<results_dir>/<dataset>/<metric>/<attack>/res<size>-<hash>/`` folder
-(see :mod:`attackpsm.results`): its ``identity.yaml`` says what was run, its
+(see :mod:`attackpsm.storage`): its ``identity.yaml`` says what was run, its
 ``results.parquet`` holds one row per triplet. A run whose shards are not all finished
 is loaded from the finished shards and marked incomplete.
 
@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
+
+from attackpsm.storage import RunDirs, StorageError, read_identity, read_run
 
 # Attack parameters that do not define a variant (bookkeeping, not behaviour).
 _NOT_PARAMS = {"_target_", "name", "max_batch"}
@@ -135,27 +137,15 @@ class Run:
         return "native" if self.resolution is None else f"{self.resolution}x{self.resolution}"
 
 
-def _read_results(run_dir: Path) -> tuple[pd.DataFrame, int, bool] | None:
-    merged = run_dir / "results.parquet"
-    if merged.exists():
-        errors = run_dir / "errors.parquet"
-        skipped = len(pd.read_parquet(errors)) if errors.exists() else 0
-        return pd.read_parquet(merged), skipped, True
-    shards = sorted(
-        p for p in run_dir.glob("shard-*-of-*.parquet") if not p.name.endswith(".errors.parquet")
-    )
-    if not shards:
-        return None
-    frames = [pd.read_parquet(p) for p in shards]
-    skipped = sum(len(pd.read_parquet(p)) for p in run_dir.glob("shard-*-of-*.errors.parquet"))
-    return pd.concat(frames, ignore_index=True), skipped, False
-
-
 def load_run(run_dir: str | Path) -> Run | None:
     """Load one run folder; ``None`` when it has no finished shard yet."""
     run_dir = Path(run_dir)
-    identity = OmegaConf.to_container(OmegaConf.load(run_dir / "identity.yaml"), resolve=False)
-    loaded = _read_results(run_dir)
+    identity = read_identity(run_dir)
+    try:
+        loaded = read_run(run_dir)
+    except StorageError as exc:  # damaged beyond repair: report the other runs
+        warnings.warn(f"{run_dir}: not reported: {exc}", stacklevel=2)
+        return None
     if loaded is None:
         return None
     results, skipped, complete = loaded
@@ -173,10 +163,9 @@ def _sweep_run_dirs(root: Path) -> list[Path]:
 
     Each job of a sweep records its run folder in ``<sweep>/.runs/*.json`` (see
     :mod:`attackpsm.cluster`); a sweep without those records is read from each job's
-    ``.hydra/config.yaml`` (the same identity gives the same folder).
+    ``.hydra/config.yaml`` (the same identity gives the same folder; the identity includes
+    the data fingerprint, so each distinct dataset's index is built once to find it).
     """
-    from attackpsm.run import run_dir_for
-
     found = []
     for record in sorted(root.rglob(".runs/*.json")):
         try:
@@ -186,10 +175,15 @@ def _sweep_run_dirs(root: Path) -> list[Path]:
             continue
         if (run_dir / "identity.yaml").exists():
             found.append(run_dir.resolve())
+    if found:  # the jobs' own records: no dataset index to build
+        return found
+    run_dir_for = RunDirs()  # the run directory names the data: one index build per dataset
     for cfg_file in sorted(root.rglob(".hydra/config.yaml")):
         try:
             cfg = OmegaConf.load(cfg_file)
             relative = run_dir_for(cfg)
+            if relative is None:  # its dataset crafts on construction: its record says where
+                continue
         except Exception as exc:  # a job config this version cannot read: say so, go on
             warnings.warn(
                 f"{cfg_file}: cannot locate its results ({type(exc).__name__}: {exc})",

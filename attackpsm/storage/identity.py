@@ -1,0 +1,115 @@
+"""A run's identity and its directory: what determines the results, never the timestamp.
+
+The identity is the dataset, metric and attack configurations, the resolution, the seed,
+the package version and the *data fingerprint* (:meth:`TripletDataset.fingerprint
+<attackpsm.data.base.TripletDataset.fingerprint>`: ids, labels, file sizes and modification
+times). Its hash names the run directory, so a run on changed data gets a directory of its
+own and never reuses, or merges with, results of the old data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import attackpsm
+from attackpsm.data.base import TripletDataset
+from attackpsm.storage.atomic import write_text_atomic
+
+IDENTITY_FILE = "identity.yaml"
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def build_dataset(cfg: DictConfig) -> TripletDataset:
+    """The dataset of a run's config (the index only: pixels are loaded lazily)."""
+    spec = OmegaConf.to_container(cfg.dataset, resolve=True)
+    spec.pop("name", None)
+    return instantiate(spec, size=cfg.resolution.size)
+
+
+def data_fingerprint(cfg: DictConfig) -> str:
+    """The fingerprint of the data a config names (builds the dataset's index)."""
+    return build_dataset(cfg).fingerprint()
+
+
+def run_identity(cfg: DictConfig, fingerprint: str) -> dict[str, Any]:
+    """What determines a run's results (and so its directory).
+
+    Args:
+        cfg: the run's composed config.
+        fingerprint: the data fingerprint of its dataset (:func:`data_fingerprint`).
+    """
+    return {
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "data_fingerprint": fingerprint,
+        "metric": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.metric, resolve=True).items()
+            if k not in ("weights_dir", "weights_mirror", "allow_fetch")
+        },
+        "attack": OmegaConf.to_container(cfg.attack, resolve=True),
+        "resolution": cfg.resolution.size,
+        "seed": cfg.seed,
+        "version": attackpsm.__version__,
+        # a craft run (transfer benchmark) also saves its images: never mistake it for a plain run
+        **({"craft": str(cfg.craft)} if cfg.get("craft") else {}),
+    }
+
+
+def run_dir_for(cfg: DictConfig, fingerprint: str | None = None) -> Path:
+    """``<results_dir>/<dataset>/<metric>/<attack>/res<size>-<identity hash>``.
+
+    Args:
+        cfg: the run's composed config.
+        fingerprint: its data fingerprint; ``None`` builds the dataset's index to compute it.
+    """
+    if fingerprint is None:
+        fingerprint = data_fingerprint(cfg)
+    identity = run_identity(cfg, fingerprint)
+    res = "native" if cfg.resolution.size is None else cfg.resolution.size
+    key = (
+        f"{cfg.dataset.name}/{cfg.metric.name}/{cfg.attack.name}/res{res}-{identity_hash(identity)}"
+    )
+    return Path(cfg.paths.results_dir) / key
+
+
+class RunDirs:
+    """Run directories of many job configs, each distinct dataset's index built once.
+
+    For look-ups over a sweep (the launcher, the report): datasets that craft on
+    construction (``builds_on_demand``) are not built; their jobs give ``None``.
+    """
+
+    def __init__(self) -> None:
+        self._fingerprints: dict[str, str | None] = {}
+
+    def __call__(self, cfg: DictConfig) -> Path | None:
+        spec = OmegaConf.to_container(cfg.dataset, resolve=True)
+        key = json.dumps([spec, cfg.resolution.size], sort_keys=True, default=str)
+        if key not in self._fingerprints:
+            cls = get_class(spec["_target_"])
+            on_demand = getattr(cls, "builds_on_demand", False)
+            self._fingerprints[key] = None if on_demand else data_fingerprint(cfg)
+        fingerprint = self._fingerprints[key]
+        return None if fingerprint is None else run_dir_for(cfg, fingerprint)
+
+
+def write_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    path = Path(run_dir) / IDENTITY_FILE
+    if not path.exists():
+        write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(identity)))
+
+
+def read_identity(run_dir: Path) -> dict[str, Any]:
+    """A run directory's ``identity.yaml`` as plain data (``{}`` when it has none)."""
+    path = Path(run_dir) / IDENTITY_FILE
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}

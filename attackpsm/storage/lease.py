@@ -1,0 +1,262 @@
+"""One writer per shard: a lease file created atomically, kept alive by a heartbeat.
+
+A writer creates ``shard-<i>-of-<n>.lease`` with ``O_CREAT | O_EXCL`` (exactly one of
+several concurrent creators succeeds) and writes who it is: host, process id, SLURM job
+and array task ids when set, and a random token. A background thread touches the file
+every ``heartbeat_s`` seconds while the shard runs. Another writer of the same shard waits
+(up to ``wait_s`` seconds) for the lease to go away, then exits with an error naming the
+owner. A lease is taken over only when it is *stale*: its heartbeat is older than
+``stale_s`` seconds, its owner ran on this host and that process is gone (a SIGKILLed
+run), or its owner is an earlier attempt of this very SLURM job (requeued after a
+preemption or time-out, possibly on another node). A writer that finds its lease taken over stops before writing anything
+more (:meth:`Lease.check`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("attackpsm")
+
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
+
+
+class LeaseHeld(RuntimeError):
+    """Another live writer holds the shard."""
+
+
+class LeaseLost(RuntimeError):
+    """This writer's lease was taken over (its heartbeat stopped for too long)."""
+
+
+def owner_record() -> dict[str, Any]:
+    """Who this process is: host, pid, SLURM ids when set, and a unique token."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        **{k.lower(): os.environ[k] for k in SLURM_VARS if os.environ.get(k)},
+        "token": secrets.token_hex(8),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def describe(owner: dict[str, Any]) -> str:
+    """``host h, pid 12, SLURM job 34_5, since ...``: an owner as a message names it."""
+    parts = [f"host {owner.get('host', '?')}", f"pid {owner.get('pid', '?')}"]
+    job = owner.get("slurm_array_job_id") or owner.get("slurm_job_id")
+    if job:
+        task = owner.get("slurm_array_task_id")
+        parts.append(f"SLURM job {job}" + (f"_{task}" if task else ""))
+    if owner.get("since"):
+        parts.append(f"since {owner['since']}")
+    return ", ".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, float | None]:
+    """The owner record and heartbeat time of a lease file (``None``s when it is gone)."""
+    try:
+        beat = path.stat().st_mtime
+        owner = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError):  # being written right now, or damaged: judge by its age
+        return {}, beat
+    return (owner if isinstance(owner, dict) else {}), beat
+
+
+class Lease:
+    """The exclusive right to write one shard (see the module docstring).
+
+    Args:
+        path: the lease file.
+        stale_s: a heartbeat older than this many seconds marks the owner dead.
+        wait_s: how long :meth:`acquire` waits for a live owner before giving up.
+        heartbeat_s: how often the owner touches the file (default ``stale_s / 4``, at most 30).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        stale_s: float = 600.0,
+        wait_s: float = 60.0,
+        heartbeat_s: float | None = None,
+    ):
+        if stale_s <= 0 or wait_s < 0:
+            raise ValueError(
+                f"lease.stale_s must be > 0 and lease.wait_s >= 0, got {stale_s} and {wait_s}"
+            )
+        self.path = Path(path)
+        self.stale_s, self.wait_s = float(stale_s), float(wait_s)
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else min(30.0, stale_s / 4)
+        self.owner: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    # --- taking it ------------------------------------------------------------------------
+
+    def _create(self) -> bool:
+        owner = owner_record()
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+            f.flush()
+            os.fsync(f.fileno())
+        self.owner = owner
+        return True
+
+    def stale_reason(self, owner: dict[str, Any], beat: float) -> str | None:
+        """Why a lease may be taken over, or ``None`` while its owner is alive."""
+        age = time.time() - beat
+        if age > self.stale_s:
+            return f"no heartbeat for {age:.0f}s (lease.stale_s={self.stale_s:g})"
+        pid = owner.get("pid")
+        same_host = owner.get("host") == socket.gethostname()
+        if same_host and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
+            return f"process {pid} on this host is gone"
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and owner.get("slurm_job_id") == job and pid != os.getpid():
+            # SLURM runs one instance of a job at a time: the owner is this task's
+            # previous attempt (preempted or timed out, then requeued)
+            return f"SLURM job {job} was requeued"
+        return None
+
+    def _take_over(self, owner: dict[str, Any], reason: str) -> None:
+        """Move a stale lease aside; of several processes doing so at once, one succeeds.
+
+        If the file moved aside is not the stale one judged (another process took the lease
+        over in between and created a fresh one), it is linked back in place.
+        """
+        aside = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another process moved it first
+        moved, _ = _read(aside)
+        if moved and moved.get("token") != owner.get("token"):
+            with contextlib.suppress(FileExistsError):  # fails if a newer one replaced it
+                os.link(aside, self.path)  # a fresh lease: give it back
+            aside.unlink(missing_ok=True)
+            return
+        aside.unlink(missing_ok=True)
+        log.warning("%s: took over the stale lease of %s (%s)", self.path, describe(owner), reason)
+
+    def acquire(self, done: Callable[[], bool] | None = None) -> bool:
+        """Take the lease, waiting up to ``wait_s`` for a live owner to finish.
+
+        Args:
+            done: polled while waiting; when it turns true (the owner finished the shard)
+                the wait ends without taking the lease.
+        Returns:
+            True when this process holds the lease, False when ``done()`` turned true.
+        Raises:
+            LeaseHeld: a live owner still holds it after ``wait_s`` seconds.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.wait_s
+        announced = False
+        while True:
+            if self._create():
+                self._start_heartbeat()
+                return True
+            owner, beat = _read(self.path)
+            if owner is None:
+                continue  # released between our attempt and the read: try again
+            reason = self.stale_reason(owner, beat)
+            if reason is not None:
+                self._take_over(owner, reason)
+                continue
+            if done is not None and done():
+                return False
+            if time.monotonic() >= deadline:
+                raise LeaseHeld(
+                    f"{self.path.parent.name}/{self.path.name} is held by a live writer "
+                    f"({describe(owner)}); waited {self.wait_s:g}s (lease.wait_s). Two runs of "
+                    "the same shard must not write at once: wait for it to finish and re-run "
+                    "(a finished shard is reused), or, if that writer is truly gone, remove "
+                    f"{self.path}"
+                )
+            if not announced:
+                log.warning(
+                    "%s is held by %s: waiting up to %gs",
+                    self.path,
+                    describe(owner),
+                    self.wait_s,
+                )
+                announced = True
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())) or 0.05)
+
+    # --- holding it -----------------------------------------------------------------------
+
+    def holds(self) -> bool:
+        owner, _ = _read(self.path)
+        return bool(owner and self.owner and owner.get("token") == self.owner["token"])
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless this process still holds the lease."""
+        if self.owner is None:
+            raise LeaseLost(f"{self.path}: this process never held the lease")
+        if self.lost or not self.holds():
+            self.lost = True
+            owner, _ = _read(self.path)
+            now = describe(owner) if owner else "nobody"
+            raise LeaseLost(
+                f"{self.path}: the lease was taken over (held now by {now}) after this "
+                f"writer's heartbeat stopped for over {self.stale_s:g}s; stopping without "
+                "writing more (the new owner finishes the shard)"
+            )
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="attackpsm-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if not self.holds():
+                self.lost = True
+                return
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                self.lost = True
+                return
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease file if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self.owner is not None and self.holds():
+            self.path.unlink(missing_ok=True)
+        self.owner = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

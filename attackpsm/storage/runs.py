@@ -1,0 +1,317 @@
+"""A run directory as a whole: merging its shards, its status, its merged tables.
+
+A merge reads every finished shard and checks, before writing anything, that all of them
+are of the same data (the fingerprint in each shard file and in ``identity.yaml``) and
+that together they hold each of the run's triplets exactly once (the ids each shard
+file records as expected). It then writes ``errors.parquet``, the summaries and, last,
+``results.parquet``: a merged run is one whose ``results.parquet`` is at least as new as
+its newest shard. Merges of the same run may run at once (every file is written under a
+unique temporary name and renamed); each writes the same content.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.results import ERROR_COLUMNS, summarize, summary_markdown
+from attackpsm.stats import PAPER_COLUMNS
+from attackpsm.storage.atomic import remove_abandoned, write_text_atomic
+from attackpsm.storage.identity import read_identity, run_dir_for
+from attackpsm.storage.shards import (
+    ShardStore,
+    StorageError,
+    describe_damage,
+    set_aside,
+    write_parquet,
+)
+from attackpsm.twoafc import accuracy
+
+log = logging.getLogger("attackpsm")
+
+RESULTS, ERRORS = "results.parquet", "errors.parquet"
+_SHARD_FILE = re.compile(r"^shard-(\d{5})-of-(\d{5})(?:\.parquet|\.parts)$")
+
+
+def _names(ids: list[str], limit: int = 5) -> str:
+    return ", ".join(map(str, ids[:limit])) + (
+        f", ... ({len(ids)} in all)" if len(ids) > limit else ""
+    )
+
+
+def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Merge the ``count`` shards of a run and write its tables; ``None`` while one is unfinished.
+
+    Raises:
+        StorageError: shards of different data, or triplets missing or present twice; the
+            message names them. Nothing is written then.
+    """
+    run_dir = Path(run_dir)
+    loaded = []
+    for i in range(count):
+        got = ShardStore(run_dir, i, count).load()
+        if got is None:
+            return None
+        loaded.append(got)
+    identity = read_identity(run_dir)
+    prints = {"identity.yaml": identity.get("data_fingerprint")}
+    prints.update(
+        {f"shard {i}": meta.get("fingerprint") for i, (_, _, meta) in enumerate(loaded) if meta}
+    )
+    known = {k: v for k, v in prints.items() if v}
+    if len(set(known.values())) > 1:
+        raise StorageError(
+            f"{run_dir}: refusing to merge shards of different data (data fingerprints: "
+            + ", ".join(f"{k} {v}" for k, v in known.items())
+            + "). The data changed between shards; move the shards whose fingerprint differs "
+            "from identity.yaml's out of this folder and re-run them."
+        )
+    ids = [t for r, e, _ in loaded for t in (*r["triplet_id"], *e["triplet_id"])]
+    twice = sorted(t for t, n in Counter(ids).items() if n > 1)
+    if twice:
+        raise StorageError(
+            f"{run_dir}: {len(twice)} triplets appear more than once in its shards: {_names(twice)}"
+        )
+    if all(meta for _, _, meta in loaded):
+        expected = {t for _, _, meta in loaded for t in meta["ids"]}
+        missing, extra = sorted(expected - set(ids)), sorted(set(ids) - expected)
+        if missing or extra:
+            raise StorageError(
+                f"{run_dir}: the shards do not hold the run's triplets exactly once: "
+                f"missing {_names(missing) or 'none'}; unexpected {_names(extra) or 'none'}"
+            )
+    else:
+        log.warning("%s: shards without recorded ids (older files): merged unchecked", run_dir)
+    results = pd.concat([r for r, _, _ in loaded], ignore_index=True)
+    results = results.sort_values("triplet_id", kind="stable").reset_index(drop=True)
+    errors = pd.concat([e for _, e, _ in loaded], ignore_index=True).reset_index(drop=True)
+    remove_abandoned(run_dir)  # e.g. of a merge killed before its last rename
+    meta = {"fingerprint": next(iter(known.values()), None), "count": count}
+    write_parquet(errors, run_dir / ERRORS, meta)
+    if len(results):  # with every triplet skipped there is no table (the run says why)
+        write_tables(run_dir, results, len(errors), identity)
+    write_parquet(results, run_dir / RESULTS, meta)  # last: it marks the run merged
+    return results, errors
+
+
+def write_tables(run_dir: Path, results: pd.DataFrame, skipped: int, identity: dict) -> None:
+    """``summary.csv``/``summary.md`` (Table 2) and, for ``attack=none``, ``table1.*`` (Table 1)."""
+    metric = identity.get("metric", {}).get("name", "metric")
+    attack = identity.get("attack", {}).get("name", "attack")
+    summary = summarize(results, metric, attack, skipped=skipped)
+    write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
+    write_text_atomic(run_dir / "summary.md", summary_markdown(summary))
+    if attack == "none":  # the clean metric: 2AFC score and accuracy
+        table1 = clean_accuracy(results, metric)
+        write_text_atomic(run_dir / "table1.csv", table1.to_csv(index=False))
+        write_text_atomic(run_dir / "table1.md", clean_accuracy_markdown(table1))
+
+
+def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """A merged run's ``results.parquet`` and ``errors.parquet``; ``None`` if not merged.
+
+    A merged file that cannot be read is set aside and merged again from the shards.
+
+    Raises:
+        StorageError: a damaged merged file and no complete set of shards to rebuild it.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RESULTS
+    if not path.exists():
+        return None
+    try:
+        results = pd.read_parquet(path)
+        errors = (
+            pd.read_parquet(run_dir / ERRORS)
+            if (run_dir / ERRORS).exists()
+            else pd.DataFrame(columns=ERROR_COLUMNS)
+        )
+        return results, errors
+    except Exception as exc:  # noqa: BLE001 - any damage: rebuild from the shards
+        problem = describe_damage(exc)
+    try:
+        pd.read_parquet(path)
+        damaged = run_dir / ERRORS
+    except Exception:  # noqa: BLE001
+        damaged = path
+    complete = [c for c in shard_counts(run_dir) if run_status(run_dir, c).complete]
+    if not complete:
+        raise StorageError(
+            f"{damaged}: {problem}, and no complete set of shards is left to merge it from: "
+            "re-run the run's shards (finished ones are reused)"
+        )
+    set_aside(damaged, problem, "merged again from the shards")
+    if damaged != path:
+        path.unlink(missing_ok=True)  # both are written again
+    return merge_shards(run_dir, complete[0])
+
+
+def headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
+    """The numbers a run returns and logs: samples, flip rates, accuracy (one tie rule,
+    :func:`attackpsm.twoafc.accuracy`), RMSE of the flips (the paper's 8-bit RMSE)."""
+    n = len(table)
+    nan = float("nan")
+    flipped = table["flipped"].astype(bool) if n else pd.Series(dtype=bool)
+    return {
+        "samples": n,
+        "skipped": skipped,
+        "flip_rate": float(flipped.mean()) if n else nan,
+        "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else nan,
+        "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else nan,
+        "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean())
+        if flipped.any()
+        else nan,
+    }
+
+
+# --- state of one run directory -----------------------------------------------------------
+
+
+@dataclass
+class RunStatus:
+    """Progress of one run identity split into ``count`` shards."""
+
+    run_dir: Path
+    count: int
+    finished: list[int] = field(default_factory=list)
+    partial: dict[int, int] = field(default_factory=dict)  # shard -> triplets checkpointed
+    merged: bool = False
+    samples: int = 0
+    flip_rate: float = float("nan")
+    problem: str = ""  # why the shards could not be merged (see merge_shards)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == self.count
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i in range(self.count) if i not in self.finished]
+
+
+def shard_counts(run_dir: Path) -> list[int]:
+    """The shard counts a run directory holds shards of (usually exactly one)."""
+    found = {
+        int(m.group(2)) for p in Path(run_dir).glob("shard-*") if (m := _SHARD_FILE.match(p.name))
+    }
+    return sorted(found)
+
+
+def run_status(run_dir: Path, count: int) -> RunStatus:
+    status = RunStatus(Path(run_dir), count)
+    for index in range(count):
+        store = ShardStore(status.run_dir, index, count)
+        if store.finished:
+            status.finished.append(index)
+        elif store.parts.exists():
+            status.partial[index] = len(store.done_ids())
+    merged = status.run_dir / RESULTS
+    if status.complete and merged.exists():
+        newest_shard = max(
+            ShardStore(status.run_dir, i, count).final.stat().st_mtime_ns for i in range(count)
+        )
+        status.merged = merged.stat().st_mtime_ns >= newest_shard
+    return status
+
+
+def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
+    """Merge a run's shards and write its summary, unless that is already up to date.
+
+    Args:
+        run_dir: a run directory (``<results>/<dataset>/<metric>/<attack>/res<size>-<hash>``).
+        count: its shard count; by default the one found on disk (a complete one first).
+    Returns:
+        the run's status after merging (``merged`` is False while shards are missing).
+    Raises:
+        StorageError: the shards cannot be merged (see :func:`merge_shards`).
+    """
+    run_dir = Path(run_dir)
+    if count is None:
+        counts = shard_counts(run_dir) or [1]
+        statuses = [run_status(run_dir, c) for c in counts]
+        count = next((s.count for s in statuses if s.complete), counts[0])
+    status = run_status(run_dir, count)
+    if status.complete and not status.merged:
+        merge_shards(run_dir, count)
+        status = run_status(run_dir, count)
+    if status.merged:
+        loaded = load_results(run_dir)
+        if loaded is None:  # damaged and not rebuildable: the shards say what is missing
+            return run_status(run_dir, count)
+        table = loaded[0]
+        status = run_status(run_dir, count)
+        status.samples = len(table)
+        status.flip_rate = (
+            float(table["flipped"].astype(bool).mean()) if len(table) else float("nan")
+        )
+    return status
+
+
+def finished_shard(cfg: DictConfig, fingerprint: str) -> dict[str, Any] | None:
+    """What a re-run of an already finished shard returns, without computing anything.
+
+    ``None`` when the shard still has work to do. A finished shard opens no W&B run (it
+    has one already) and rewrites no file; it only merges the run when it is the last
+    piece missing from the merge.
+
+    Args:
+        cfg: the run's config.
+        fingerprint: the data fingerprint of its dataset (results of other data never count).
+    """
+    run_dir = run_dir_for(cfg, fingerprint)
+    store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
+    if not store.finished:
+        return None
+    status = merge_run(run_dir, cfg.shard.count)
+    log.info(
+        "shard %d/%d already finished in %s: nothing to do",
+        cfg.shard.index,
+        cfg.shard.count,
+        run_dir,
+    )
+    loaded = load_results(run_dir) if status.merged else None
+    if loaded is not None:
+        table, errors = loaded
+        print(f"\n{run_dir} (all shards, already done)")
+        summary = run_dir / "summary.md"
+        if summary.exists():
+            print(summary.read_text())
+    else:
+        shard = store.load()
+        if shard is None:  # its file was damaged beyond repair: compute it again
+            return None
+        table, errors, _ = shard
+        print(
+            f"\n{run_dir} (shard {cfg.shard.index}/{cfg.shard.count}, already done; missing shards {status.missing})"
+        )
+    return {**headline(table, len(errors)), "run_dir": str(run_dir)}
+
+
+def read_run(run_dir: Path) -> tuple[pd.DataFrame, int, bool] | None:
+    """A run's per-triplet table for reports: ``(results, skipped, complete)``.
+
+    The merged table when there is one, else the finished shards (``complete`` False);
+    ``None`` when no shard has finished.
+    """
+    run_dir = Path(run_dir)
+    loaded = load_results(run_dir)
+    if loaded is not None:
+        return loaded[0], len(loaded[1]), True
+    frames, skipped = [], 0
+    for count in shard_counts(run_dir):
+        for i in range(count):
+            got = ShardStore(run_dir, i, count).load()
+            if got is not None:
+                frames.append(got[0])
+                skipped += len(got[1])
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True), skipped, False

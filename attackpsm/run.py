@@ -27,6 +27,7 @@ from attackpsm.cluster import finished_shard
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, shard_run_id
+from attackpsm.preflight import check_run
 from attackpsm.results import ShardStore, identity_hash, merge_shards, summarize, write_summary
 
 log = logging.getLogger("attackpsm")
@@ -103,6 +104,7 @@ def _pending(dataset: TripletDataset, store: ShardStore, cfg: DictConfig) -> Tri
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
+    check_run(cfg)  # bad values stop here, before any data is read
     done = finished_shard(cfg)  # a re-run of finished work: no compute, no files, no W&B run
     if done is not None:
         return done

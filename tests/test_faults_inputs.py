@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import open_dict
 
-from attackpsm.engine import FittingBatches
+from attackpsm.attacks.none import NoAttack
+from attackpsm.attacks.pgd import PGD
+from attackpsm.engine import FittingBatches, attack_batch, contract_violations
 from attackpsm.metrics.classic import L2
 from attackpsm.run import build
 from tests.conftest import synthetic_batch
@@ -135,3 +138,76 @@ def test_gradient_attacks_are_identical_under_cpu_load():
     assert quiet[1:3] == quiet[3:], "two runs in one idle process differ"
     assert loaded[1:3] == loaded[3:], "two runs in one busy process differ"
     assert quiet == loaded, "the busy machine changed the result"
+
+
+# --- the metric contract -----------------------------------------------------------------
+
+
+class _FlatIsNegative(L2):
+    """L2, except that a flat candidate scores -100 (CW-SSIM's old bug on flat images)."""
+
+    def score(self, prepared, x):
+        d = super().score(prepared, x)
+        flat = x.flatten(1).std(1) < 1e-6
+        return torch.where(flat, torch.full_like(d, -100.0), d)
+
+
+class _NegativeWhenAttacked(L2):
+    """L2 on the clean images; triplet 1's adversarial images score -5 (a broken metric)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def score(self, prepared, x):
+        self.calls += 1
+        d = super().score(prepared, x)
+        if self.calls > 2 and len(d) > 1:
+            d = d.clone()
+            d[1] = -5.0
+        return d
+
+
+def test_negative_clean_distance_is_a_recorded_skip_not_a_flip():
+    batch = synthetic_batch(num_triplets=4, seed=3, size=16)
+    batch.p0[2] = 0.25  # a flat distortion
+    rows, errors = attack_batch(_FlatIsNegative(), PGD(max_iterations=3), batch)
+    assert batch.triplet_id[2] not in set(rows["triplet_id"])
+    assert len(rows) == 3
+    (reason,) = errors.loc[errors["triplet_id"] == batch.triplet_id[2], "reason"]
+    assert reason == "metric contract: negative distance d0=-100"
+
+
+def test_negative_distance_during_attack_is_a_recorded_skip():
+    batch = synthetic_batch(num_triplets=3, seed=4, size=16)
+    rows, errors = attack_batch(_NegativeWhenAttacked(), NoAttack(), batch)
+    assert list(rows["triplet_id"]) == [batch.triplet_id[0], batch.triplet_id[2]]
+    assert list(errors["triplet_id"]) == [batch.triplet_id[1]]
+    assert errors["reason"].iloc[0].startswith("metric contract: negative distance s_adv")
+
+
+def test_tiny_negative_rounding_keeps_the_contract():
+    assert contract_violations(d=torch.tensor([-5e-7, 0.0, 1.0])) == [None, None, None]
+    assert contract_violations(d=torch.tensor([float("nan"), -1e-3])) == [
+        "metric contract: non-finite distance d=nan",
+        "metric contract: negative distance d=-0.001",
+    ]
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(2, 3, 8, 8) * 255, r"got values in \[0"),
+        (torch.rand(2, 1, 8, 8), r"got shape \(2, 1, 8, 8\)"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "got dtype torch.uint8"),
+        (torch.rand(3, 8, 8), r"got shape \(3, 8, 8\)"),
+    ],
+)
+def test_metric_refuses_images_off_the_package_convention(images, message):
+    good = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=message):
+        L2().score(L2().prepare(good), images)
+    with pytest.raises(ValueError, match=message):
+        L2().prepare(images)
+    with pytest.raises(ValueError, match="expects the candidate as"):
+        _FlatIsNegative().score(good, images)  # a subclass's own score is checked too

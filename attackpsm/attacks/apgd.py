@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive, rank_flipped
+from attackpsm.attacks.base import (
+    LINF_MAX,
+    Attack,
+    AttackResult,
+    check_at_most,
+    check_int,
+    check_positive,
+    rank_flipped,
+)
 from attackpsm.attacks.streams import image_keys, uniform
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
@@ -112,6 +120,8 @@ class APGD(Attack):
         check_positive("eps", eps, allow_zero=True)
         if norm not in NORMS:
             raise ValueError(f"attack parameter norm must be one of {NORMS}, got {norm!r}")
+        if norm == "linf":
+            check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
         check_int("max_iterations", max_iterations, minimum=0)
         check_int("eot_samples", eot_samples, minimum=1)
         check_int("restarts", restarts, minimum=0)

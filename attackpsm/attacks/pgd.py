@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from attackpsm.attacks.base import (
+    LINF_MAX,
     Attack,
     AttackResult,
+    check_at_most,
     check_int,
     check_positive,
     rank_flipped,
@@ -53,6 +55,8 @@ class PGD(Attack):
     ):
         check_positive("eps", eps, allow_zero=True)
         check_positive("alpha", alpha)
+        check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
+        check_at_most("alpha", alpha, LINF_MAX, "the width of the [-1, 1] image scale")
         check_int("max_iterations", max_iterations, minimum=0)
         self.eps = float(eps)
         self.alpha = float(alpha)

@@ -28,8 +28,10 @@ import torch
 
 from attackpsm.attacks.apgd import margin
 from attackpsm.attacks.base import (
+    LINF_MAX,
     Attack,
     AttackResult,
+    check_at_most,
     check_int,
     check_positive,
     rank_flipped,
@@ -121,6 +123,8 @@ class Square(Attack):
             raise ValueError(f"attack parameter p_init must be <= 1, got {p_init}")
         if norm not in NORMS:
             raise ValueError(f"attack parameter norm must be one of {NORMS}, got {norm!r}")
+        if norm == "linf":
+            check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
         self.eps = float(eps)
         self.max_queries = int(max_queries)
         self.p_init = float(p_init)

@@ -8,6 +8,8 @@ converted to distances with ``(1 - s) / 2`` as in the paper's official code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import piq
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,11 @@ class SSIM(Metric):
     """
 
     name = "ssim"
+
+    @classmethod
+    def minimum_size(cls, **params: Any) -> int:
+        """One Gaussian window: the image side must be at least ``kernel_size``."""
+        return int(params.get("kernel_size", 11))
 
     def __init__(self, kernel_size: int = 11, kernel_sigma: float = 1.5, downsample: bool = False):
         super().__init__()
@@ -163,6 +170,7 @@ class MSSSIM(Metric):
     """
 
     name = "ms_ssim"
+    min_size = 16
 
     def __init__(self, kernel_size: int = 11, kernel_sigma: float = 1.5):
         super().__init__()

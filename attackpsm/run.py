@@ -111,9 +111,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     # build everything before any work, so bad parameters fail fast
+    attack = build(cfg.attack)  # parameters only: its bad values stop before the data index
     dataset: TripletDataset = build(cfg.dataset, size=cfg.resolution.size)
     metric = build(cfg.metric).to(device)
-    attack = build(cfg.attack)
     if attack.white_box and not metric.differentiable:
         raise ValueError(
             f"attack {attack.name!r} needs gradients but metric {metric.name!r} is not differentiable"

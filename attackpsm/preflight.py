@@ -30,6 +30,8 @@ def metric_minimum_size(metric: DictConfig) -> int:
     """The smallest image side the configured metric accepts (its class's ``minimum_size``)."""
     from hydra.utils import get_class
 
+    if not metric.get("_target_"):
+        return 1
     params = {
         k: v
         for k, v in OmegaConf.to_container(metric, resolve=True).items()
@@ -39,7 +41,10 @@ def metric_minimum_size(metric: DictConfig) -> int:
 
 
 def check_resolution(cfg: DictConfig) -> None:
-    """``resolution.size`` is native (null) or at least the metric's minimum size."""
+    """``resolution.batch_size`` >= 1; ``resolution.size`` native (null) or >= the metric's minimum."""
+    batch = cfg.resolution.get("batch_size")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"resolution.batch_size must be an integer >= 1, got {batch!r}")
     size = cfg.resolution.size
     if size is None:
         return
@@ -53,9 +58,6 @@ def check_resolution(cfg: DictConfig) -> None:
             f"resolution.size={size} is below the smallest image metric {cfg.metric.name!r} "
             f"accepts ({minimum} px): use resolution.size >= {minimum}"
         )
-    batch = cfg.resolution.get("batch_size")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"resolution.batch_size must be an integer >= 1, got {batch!r}")
 
 
 def check_run(cfg: DictConfig) -> None:

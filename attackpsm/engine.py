@@ -189,7 +189,7 @@ class FittingBatches:
     an out-of-memory error the batch is split in two and each half attacked on its own;
     the size that fits is remembered, so later batches are cut to it at once. Every
     triplet is attacked independently, so the split changes no deterministic result
-    (attacks that draw random numbers draw them per call). One triplet that does not fit
+    (attacks that draw random numbers draw them per triplet). One triplet that does not fit
     is an error that names the fix.
     """
 

@@ -10,4 +10,14 @@ Image convention inside the package: ``float32`` tensors, NCHW, RGB, values in
 convert to and from other ranges live at the edges (:mod:`attackpsm.images`).
 """
 
+import os
+
+# Intel MKL, the CPU BLAS inside PyTorch, splits a skinny matrix product across threads
+# (a one-triplet convolution's backward pass, as when stAdv's L-BFGS has one triplet left)
+# and adds the parts in an order that follows the threads' timing: on a busy machine the
+# same seed gave different stAdv flows. MKL's Conditional Numerical Reproducibility mode
+# "AUTO,STRICT" fixes the code path and the order of the sums for any number of threads
+# (README, "Attacks"). MKL reads it at its first call; an explicit MKL_CBWR is kept.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 __version__ = "0.3.0"

@@ -279,6 +279,12 @@ class SweepCallback(Callback):
                     "error: shard.count cannot be swept: the shard indices follow from one count. "
                     "Run one sweep per shard count (each is resumable)."
                 )
+        from attackpsm.preflight import check_shards
+
+        try:  # shard.count=0 would launch no job and exit 0
+            check_shards(config.shard.count)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
         if _is_slurm(config) and shutil.which("sbatch") is None:
             raise SystemExit(
                 "error: hydra/launcher=slurm but `sbatch` is not on PATH: run on a SLURM login node, "

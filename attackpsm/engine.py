@@ -25,6 +25,27 @@ from attackpsm.twoafc import Prey, choose_prey, human_agrees, rank_flipped
 
 log = logging.getLogger("attackpsm")
 
+# The metric contract (README, "Metrics"): a distance is finite and >= 0. Rounding may
+# leave a true zero slightly below 0; anything lower is a broken metric, never a flip.
+NEGATIVE_TOLERANCE = 1e-6
+
+
+def contract_violations(**scores: torch.Tensor) -> list[str | None]:
+    """Per triplet, why its scores break the metric contract (``None``: they keep it).
+
+    ``scores`` maps a column name (``d0``, ``s_adv``, ...) to its ``(N,)`` distances; the
+    reason names the first bad column and its value.
+    """
+    reasons: list[str | None] = [None] * len(next(iter(scores.values())))
+    for name, values in scores.items():
+        values = values.detach().cpu().double()
+        bad = ~torch.isfinite(values) | (values < -NEGATIVE_TOLERANCE)
+        for i in bad.nonzero().flatten().tolist():
+            if reasons[i] is None:
+                kind = "non-finite" if not torch.isfinite(values[i]) else "negative"
+                reasons[i] = f"metric contract: {kind} distance {name}={values[i].item():.6g}"
+    return reasons
+
 
 def attack_batch(
     metric: Metric, attack: Attack, batch: Batch, sink: Callable[..., None] | None = None
@@ -41,7 +62,8 @@ def attack_batch(
     with torch.no_grad():
         d0 = metric.score(prepared, batch.p0)
         d1 = metric.score(prepared, batch.p1)
-    ok = torch.isfinite(d0) & torch.isfinite(d1)
+    reasons = contract_violations(d0=d0, d1=d1)
+    ok = torch.tensor([r is None for r in reasons], device=d0.device)
     if not ok.all():
         bad = (~ok).nonzero().flatten().tolist()
         extra = pd.DataFrame(
@@ -49,7 +71,7 @@ def attack_batch(
                 {
                     "triplet_id": batch.triplet_id[i],
                     "subset": batch.subset[i],
-                    "reason": "non-finite metric score",
+                    "reason": reasons[i],
                 }
                 for i in bad
             ]
@@ -111,9 +133,11 @@ def attack_batch(
     )
     if sink is not None:
         sink(metric, batch, rank, adv, rows)
-    nonfinite = ~np.isfinite(rows["s_adv"].to_numpy(dtype=float))
-    if nonfinite.any():  # a NaN during the attack: record the triplet as skipped, never a number
-        bad = rows[nonfinite]
+    # a NaN or a negative distance during the attack: a recorded skip, never a flip
+    reasons = contract_violations(s_adv=result.s_adv, s_adv_uint8=s_adv_uint8)
+    broken = np.array([r is not None for r in reasons], dtype=bool)
+    if broken.any():
+        bad = rows[broken]
         errors = pd.concat(
             [
                 errors,
@@ -121,13 +145,13 @@ def attack_batch(
                     {
                         "triplet_id": bad["triplet_id"],
                         "subset": bad["subset"],
-                        "reason": "non-finite score during attack",
+                        "reason": [r for r in reasons if r is not None],
                     }
                 ),
             ],
             ignore_index=True,
         )
-        rows = rows[~nonfinite].reset_index(drop=True)
+        rows = rows[~broken].reset_index(drop=True)
     return rows, errors
 
 
@@ -169,7 +193,7 @@ class FittingBatches:
     an out-of-memory error the batch is split in two and each half attacked on its own;
     the size that fits is remembered, so later batches are cut to it at once. Every
     triplet is attacked independently, so the split changes no deterministic result
-    (attacks that draw random numbers draw them per call). One triplet that does not fit
+    (attacks that draw random numbers draw them per triplet). One triplet that does not fit
     is an error that names the fix.
     """
 

@@ -25,6 +25,7 @@ from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
+from attackpsm.preflight import check_run
 from attackpsm.results import summarize, summary_markdown
 from attackpsm.storage import (
     ShardStore,
@@ -68,6 +69,8 @@ def seed_everything(seed: int) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
+    check_run(cfg)  # bad values stop here, before any data is read
+    attack = build(cfg.attack)  # parameters only: its bad values stop before the data index
     seed_everything(cfg.seed)
     dataset: TripletDataset = build_dataset(cfg)  # the index only: pixels load lazily
     fingerprint = dataset.fingerprint()  # results of other data never count as done
@@ -77,7 +80,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     # build everything before any work, so bad parameters fail fast
     metric = build(cfg.metric).to(device)
-    attack = build(cfg.attack)
     if attack.white_box and not metric.differentiable:
         raise ValueError(
             f"attack {attack.name!r} needs gradients but metric {metric.name!r} is not differentiable"

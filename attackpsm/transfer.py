@@ -42,6 +42,7 @@ from PIL import Image
 
 from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.data.base import TripletDataset, TripletRecord
+from attackpsm.data.files import outside_root
 from attackpsm.images import from_uint8, to_uint8
 from attackpsm.metrics.base import Metric
 from attackpsm.stats import PAPER_COLUMNS, perturbation_stats
@@ -369,9 +370,14 @@ class TransferTriplets(TripletDataset):
         self._dirs = dict(zip(frame["triplet_id"], frame["dir"], strict=True))
         for r in frame.itertuples(index=False):
             judge = None if r.judge != r.judge else float(r.judge)  # NaN: no human label
-            self.records.append(TripletRecord(r.triplet_id, r.subset, judge))
+            error = None
+            if outside_root(str(r.dir)):  # a manifest row must not point outside its craft
+                error = f"path outside the crafted directory {self.column_dir}: {r.dir}"
+            self.records.append(TripletRecord(r.triplet_id, r.subset, judge, error=error))
 
     def load_images(self, record: TripletRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if outside_root(str(self._dirs[record.triplet_id])):
+            raise ValueError(f"path outside the crafted directory: {self._dirs[record.triplet_id]}")
         folder = self.column_dir / self._dirs[record.triplet_id]
         return tuple(load_png(folder / f"{side}.png") for side in ("ref", "p0", "p1"))
 
@@ -431,6 +437,7 @@ class SavedAdversarial(Attack):
             self._entries = {
                 t: (int(p), d)
                 for t, p, d in zip(frame["triplet_id"], frame["prey"], frame["dir"], strict=True)
+                if not outside_root(str(d))  # never read outside the craft (a recorded skip)
             }
         return self._entries
 

@@ -42,7 +42,8 @@ from skimage import data as skdata
 
 from attackpsm.images import from_uint8
 from attackpsm.metrics import weights
-from attackpsm.run import build, run_identity
+from attackpsm.run import build
+from attackpsm.storage import run_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "conf")
@@ -406,4 +407,4 @@ def test_mirror_option_reaches_the_metric_but_not_the_run_identity(tmp_path):
             overrides=["metric=elpips_vgg", f"paths.weights_mirror={tmp_path}"],
         )
     assert cfg.metric.weights_mirror == str(tmp_path)
-    assert "weights_mirror" not in run_identity(cfg)["metric"]
+    assert "weights_mirror" not in run_identity(cfg, fingerprint="")["metric"]

@@ -25,8 +25,8 @@ from attackpsm.engine import attack_batch
 from attackpsm.images import from_uint8, quantize
 from attackpsm.metrics.classic import L2
 from attackpsm.results import summarize, summary_markdown
-from attackpsm.run import _headline
 from attackpsm.stats import perturbation_stats
+from attackpsm.storage import headline
 from attackpsm.twoafc import (
     agreement,
     choose_prey,
@@ -254,7 +254,7 @@ def test_one_tie_rule_in_table1_agreement_and_the_split():
     rows = results.assign(
         human_agrees=agrees, flipped=False, flipped_uint8=False, **{"rmse_uint8": 0.0}
     )
-    assert _headline(rows, 0)["accuracy"] == pytest.approx(0.625)
+    assert headline(rows, 0)["accuracy"] == pytest.approx(0.625)
     split = summarize(
         rows.assign(
             psnr_uint8=np.inf,

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
+from attackpsm.attacks.base import (
+    LINF_MAX,
+    Attack,
+    AttackResult,
+    check_at_most,
+    check_int,
+    check_positive,
+)
+from attackpsm.attacks.streams import image_keys, uniform
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
 from attackpsm.twoafc import flip_margin, rank_flipped
@@ -79,7 +87,8 @@ class APGD(Attack):
         momentum: weight of the new step ``α`` (0.75).
         eot_samples: score draws per step for stochastic metrics (1).
         restarts: extra runs from random starts for triplets still unflipped (0).
-        seed: random starts.
+        seed: random starts, drawn from each triplet's own stream (keyed by the prey's
+            pixels and the seed: identical results batched or one at a time).
 
     References:
         Croce, F., Hein, M. (2020). Reliable evaluation of adversarial robustness with an
@@ -106,6 +115,8 @@ class APGD(Attack):
         check_positive("eps", eps, allow_zero=True)
         if norm not in NORMS:
             raise ValueError(f"attack parameter norm must be one of {NORMS}, got {norm!r}")
+        if norm == "linf":
+            check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
         check_int("max_iterations", max_iterations, minimum=0)
         check_int("eot_samples", eot_samples, minimum=1)
         check_int("restarts", restarts, minimum=0)
@@ -137,12 +148,13 @@ class APGD(Attack):
         n = prey.shape[0]
         eps = _per_sample(eps, n, prey.device)
         result = self._single(metric, prepared_ref, prey, s_other, eps, start=None)
-        generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        for _ in range(self.restarts):
+        keys = image_keys(prey, self.seed)
+        for restart in range(self.restarts):
             todo = (~result.flipped).nonzero().flatten()
             if len(todo) == 0:
                 break
-            noise = torch.rand(prey[todo].shape, generator=generator).to(prey.device) * 2 - 1
+            # each triplet's own stream: the start does not depend on the batch
+            noise = uniform(keys[todo], restart, prey.shape[1:]).to(prey.device) * 2 - 1
             start = prey[todo] + project(noise * eps[todo].view(-1, 1, 1, 1), eps[todo], self.norm)
             again = self._single(
                 metric, select(prepared_ref, todo), prey[todo], s_other[todo], eps[todo], start

@@ -75,6 +75,19 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ValueError(f"attack parameter {name} must be {bound}, got {value}")
 
 
+# Images live on the [-1, 1] scale (Sec. 3): no ℓ∞ budget or step can exceed its width 2.
+LINF_MAX = 2.0
+# FGSM's scan evaluates max_eps / eps_step budgets per triplet (Alg. 3); 20,000 covers the
+# whole [-1, 1] scale at the paper's 0.0001 step and keeps the scan's memory bounded.
+MAX_FGSM_STEPS = 20_000
+
+
+def check_at_most(name: str, value: float, bound: float, why: str) -> None:
+    """Raise a clear error, naming the bound and why, for a value above ``bound``."""
+    if value > bound:
+        raise ValueError(f"attack parameter {name} must be <= {bound} ({why}), got {value}")
+
+
 def check_int(name: str, value: Any, minimum: int, note: str = "") -> None:
     """Raise a clear error unless ``value`` is a whole number ``>= minimum``.
 

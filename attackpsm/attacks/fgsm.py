@@ -6,7 +6,15 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
+from attackpsm.attacks.base import (
+    LINF_MAX,
+    MAX_FGSM_STEPS,
+    Attack,
+    AttackResult,
+    check_at_most,
+    check_int,
+    check_positive,
+)
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
 from attackpsm.twoafc import rank_flipped, rank_loss
@@ -42,7 +50,14 @@ class FGSM(Attack):
     def __init__(self, max_eps: float = 0.05, eps_step: float = 0.0001, max_batch: int = 2048):
         check_positive("max_eps", max_eps)
         check_positive("eps_step", eps_step)
+        check_at_most("max_eps", max_eps, LINF_MAX, "the width of the [-1, 1] image scale")
         check_int("max_batch", max_batch, minimum=1)
+        steps = max_eps / eps_step
+        if steps > MAX_FGSM_STEPS:
+            raise ValueError(
+                f"attack parameters max_eps / eps_step = {max_eps} / {eps_step} = {steps:.0f} "
+                f"budgets to scan, more than {MAX_FGSM_STEPS}: raise eps_step or lower max_eps"
+            )
         self.max_eps = float(max_eps)
         self.eps_step = float(eps_step)
         self.max_batch = int(max_batch)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from attackpsm.attacks.apgd import APGD
-from attackpsm.attacks.base import Attack, AttackResult, check_positive
+from attackpsm.attacks.base import LINF_MAX, Attack, AttackResult, check_at_most, check_positive
 from attackpsm.metrics.base import Metric, select
 
 
@@ -44,6 +44,8 @@ class MinEps(Attack):
     def __init__(self, attack: Attack | None = None, eps_max: float = 0.1, tol: float = 0.001):
         check_positive("eps_max", eps_max)
         check_positive("tol", tol)
+        if getattr(attack, "norm", "linf") == "linf":
+            check_at_most("eps_max", eps_max, LINF_MAX, "the width of the [-1, 1] image scale")
         self.attack = APGD() if attack is None else attack
         if not hasattr(self.attack, "attack"):
             raise ValueError(f"{type(self.attack).__name__} cannot take a per-triplet eps")

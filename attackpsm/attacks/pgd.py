@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
+from attackpsm.attacks.base import (
+    LINF_MAX,
+    Attack,
+    AttackResult,
+    check_at_most,
+    check_int,
+    check_positive,
+)
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
 from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
@@ -46,6 +53,8 @@ class PGD(Attack):
     ):
         check_positive("eps", eps, allow_zero=True)
         check_positive("alpha", alpha)
+        check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
+        check_at_most("alpha", alpha, LINF_MAX, "the width of the [-1, 1] image scale")
         check_int("max_iterations", max_iterations, minimum=0)
         self.eps = float(eps)
         self.alpha = float(alpha)

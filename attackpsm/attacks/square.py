@@ -13,6 +13,10 @@ gradient is ever formed.
   perturbation of the second into the first, add a new meta-square there, and rescale the
   first window per channel so that the total norm is again exactly ε (before clipping to
   the image range).
+
+Every random draw comes from the triplet's own stream (:mod:`attackpsm.attacks.streams`,
+keyed by the prey's pixels and ``seed``; query ``q`` uses step ``q``), so a triplet's result
+does not depend on the batch it is attacked in.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
+from attackpsm.attacks.base import (
+    LINF_MAX,
+    Attack,
+    AttackResult,
+    check_at_most,
+    check_int,
+    check_positive,
+)
+from attackpsm.attacks.streams import below, image_keys, signs, uniform
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
 from attackpsm.twoafc import flip_margin, rank_flipped
@@ -81,7 +93,8 @@ class Square(Attack):
         p_init: initial fraction of the image a square covers (0.05; the paper uses 0.1
             for ℓ2).
         norm: ``"linf"`` (Alg. 2 of the paper) or ``"l2"`` (Alg. 3).
-        seed: random stream.
+        seed: random seed; each triplet's stream is a function of the seed and the prey's
+            pixels (identical results batched or one at a time).
 
     The ``queries`` column records the metric calls each triplet used.
 
@@ -109,6 +122,8 @@ class Square(Attack):
             raise ValueError(f"attack parameter p_init must be <= 1, got {p_init}")
         if norm not in NORMS:
             raise ValueError(f"attack parameter norm must be one of {NORMS}, got {norm!r}")
+        if norm == "linf":
+            check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
         self.eps = float(eps)
         self.max_queries = int(max_queries)
         self.p_init = float(p_init)
@@ -137,13 +152,13 @@ class Square(Attack):
             if torch.is_tensor(eps)
             else torch.full((n, 1, 1, 1), float(eps), device=device)
         )
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        keys = image_keys(prey, self.seed)
         start, candidates = (
             (self._stripes, self._linf_candidate)
             if self.norm == "linf"
             else (self._meta_grid, self._l2_candidate)
         )
-        adv = start(prey, e, gen)
+        adv = start(prey, e, keys)
         s_adv = metric.score(prepared_ref, adv)
         queries = torch.ones(n, dtype=torch.long, device=device)
         best = flip_margin(s_other, s_adv, self.reverse)
@@ -154,7 +169,7 @@ class Square(Attack):
             if len(active) == 0:
                 break
             side = int(round(math.sqrt(square_fraction(self.p_init, q, self.max_queries) * h * w)))
-            candidate = candidates(prey[active], adv[active], e[active], side, gen)
+            candidate = candidates(prey[active], adv[active], e[active], side, keys[active], q)
             s_new = metric.score(select(prepared_ref, active), candidate)
             queries[active] += 1
             f = flip_margin(s_other[active], s_new, self.reverse)
@@ -171,14 +186,11 @@ class Square(Attack):
 
     # -- ℓ∞ (Alg. 2) --------------------------------------------------------------------
 
-    @staticmethod
-    def _signs(gen: torch.Generator, device: torch.device, *shape: int) -> torch.Tensor:
-        return (torch.randint(0, 2, shape, generator=gen).float() * 2 - 1).to(device)
-
-    def _stripes(self, prey: torch.Tensor, e: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _stripes(self, prey: torch.Tensor, e: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """ℓ∞ start: one random sign ``±ε`` per (channel, column)."""
         n, c, _, w = prey.shape
-        return (prey + e * self._signs(gen, prey.device, n, c, 1, w)).clamp(LOW, HIGH)
+        stripes = signs(uniform(keys, 0, (c, 1, w))).to(prey.device)
+        return (prey + e * stripes).clamp(LOW, HIGH)
 
     def _linf_candidate(
         self,
@@ -186,14 +198,16 @@ class Square(Attack):
         adv: torch.Tensor,
         e: torch.Tensor,
         side: int,
-        gen: torch.Generator,
+        keys: torch.Tensor,
+        query: int,
     ) -> torch.Tensor:
         """ℓ∞ update: one random window per triplet set to ``±ε`` per channel."""
         m, c, h, w = center.shape
         side = min(max(side, 1), h, w)
-        rows = torch.randint(0, h - side + 1, (m,), generator=gen).tolist()
-        cols = torch.randint(0, w - side + 1, (m,), generator=gen).tolist()
-        values = self._signs(gen, center.device, m, c, 1, 1) * e
+        u = uniform(keys, query, 2 + c)
+        rows = below(u[:, 0], h - side + 1).tolist()
+        cols = below(u[:, 1], w - side + 1).tolist()
+        values = signs(u[:, 2:]).view(m, c, 1, 1).to(center.device) * e
         candidate = adv.clone()
         for j in range(m):
             r, s = rows[j], cols[j]
@@ -209,13 +223,17 @@ class Square(Attack):
     # -- ℓ2 (Alg. 3) --------------------------------------------------------------------
 
     @staticmethod
-    def _meta_squares(m: int, side: int, gen: torch.Generator) -> torch.Tensor:
-        """``(m, 1, side, side)`` meta-squares, each transposed with probability 1/2."""
-        meta = meta_square(side)
-        flip = torch.rand(m, generator=gen) < 0.5
-        return torch.where(flip[:, None, None], meta.T, meta).unsqueeze(1)
+    def _meta_squares(side: int, u: torch.Tensor) -> torch.Tensor:
+        """``(m, C, side, side)`` signed meta-squares from ``u (m, 1 + C)`` uniforms.
 
-    def _meta_grid(self, prey: torch.Tensor, e: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        ``u[:, 0]``: transposed with probability 1/2; ``u[:, 1:]``: the sign per channel.
+        """
+        meta = meta_square(side)
+        flip = u[:, 0] < 0.5
+        tile = torch.where(flip[:, None, None], meta.T, meta).unsqueeze(1)
+        return tile * signs(u[:, 1:])[:, :, None, None]
+
+    def _meta_grid(self, prey: torch.Tensor, e: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """ℓ2 start: a centred grid of meta-squares of side ``min(H, W) // 5``.
 
         Each tile has a random sign per (triplet, channel); the whole perturbation is
@@ -225,10 +243,12 @@ class Square(Attack):
         side = max(min(h, w) // 5, 1)
         delta = torch.zeros(n, c, h, w)
         top, left = (h - h // side * side) // 2, (w - w // side * side) // 2
-        for r in range(top, h - side + 1, side):
-            for s in range(left, w - side + 1, side):
-                tile = self._meta_squares(n, side, gen) * self._signs(gen, "cpu", n, c, 1, 1)
-                delta[:, :, r : r + side, s : s + side] += tile
+        tiles = [
+            (r, s) for r in range(top, h - side + 1, side) for s in range(left, w - side + 1, side)
+        ]
+        u = uniform(keys, 0, (len(tiles), 1 + c)).cpu()
+        for t, (r, s) in enumerate(tiles):
+            delta[:, :, r : r + side, s : s + side] += self._meta_squares(side, u[:, t])
         delta = delta.to(prey.device)
         return (prey + _rescale(delta, e)).clamp(LOW, HIGH)
 
@@ -238,7 +258,8 @@ class Square(Attack):
         adv: torch.Tensor,
         e: torch.Tensor,
         side: int,
-        gen: torch.Generator,
+        keys: torch.Tensor,
+        query: int,
     ) -> torch.Tensor:
         """ℓ2 update (Alg. 3): move the mass of window ``W2`` into window ``W1``.
 
@@ -264,12 +285,14 @@ class Square(Attack):
                 (cols[:, None] + span)[:, None, None, :],
             )
 
-        def draw() -> tuple[torch.Tensor, ...]:
-            rows = torch.randint(0, h - side + 1, (m,), generator=gen)
-            cols = torch.randint(0, w - side + 1, (m,), generator=gen)
+        u = uniform(keys, query, 5 + c).cpu()
+
+        def draw(first: int) -> tuple[torch.Tensor, ...]:
+            rows = below(u[:, first], h - side + 1)
+            cols = below(u[:, first + 1], w - side + 1)
             return tuple(i.to(device) for i in window(rows, cols))
 
-        w1, w2 = draw(), draw()
+        w1, w2 = draw(0), draw(2)
         union = torch.zeros_like(delta)
         union[w1] = 1.0
         union[w2] = 1.0
@@ -278,7 +301,7 @@ class Square(Attack):
         mass = (delta * union).pow(2).sum((2, 3), keepdim=True)  # ||δ_{W1 ∪ W2}||², per channel
         old = delta[w1]
         old = old / (old.pow(2).sum((2, 3), keepdim=True).sqrt() + 1e-10)
-        bump = self._meta_squares(m, side, gen) * self._signs(gen, "cpu", m, c, 1, 1)
+        bump = self._meta_squares(side, u[:, 4:])
         new = bump.to(device) + old
         new = new / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12)
         candidate = delta.clone()

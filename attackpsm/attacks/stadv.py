@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from attackpsm.attacks import lbfgs
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
+from attackpsm.attacks.base import (
+    LINF_MAX,
+    Attack,
+    AttackResult,
+    check_at_most,
+    check_int,
+    check_positive,
+)
 from attackpsm.attacks.pgd import PGD
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
@@ -228,6 +235,10 @@ class StAdvPGD(StAdv):
         if center not in ("stadv", "prey"):
             raise ValueError(f"stadv_pgd center must be 'stadv' or 'prey', got {center!r}")
         check_int("pgd_steps", pgd_steps, minimum=0)
+        check_positive("pgd_eps", pgd_eps, allow_zero=True)
+        check_positive("pgd_alpha", pgd_alpha)
+        check_at_most("pgd_eps", pgd_eps, LINF_MAX, "the width of the [-1, 1] image scale")
+        check_at_most("pgd_alpha", pgd_alpha, LINF_MAX, "the width of the [-1, 1] image scale")
         self.pgd_steps = int(pgd_steps)
         self.pgd_eps = float(pgd_eps)
         self.pgd_alpha = float(pgd_alpha)

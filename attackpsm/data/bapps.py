@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attackpsm.data.base import TripletRecord
+from attackpsm.data.base import TripletRecord, as_names
 from attackpsm.data.files import DiskTriplets
 
 log = logging.getLogger("attackpsm")
@@ -89,7 +89,7 @@ class BAPPS(DiskTriplets):
             raise ValueError(f"bapps split must be one of {sorted(SUBSETS)}, got {split!r}")
         if filter not in FILTERS:
             raise ValueError(f"bapps filter must be one of {list(FILTERS)}, got {filter!r}")
-        requested = list(subsets) if subsets else None
+        requested = as_names(subsets, "bapps subsets") or None
         unknown = sorted(set(requested or ()) - set(SUBSETS[split]))
         if unknown:
             raise ValueError(

@@ -29,6 +29,30 @@ from torch.utils.data import Dataset
 from attackpsm.images import quantize, resize
 
 
+def as_names(value: Any, what: str) -> list[str] | None:
+    """A config value that lists names, as a list: ``None`` stays ``None``.
+
+    A single string is one name (``dataset.subsets=cnn`` means ``['cnn']``; a quoted
+    ``"cnn,traditional"`` means both), never its characters.
+
+    Raises:
+        ValueError: naming ``what`` when the value is neither a string nor a list of strings.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if (
+        isinstance(value, (list, tuple))
+        or hasattr(value, "__iter__")
+        and not hasattr(value, "keys")
+    ):
+        names = list(value)
+        if all(isinstance(v, str) for v in names):
+            return names
+    raise ValueError(f"{what} must be a name or a list of names, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TripletRecord:
     """Index entry of one triplet: a stable id (subset + file name), its subset, its label.

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from attackpsm.data.base import TripletRecord
-from attackpsm.data.files import DiskTriplets
+from attackpsm.data.files import DiskTriplets, outside_root_reason
 
 log = logging.getLogger("attackpsm")
 
@@ -116,6 +116,12 @@ class CLIC(DiskTriplets):
             seen[triplet_id] = seen.get(triplet_id, 0) + 1
             if seen[triplet_id] > 1:  # a repeated triplet keeps a distinct, stable id
                 triplet_id += f"#{seen[triplet_id]}"
+            escaping = outside_root_reason(self.root, cells[:3])
+            if escaping is not None:  # ../ or an absolute path: never looked up
+                self.records.append(
+                    TripletRecord(triplet_id, subset, None, tuple(cells[:3]), escaping)
+                )
+                continue
             resolved = [self._resolve(c) for c in cells[:3]]
             files = tuple(
                 r if r is not None else c for r, c in zip(resolved, cells[:3], strict=True)

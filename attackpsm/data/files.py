@@ -30,6 +30,28 @@ class ImageError(ValueError):
     """One image of a triplet cannot be used (the triplet is skipped, not the run)."""
 
 
+def outside_root(rel: str | os.PathLike) -> bool:
+    """Whether a path named by an index file leaves the folder it is relative to.
+
+    An absolute path, or one whose ``..`` components climb above the folder, is outside:
+    index files (CSV rows, manifests) must not make a loader read anywhere else. Checked
+    on the text of the path, before the file system is touched.
+    """
+    path = Path(rel)
+    if path.is_absolute() or path.drive:
+        return True
+    norm = os.path.normpath(rel)
+    return norm == os.pardir or norm.startswith(os.pardir + os.sep)
+
+
+def outside_root_reason(root: Path, files: tuple[str, ...] | list[str]) -> str | None:
+    """The error row of a triplet whose files leave ``root`` (``None``: all inside)."""
+    bad = [str(f) for f in files if outside_root(f)]
+    if bad:
+        return f"path outside the dataset root {root}: {', '.join(bad)}"
+    return None
+
+
 def read_rgb(path: Path) -> torch.Tensor:
     """Decode an 8-bit RGB image file to a ``(3, H, W)`` tensor in ``[-1, 1]``.
 
@@ -83,6 +105,9 @@ class DiskTriplets(TripletDataset):
             raise self.layout_error(f"zero usable triplets under {self.root}{detail}")
 
     def load_images(self, record: TripletRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        reason = outside_root_reason(self.root, record.files)
+        if reason is not None:  # the index should have caught it; never read it anyway
+            raise ImageError(reason)
         images = []
         for role, rel in zip(ROLES, record.files, strict=True):
             try:

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from attackpsm.data.base import TripletRecord
-from attackpsm.data.files import DiskTriplets
+from attackpsm.data.files import DiskTriplets, outside_root_reason
 
 log = logging.getLogger("attackpsm")
 
@@ -143,6 +143,10 @@ class PieAPP(DiskTriplets):
             if seen[triplet_id] > 1:  # a repeated pair keeps a distinct, stable id
                 triplet_id += f"#{seen[triplet_id]}"
             files = (ref_file, self._image(ref, name_a), self._image(ref, name_b))
+            escaping = outside_root_reason(self.root, files)
+            if escaping is not None:  # a ../ or absolute name in the label file
+                self.records.append(TripletRecord(triplet_id, ref, None, files, escaping))
+                continue
             try:
                 pref_a = float(pref_text)
             except ValueError:

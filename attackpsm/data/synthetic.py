@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from attackpsm.data.base import TripletDataset, TripletRecord
+from attackpsm.data.base import TripletDataset, TripletRecord, as_names
 from attackpsm.images import from_uint8
 
 PHOTOS = (
@@ -120,7 +120,7 @@ class SyntheticTriplets(TripletDataset):
         quantize: bool = True,
     ):
         super().__init__(size, quantize)
-        families = list(families or FAMILIES)
+        families = as_names(families, "synthetic families") or list(FAMILIES)
         unknown = sorted(set(families) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown synthetic families {unknown}; valid: {sorted(FAMILIES)}")

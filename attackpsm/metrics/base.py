@@ -12,10 +12,59 @@ call ``prepare`` once per triplet and ``score`` at every iteration.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
+
+from attackpsm.images import HIGH, LOW
+
+# inputs may overshoot [-1, 1] by float rounding (resizing, warps); beyond this they are on
+# another scale ([0, 255]) and every distance would be wrong
+RANGE_TOLERANCE = 1e-3
+
+
+def check_images(images: torch.Tensor, metric: str, role: str) -> None:
+    """Refuse an input that breaks the package convention (``attackpsm.images``).
+
+    ``(N, 3, H, W)`` floating-point tensors with values in ``[-1, 1]`` (up to
+    :data:`RANGE_TOLERANCE`). One reduction per call: negligible next to any metric.
+
+    Raises:
+        ValueError: naming the metric, the input (``role``) and what was wrong.
+    """
+    expected = f"metric {metric!r} expects {role} as (N, 3, H, W) float images in [-1, 1]"
+    if not torch.is_tensor(images):
+        raise ValueError(f"{expected}, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{expected}, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{expected}, got dtype {images.dtype}")
+    if images.numel() == 0:
+        return
+    low, high = torch.aminmax(images.detach())
+    low, high = low.item(), high.item()
+    if not (low >= LOW - RANGE_TOLERANCE and high <= HIGH + RANGE_TOLERANCE):
+        raise ValueError(f"{expected}, got values in [{low:.4g}, {high:.4g}]")
+
+
+def _checked_prepare(prepare):
+    @functools.wraps(prepare)
+    def wrapper(self, ref: torch.Tensor) -> Any:
+        check_images(ref, self.name, "the reference")
+        return prepare(self, ref)
+
+    return wrapper
+
+
+def _checked_score(score):
+    @functools.wraps(score)
+    def wrapper(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.name, "the candidate")
+        return score(self, prepared, x)
+
+    return wrapper
 
 
 class _FiniteGradient(torch.autograd.Function):
@@ -53,7 +102,8 @@ def select(prepared: Any, index: torch.Tensor) -> Any:
 class Metric(nn.Module):
     """Base class of all metrics.
 
-    Inputs follow the package convention: ``(N, 3, H, W)`` float tensors in ``[-1, 1]``.
+    Inputs follow the package convention: ``(N, 3, H, W)`` float tensors in ``[-1, 1]``;
+    :meth:`prepare` and :meth:`score` refuse anything else (:func:`check_images`).
     Outputs are ``(N,)`` distances (lower = more similar). Metrics run in eval mode and
     never accumulate gradients into their own parameters.
 
@@ -66,6 +116,26 @@ class Metric(nn.Module):
     name: str = "metric"
     differentiable: bool = True
     stochastic: bool = False
+    # smallest image side (px) the metric accepts: below it a window, a pyramid level or a
+    # pooling layer has nothing left (measured on random images; see :meth:`minimum_size`)
+    min_size: int = 1
+
+    @classmethod
+    def minimum_size(cls, **params: Any) -> int:
+        """The smallest image side the metric accepts with these constructor ``params``.
+
+        Checked when a run is composed, before any data is read
+        (:func:`attackpsm.preflight.check_run`).
+        """
+        return cls.min_size
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every ``prepare``/``score`` a metric defines checks its images first (the boundary)."""
+        super().__init_subclass__(**kwargs)
+        if "prepare" in cls.__dict__:
+            cls.prepare = _checked_prepare(cls.__dict__["prepare"])
+        if "score" in cls.__dict__:
+            cls.score = _checked_score(cls.__dict__["score"])
 
     def __init__(self) -> None:
         super().__init__()
@@ -105,3 +175,6 @@ class Metric(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, differentiable={self.differentiable}, stochastic={self.stochastic}"
+
+
+Metric.prepare = _checked_prepare(Metric.prepare)  # metrics that keep the raw reference

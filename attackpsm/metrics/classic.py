@@ -24,6 +24,8 @@ official code.
 
 from __future__ import annotations
 
+from typing import Any
+
 import piq
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,11 @@ class SSIMPiq(Metric):
     """
 
     name = "ssim_piq"
+
+    @classmethod
+    def minimum_size(cls, **params: Any) -> int:
+        """One Gaussian window: the image side must be at least ``kernel_size``."""
+        return int(params.get("kernel_size", 11))
 
     def __init__(self, kernel_size: int = 11, kernel_sigma: float = 1.5, downsample: bool = False):
         super().__init__()
@@ -269,6 +276,7 @@ class MSSSIM(Metric):
     """
 
     name = "ms_ssim"
+    min_size = 16
 
     def __init__(self, kernel_size: int = 11, kernel_sigma: float = 1.5):
         super().__init__()

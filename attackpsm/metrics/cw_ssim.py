@@ -203,6 +203,7 @@ class CWSSIM(Metric):
     """
 
     name = "cw_ssim"
+    min_size = 64  # 4 pyramid levels
 
     def __init__(self, levels: int = 4, orientations: int = 8, window: int = 7, k: float = 1e-12):
         super().__init__()

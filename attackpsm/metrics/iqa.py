@@ -55,6 +55,7 @@ class FSIMc(PiqMetric):
     """
 
     name = "fsimc"
+    min_size = 4
 
     def __init__(self, scales: int = 4, orientations: int = 4):
         super().__init__()
@@ -81,6 +82,7 @@ class GMSD(PiqMetric):
     """
 
     name = "gmsd"
+    min_size = 4
     similarity = False
 
     def index(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -106,6 +108,7 @@ class VIF(PiqMetric):
     """
 
     name = "vif"
+    min_size = 48
 
     def __init__(self, sigma_n_sq: float = 2.0):
         super().__init__()
@@ -128,6 +131,7 @@ class HaarPSI(PiqMetric):
     """
 
     name = "haarpsi"
+    min_size = 16
 
     def index(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return piq.haarpsi(x, ref, reduction="none")
@@ -143,6 +147,7 @@ class MDSI(PiqMetric):
     """
 
     name = "mdsi"
+    min_size = 4
     similarity = False
 
     def index(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

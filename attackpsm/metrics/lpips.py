@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from typing import Any
 
 import lpips as lpips_lib
 import torch
@@ -96,6 +97,12 @@ class LPIPS(FeatureDistance):
         Zhang, R., Isola, P., Efros, A. A., Shechtman, E., Wang, O. (2018). The Unreasonable
         Effectiveness of Deep Features as a Perceptual Metric. CVPR.
     """
+
+    MIN_SIZE = {"alex": 32, "vgg": 16, "squeeze": 20}  # the last tapped layer keeps a pixel
+
+    @classmethod
+    def minimum_size(cls, **params: Any) -> int:
+        return cls.MIN_SIZE.get(params.get("net", "alex"), 32)
 
     def __init__(
         self,

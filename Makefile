@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run test test-slow test-cluster test-all lint format bench bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
+.PHONY: help install weights run test test-slow test-cluster test-all lint format bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
 DATA ?= data
 RESULTS ?= results
 REPORT_ARGS ?=
@@ -44,6 +44,9 @@ test-cluster: weights ## Real SLURM job arrays: needs a cluster (sudo launchers/
 
 bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, same decisions (bench.json)
 	$(PY) -m attackpsm.bench --out bench.json $(BENCH_ARGS)
+
+bench-certify: weights ## Certification throughput: noisy samples/s of attack=certify, LPIPS(Alex) (bench-certify.json)
+	$(PY) -m attackpsm.bench --certify lpips_alex --out bench-certify.json $(BENCH_ARGS)
 
 bench-logging: weights ## W&B logging overhead: one job with logger=none vs wandb offline (bench-logging.json)
 	$(PY) -m attackpsm.bench --logging --out bench-logging.json $(BENCH_ARGS)

@@ -152,3 +152,12 @@ def test_a_certified_radius_above_the_empirical_one_is_an_error_naming_the_tripl
     with pytest.raises(ValueError, match="'b': certified 0.4 > empirical 0.3"):
         check_certified(certified, empirical, "smoothed_l2_s0.05")
     check_certified(certified, empirical.assign(min_eps=[0.2, math.inf]), "m")  # no flip: fine
+
+
+def test_bench_certify_reports_samples_per_second(tmp_path):
+    from attackpsm.bench import certify_throughput, main
+
+    result = certify_throughput("l2", triplets=2, samples=20, max_batch=16)
+    assert result["samples_per_triplet"] == 22 and result["samples_per_s"] > 0
+    with pytest.raises(ValueError, match="metric.base must be one of"):
+        main(["--certify", "nope", "--device", "cpu", "--out", str(tmp_path / "b.json")])

@@ -41,7 +41,7 @@ L2_BUDGET = 1.0  # ε of attack=apgd_l2, on the [-1, 1] scale
 CURVE_BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 BLACK_BOX = {"Square", "OnePixel"}
 LINF = {"FGSM", "PGD", "APGD", "Square", "Cascade", "EoT"}
-CERTIFIED_RADII = (0.1, 0.25, 0.5, 1.0)  # ℓ2, [-1, 1] scale
+CERTIFIED_RADII = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)  # ℓ2, [-1, 1] scale
 
 
 def _cls(node: dict[str, Any]) -> str:

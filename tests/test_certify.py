@@ -143,6 +143,14 @@ def test_certified_radius_never_exceeds_the_empirical_one_through_the_pipeline(t
     both = by_attack["certify"].merge(by_attack["min_eps_smoothed"], on="triplet_id")
     assert (both["radius"] > 0).sum() >= 2  # certificates to compare: the check has teeth
     assert np.isfinite(both["min_eps"]).sum() >= 2
+    # a corrupted certificate on disk (radius above the attack's) fails the build, by name
+    finite = both[np.isfinite(both["min_eps"])].iloc[0]
+    path = next(r.run_dir for r in runs if r.identity["attack"]["name"] == "certify")
+    table = pd.read_parquet(path / "results.parquet")
+    table.loc[table["triplet_id"] == finite["triplet_id"], "radius"] = finite["min_eps"] + 0.01
+    table.to_parquet(path / "results.parquet")
+    with pytest.raises(ValueError, match=f"first '{finite['triplet_id']}'"):
+        build_leaderboard(load_runs(tmp_path / "results"))
     assert (both["radius"] <= both["min_eps"]).all()
 
 

@@ -254,11 +254,16 @@ def certified_entry(group: list[Run]) -> dict[str, Any] | None:
         },
         "median_certified_radius": float(np.median(radius)) if len(table) else None,
         "median_empirical_radius": None,
+        "empirical_robust_rate": None,
         "empirical_attack": None,
     }
     if empirical is not None:
         check_certified(table, empirical.results, metric)
-        med = median_radius(empirical.results["min_eps"].to_numpy(dtype=float))
+        min_eps = empirical.results["min_eps"].to_numpy(dtype=float)
+        out["empirical_robust_rate"] = {
+            str(r): float((min_eps > r).mean()) for r in CERTIFIED_RADII
+        }
+        med = median_radius(min_eps)
         out["median_empirical_radius"] = med if math.isfinite(med) else "inf"
         out["empirical_attack"] = empirical.identity["attack"]["name"]
     return out
@@ -373,7 +378,52 @@ def write_leaderboard(
         )
     md = out / "leaderboard.md"
     md.write_text(leaderboard_markdown(entries))
+    certified_figure(entries, out)
     return md
+
+
+def certified_figure(entries: list[dict[str, Any]], out: Path) -> list[Path]:
+    """``<out>/<dataset>-<res>/certified-l2.png``: per metric, the fraction of triplets
+    certified at each ℓ2 radius (solid, a lower bound on the robust fraction) and the
+    fraction the attack did not flip there (dashed, an upper bound)."""
+    from matplotlib.figure import Figure
+
+    from attackpsm.report.figures import save_figure
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        if e["threat_model"] == "certified-l2":
+            groups[(e["dataset"], e["resolution"])].append(e)
+    written: list[Path] = []
+    radii = np.array(CERTIFIED_RADII)
+    for (dataset, res), group in sorted(groups.items()):
+        fig = Figure(figsize=(5.5, 3.8))
+        ax = fig.add_subplot()
+        for i, e in enumerate(group):
+            color = f"C{i}"
+            ax.plot(
+                radii,
+                [e["certified_rate"][str(r)] for r in radii],
+                "-o",
+                color=color,
+                label=f"{e['metric']} certified",
+            )
+            if e.get("empirical_robust_rate"):
+                ax.plot(
+                    radii,
+                    [e["empirical_robust_rate"][str(r)] for r in radii],
+                    "--s",
+                    color=color,
+                    label=f"{e['metric']} empirical",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("ℓ2 radius ([-1, 1] scale)")
+        ax.set_ylabel("fraction of triplets")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{dataset} · {res} · certified vs empirical")
+        ax.legend(fontsize=7)
+        written += save_figure(fig, out / f"{dataset}-{res}", "certified-l2")
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,12 @@ from scipy.optimize import brentq
 from scipy.stats import binom, ncx2
 
 from attackpsm.certify import Certify, certified_radius, clopper_pearson_lower
-from attackpsm.leaderboard import build_leaderboard, check_certified, leaderboard_markdown
+from attackpsm.leaderboard import (
+    build_leaderboard,
+    check_certified,
+    leaderboard_markdown,
+    write_leaderboard,
+)
 from attackpsm.metrics.classic import L2
 from attackpsm.metrics.smoothed import Smoothed
 from attackpsm.report.load import load_runs
@@ -138,6 +143,9 @@ def test_certified_radius_never_exceeds_the_empirical_one_through_the_pipeline(t
     assert e["metric"] == "smoothed_l2_s0.01" and e["triplets"] == 6
     assert e["median_empirical_radius"] is not None and e["empirical_attack"] == "min_eps_smoothed"
     assert "certified-l2" in leaderboard_markdown(entries)
+    assert e["empirical_robust_rate"] is not None
+    write_leaderboard(tmp_path / "results", tmp_path / "board")
+    assert (tmp_path / "board" / "synthetic-res64" / "certified-l2.png").stat().st_size > 0
     # and the per-triplet check itself (explicitly, on the loaded tables)
     by_attack = {r.identity["attack"]["name"]: r.results for r in runs}
     both = by_attack["certify"].merge(by_attack["min_eps_smoothed"], on="triplet_id")

@@ -177,3 +177,22 @@ def test_bench_certify_reports_samples_per_second(tmp_path):
     assert result["samples_per_triplet"] == 22 and result["samples_per_s"] > 0
     with pytest.raises(ValueError, match="metric.base must be one of"):
         main(["--certify", "nope", "--device", "cpu", "--out", str(tmp_path / "b.json")])
+
+
+def test_a_run_gives_the_same_certificates_whatever_the_batch_size(tmp_path):
+    common = [
+        "metric=smoothed",
+        "metric.base=l2",
+        "metric.sigma=0.03",
+        "dataset.num_triplets=6",
+        "attack=certify",
+        "attack.n0=20",
+        "attack.n=100",
+    ]
+    tables = []
+    for size in (5, 2):
+        out = run(make_cfg(tmp_path / f"b{size}", [*common, f"resolution.batch_size={size}"]))
+        tables.append(pd.read_parquet(f"{out['run_dir']}/results.parquet"))
+    cols = ["triplet_id", "p_hat", "p_lower", "radius", "abstained", "samples"]
+    pd.testing.assert_frame_equal(tables[0][cols], tables[1][cols])
+    assert tables[0]["p_hat"].nunique() > 1

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run test test-slow test-cluster test-all lint format bench bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
+.PHONY: help install weights run test test-slow test-cluster test-all lint format bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
 DATA ?= data
 RESULTS ?= results
 REPORT_ARGS ?=
@@ -45,6 +45,9 @@ test-cluster: weights ## Real SLURM job arrays: needs a cluster (sudo launchers/
 bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, same decisions (bench.json)
 	$(PY) -m attackpsm.bench --out bench.json $(BENCH_ARGS)
 
+bench-certify: weights ## Certification throughput: noisy samples/s of attack=certify, LPIPS(Alex) (bench-certify.json)
+	$(PY) -m attackpsm.bench --certify lpips_alex --out bench-certify.json $(BENCH_ARGS)
+
 bench-logging: weights ## W&B logging overhead: one job with logger=none vs wandb offline (bench-logging.json)
 	$(PY) -m attackpsm.bench --logging --out bench-logging.json $(BENCH_ARGS)
 
@@ -58,9 +61,13 @@ report: weights ## Paper tables and figures of a results or sweep dir: make repo
 LEADERBOARD_METRICS ?= l2,ssim,ms_ssim,cw_ssim,fsimc,gmsd,vif,haarpsi,mdsi,lpips_alex,lpips_vgg,dists,stlpips_alex,stlpips_vgg,elpips_vgg
 LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,square_l2,min_eps,autoattack
 LEADERBOARD_ARGS ?= dataset=synthetic dataset.num_triplets=64 resolution=64
+# certified-l2 rows: randomized smoothing of these metrics at this sigma ([-1, 1] scale)
+CERTIFY_METRICS ?= lpips_alex,dists,ssim
+CERTIFY_SIGMA ?= 0.02
 
 leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks into $(RESULTS), then <dir>/leaderboard/*.json + leaderboard.md
 	$(PY) -m attackpsm -m logger=none progress=false metric=$(LEADERBOARD_METRICS) attack=$(LEADERBOARD_ATTACKS) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
+	$(PY) -m attackpsm -m logger=none progress=false metric=smoothed metric.base=$(CERTIFY_METRICS) metric.sigma=$(CERTIFY_SIGMA) attack=certify,min_eps_smoothed paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	$(PY) -m attackpsm.leaderboard $(RESULTS)
 
 lint: install ## Ruff lint and format check

@@ -8,7 +8,8 @@ for each dataset x resolution x metric x threat model, writes::
 
 A threat model is the perturbation set and the access: ``linf`` (white-box, which may also
 use black-box attacks), ``linf-blackbox`` (metric outputs only), ``l2`` and
-``l2-blackbox``. Its flip rate at a
+``l2-blackbox``, and ``certified-l2`` (``attack=certify`` on ``metric=smoothed``: the
+certified ℓ2 radius of the smoothed decision next to the empirical one). Its flip rate at a
 budget is the worst case over every attack run at that budget: a triplet counts as flipped
 when any attack flipped it. ``min_eps`` runs give the per-triplet radius, the robustness
 curve and the median robust radius; ``attack=none`` runs give the clean accuracy (Table 1).
@@ -33,13 +34,14 @@ import pandas as pd
 
 from attackpsm.attacks.min_eps import median_radius, robustness_curve
 from attackpsm.report.load import Run, load_runs
-from attackpsm.twoafc import accuracy
+from attackpsm.twoafc import accuracy, agreement
 
 PAPER_BUDGET = 0.03  # ℓ∞ ε of PGD in the paper, on the [-1, 1] scale
 L2_BUDGET = 1.0  # ε of attack=apgd_l2, on the [-1, 1] scale
 CURVE_BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 BLACK_BOX = {"Square", "OnePixel"}
 LINF = {"FGSM", "PGD", "APGD", "Square", "Cascade", "EoT"}
+CERTIFIED_RADII = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)  # ℓ2, [-1, 1] scale
 
 
 def _cls(node: dict[str, Any]) -> str:
@@ -188,7 +190,83 @@ def build_leaderboard(
             e = entry(members, threat, clean, budget_l2 if threat.startswith("l2") else budget)
             if e is not None:
                 entries.append(e)
+        e = certified_entry(group)
+        if e is not None:
+            entries.append(e)
     return entries
+
+
+def check_certified(certified: pd.DataFrame, empirical: pd.DataFrame, metric: str) -> None:
+    """Raise if a certified radius exceeds the empirical ℓ2 radius of the same triplet.
+
+    A certificate is a lower bound on the robust radius and an attack's radius an upper
+    bound, so ``radius > min_eps`` on any triplet means one of them is wrong.
+    """
+    both = certified[["triplet_id", "radius"]].merge(
+        empirical[["triplet_id", "min_eps"]], on="triplet_id"
+    )
+    bad = both[both["radius"].astype(float) > both["min_eps"].astype(float)]
+    if len(bad):
+        first = bad.iloc[0]
+        raise ValueError(
+            f"{metric}: certified ℓ2 radius exceeds the empirical one on {len(bad)} triplet(s), "
+            f"first {first['triplet_id']!r}: certified {first['radius']:.4g} > "
+            f"empirical {first['min_eps']:.4g}"
+        )
+
+
+def certified_entry(group: list[Run]) -> dict[str, Any] | None:
+    """The ``certified-l2`` entry of one metric: certified rate and accuracy at
+    :data:`CERTIFIED_RADII`, median certified radius, and the median empirical ℓ2 radius
+    of a ``min_eps`` ℓ2 run on the same metric (checked triplet by triplet:
+    :func:`check_certified`). ``None`` without an ``attack=certify`` run."""
+    cert = next((r for r in group if _cls(r.identity["attack"]) == "Certify"), None)
+    if cert is None:
+        return None
+    table = cert.results
+    empirical = next(
+        (
+            r
+            for r in group
+            if _cls(r.identity["attack"]) == "MinEps"
+            and "l2" in threat_models(r.identity["attack"])
+        ),
+        None,
+    )
+    dataset, res, metric = _key(cert)
+    radius = table["radius"].to_numpy(dtype=float)
+    kept = ~table["abstained"].astype(bool).to_numpy()
+    agrees = (agreement(table["d0"], table["d1"], table["judge"]) == 1.0) & kept
+    out: dict[str, Any] = {
+        "dataset": dataset,
+        "resolution": res,
+        "metric": metric,
+        "threat_model": "certified-l2",
+        "triplets": len(table),
+        "sigma": cert.identity["metric"].get("sigma"),
+        "n0": cert.identity["attack"].get("n0"),
+        "n": cert.identity["attack"].get("n"),
+        "alpha": cert.identity["attack"].get("alpha"),
+        "abstain_rate": float((~kept).mean()) if len(table) else None,
+        "certified_rate": {str(r): float((kept & (radius >= r)).mean()) for r in CERTIFIED_RADII},
+        "certified_accuracy": {
+            str(r): float((agrees & (radius >= r)).mean()) for r in CERTIFIED_RADII
+        },
+        "median_certified_radius": float(np.median(radius)) if len(table) else None,
+        "median_empirical_radius": None,
+        "empirical_robust_rate": None,
+        "empirical_attack": None,
+    }
+    if empirical is not None:
+        check_certified(table, empirical.results, metric)
+        min_eps = empirical.results["min_eps"].to_numpy(dtype=float)
+        out["empirical_robust_rate"] = {
+            str(r): float((min_eps > r).mean()) for r in CERTIFIED_RADII
+        }
+        med = median_radius(min_eps)
+        out["median_empirical_radius"] = med if math.isfinite(med) else "inf"
+        out["empirical_attack"] = empirical.identity["attack"]["name"]
+    return out
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -216,6 +294,8 @@ def leaderboard_markdown(entries: list[dict[str, Any]]) -> str:
     lines = ["# Robustness leaderboard", ""]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for e in entries:
+        if e["threat_model"] == "certified-l2":
+            continue  # own table: certified_markdown
         groups[(e["dataset"], e["resolution"], e["threat_model"])].append(e)
     for (dataset, res, threat), group in sorted(groups.items()):
         budget = group[0]["budget"]
@@ -245,7 +325,38 @@ def leaderboard_markdown(entries: list[dict[str, Any]]) -> str:
                 f"{_fmt(e['queries_mean'])} | {e['triplets']} |"
             )
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + certified_markdown(entries))
+
+
+def certified_markdown(entries: list[dict[str, Any]]) -> list[str]:
+    """The ``certified-l2`` tables: largest median certified radius first."""
+    lines: list[str] = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        if e["threat_model"] == "certified-l2":
+            groups[(e["dataset"], e["resolution"])].append(e)
+    for (dataset, res), group in sorted(groups.items()):
+        group.sort(key=lambda e: -(e["median_certified_radius"] or 0.0))
+        lines += [
+            f"## {dataset} · {res} · certified-l2 (randomized smoothing, ℓ2 on [-1, 1])",
+            "",
+            "| rank | metric | σ | n | abstain % | "
+            + "".join(f"cert. % @{r} | " for r in CERTIFIED_RADII)
+            + "median certified radius | median empirical radius | triplets |",
+            "|---:|---|---:|---:|---:|" + "---:|" * len(CERTIFIED_RADII) + "---:|---:|---:|",
+        ]
+        for rank, e in enumerate(group, 1):
+            cells = "".join(
+                f"{_fmt(e['certified_rate'][str(r)], pct=True)} | " for r in CERTIFIED_RADII
+            )
+            lines.append(
+                f"| {rank} | {e['metric']} | {_fmt(e['sigma'])} | {e['n']} | "
+                f"{_fmt(e['abstain_rate'], pct=True)} | {cells}"
+                f"{_fmt(e['median_certified_radius'])} | {_fmt(e['median_empirical_radius'])} | "
+                f"{e['triplets']} |"
+            )
+        lines.append("")
+    return lines
 
 
 def write_leaderboard(
@@ -267,7 +378,52 @@ def write_leaderboard(
         )
     md = out / "leaderboard.md"
     md.write_text(leaderboard_markdown(entries))
+    certified_figure(entries, out)
     return md
+
+
+def certified_figure(entries: list[dict[str, Any]], out: Path) -> list[Path]:
+    """``<out>/<dataset>-<res>/certified-l2.png``: per metric, the fraction of triplets
+    certified at each ℓ2 radius (solid, a lower bound on the robust fraction) and the
+    fraction the attack did not flip there (dashed, an upper bound)."""
+    from matplotlib.figure import Figure
+
+    from attackpsm.report.figures import save_figure
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in entries:
+        if e["threat_model"] == "certified-l2":
+            groups[(e["dataset"], e["resolution"])].append(e)
+    written: list[Path] = []
+    radii = np.array(CERTIFIED_RADII)
+    for (dataset, res), group in sorted(groups.items()):
+        fig = Figure(figsize=(5.5, 3.8))
+        ax = fig.add_subplot()
+        for i, e in enumerate(group):
+            color = f"C{i}"
+            ax.plot(
+                radii,
+                [e["certified_rate"][str(r)] for r in radii],
+                "-o",
+                color=color,
+                label=f"{e['metric']} certified",
+            )
+            if e.get("empirical_robust_rate"):
+                ax.plot(
+                    radii,
+                    [e["empirical_robust_rate"][str(r)] for r in radii],
+                    "--s",
+                    color=color,
+                    label=f"{e['metric']} empirical",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("ℓ2 radius ([-1, 1] scale)")
+        ax.set_ylabel("fraction of triplets")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{dataset} · {res} · certified vs empirical")
+        ax.legend(fontsize=7)
+        written += save_figure(fig, out / f"{dataset}-{res}", "certified-l2")
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,9 +27,9 @@ each triplet is generated lazily when loaded.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import torch
@@ -86,7 +86,9 @@ def _easy_blur(img: Image.Image, level: float, rng: np.random.Generator) -> Imag
 
 
 def _easy_noise(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
-    a = np.asarray(img, dtype=np.float32) + rng.normal(0.0, level, size=(EASY_NATIVE, EASY_NATIVE, 3))
+    a = np.asarray(img, dtype=np.float32) + rng.normal(
+        0.0, level, size=(EASY_NATIVE, EASY_NATIVE, 3)
+    )
     return _to_image(a)
 
 
@@ -109,7 +111,9 @@ def _color(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Im
 
 def _easy_downup(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
     small = max(8, int(round(EASY_NATIVE / level)))
-    return img.resize((small, small), Image.BILINEAR).resize((EASY_NATIVE, EASY_NATIVE), Image.BILINEAR)
+    return img.resize((small, small), Image.BILINEAR).resize(
+        (EASY_NATIVE, EASY_NATIVE), Image.BILINEAR
+    )
 
 
 # family -> (function, mild severity range, strong severity range)
@@ -122,6 +126,8 @@ EASY_FAMILIES = {
     "downup": (_easy_downup, (1.3, 1.6), (2.5, 3.5)),
 }
 
+# families whose level falls as the severity rises: severity = top - level
+EASY_DECREASING = {"jpeg": 100.0, "contrast": 1.0}
 
 # --------------------------------------------------------------------------------------
 # calibrated variant: BAPPS "traditional" families at 64x64
@@ -292,8 +298,11 @@ class SyntheticTriplets(TripletDataset):
             mild_img = fn(ref, mild, rng)
             strong = float(rng.uniform(*strong_range))
             strong_img = fn(ref, strong, rng)
-            if record.subset == "jpeg":  # quality falls as severity rises
-                mild, strong = 100.0 - mild, 100.0 - strong
+            if record.subset in EASY_DECREASING:  # the level falls as severity rises
+                mild, strong = (
+                    EASY_DECREASING[record.subset] - mild,
+                    EASY_DECREASING[record.subset] - strong,
+                )
         else:
             side = int(rng.integers(CROP[0], min(CROP[1], *photo.shape[:2]) + 1))
             ref = _crop(photo, side, rng).resize((NATIVE, NATIVE), Image.LANCZOS)

@@ -148,7 +148,8 @@ def _blur(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Ima
 
 def _contrast(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
     a = np.asarray(img, dtype=np.float32)
-    factor = 1.0 - level if rng.random() < 0.5 else 1.0 + 2.0 * level  # lower or raise contrast
+    # two-sided: lowering by `level` or raising by 2 * `level` count as the same severity
+    factor = 1.0 - level if rng.random() < 0.5 else 1.0 + 2.0 * level
     return _to_image(a.mean() + (a - a.mean()) * factor)
 
 
@@ -160,7 +161,8 @@ def _lightness(img: Image.Image, level: float, rng: np.random.Generator) -> Imag
 def _saturation(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
     a = np.asarray(img, dtype=np.float32)
     gray = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    factor = 1.0 - level if rng.random() < 0.5 else 1.0 + 2.0 * level  # de- or oversaturate
+    # two-sided: desaturating by `level` or oversaturating by 2 * `level`, same severity
+    factor = 1.0 - level if rng.random() < 0.5 else 1.0 + 2.0 * level
     return _to_image(gray[..., None] + (a - gray[..., None]) * factor)
 
 
@@ -182,17 +184,16 @@ class Family:
     """A distortion family of the calibrated variant.
 
     ``apply(image, level, rng)`` distorts a 64x64 image; the severity ``u`` in ``[0, 1]``
-    maps to ``level = low + (high - low) * u ** power`` (``low > high`` for JPEG, whose
+    maps linearly to ``level = low + (high - low) * u`` (``low > high`` for JPEG, whose
     quality falls as severity rises).
     """
 
     apply: Callable[[Image.Image, float, np.random.Generator], Image.Image]
     low: float
     high: float
-    power: float = 1.0
 
     def level(self, u: float) -> float:
-        return self.low + (self.high - self.low) * u**self.power
+        return self.low + (self.high - self.low) * u
 
 
 FAMILIES = {

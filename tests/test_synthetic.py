@@ -146,3 +146,29 @@ def test_bad_parameters():
         SyntheticTriplets(variant="hard")
     with pytest.raises(ValueError, match="num_triplets"):
         SyntheticTriplets(num_triplets=0)
+
+
+def test_calibration_table_against_the_paper(capsys):
+    """`python -m attackpsm.data.calibrate` prints synthetic vs paper per metric; the
+    summary's numbers follow from the per-triplet rows."""
+    import pandas as pd
+
+    from attackpsm.data.calibrate import main, summarize
+
+    rows = pd.DataFrame(
+        {"margin": [0.04, 0.03, 0.02, 0.001], "human_agrees": [True, True, True, False]}
+    )
+    s = summarize("l2", rows)
+    assert s["accuracy"] == 75.0 and s["n_ok"] == 3 and s["n_bad"] == 1
+    assert s["margin_ok"] == pytest.approx(0.03) and s["margin_bad"] == pytest.approx(0.001)
+    assert s["accuracy_holds"]  # |75 - 79.7| <= 8
+    assert s["margin_ok_holds"]  # 0.03 within 30% of 0.036
+    assert not summarize("lpips_alex", rows)["margin_ok_holds"]  # 0.03 vs 0.169
+
+    assert main(["--num-triplets", "9", "--size", "32", "--metrics", "l2", "ssim"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic (calibrated), 9 triplets at 32x32" in out
+    assert "| l2 |" in out and "| 79.7% |" in out and "| 0.036 |" in out
+    assert "| ssim |" in out and "| 80.8% |" in out and "| 0.114 |" in out
+    with pytest.raises(SystemExit):
+        main(["--metrics", "nope"])

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run test test-slow test-cluster test-all lint format bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
+.PHONY: help install weights run calibrate test test-slow test-cluster test-all lint format bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
 DATA ?= data
 RESULTS ?= results
 REPORT_ARGS ?=
@@ -26,6 +26,9 @@ weights: install ## Fetch and verify all pretrained weights into the cache (run 
 
 run: weights ## The main job: PGD on LPIPS(Alex), embedded synthetic dataset, 64x64
 	$(PY) -m attackpsm
+
+calibrate: weights ## Synthetic set vs BAPPS: clean accuracy (Table 1) and margins (Table 3) per metric
+	$(PY) -m attackpsm.data.calibrate $(CALIBRATE_ARGS)
 
 data-bapps: install ## Download the BAPPS 2AFC val set (the paper's) into $(DATA)/bapps (needs internet)
 	$(PY) -m attackpsm.data download bapps --root $(DATA)/bapps

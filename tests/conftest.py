@@ -53,12 +53,16 @@ def lpips_rand():
     return LPIPS("alex", random_backbone=True)
 
 
-def synthetic_batch(num_triplets: int, seed: int, size: int = 32):
-    """A collated batch of synthetic triplets."""
+def synthetic_batch(num_triplets: int, seed: int, size: int = 32, variant: str = "easy"):
+    """A collated batch of synthetic triplets.
+
+    Attack mechanics tests use the ``easy`` variant by default: every metric ranks it like
+    its labels and attacks flip most of it, which their assertions were written against.
+    """
     from attackpsm.data.base import collate
     from attackpsm.data.synthetic import SyntheticTriplets
 
-    data = SyntheticTriplets(size=size, num_triplets=num_triplets, seed=seed)
+    data = SyntheticTriplets(size=size, num_triplets=num_triplets, seed=seed, variant=variant)
     return collate([data[i] for i in range(len(data))])
 
 

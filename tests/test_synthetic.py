@@ -156,7 +156,11 @@ def test_calibration_table_against_the_paper(capsys):
     from attackpsm.data.calibrate import main, summarize
 
     rows = pd.DataFrame(
-        {"margin": [0.04, 0.03, 0.02, 0.001], "human_agrees": [True, True, True, False]}
+        {
+            "margin": [0.04, 0.03, 0.02, 0.001],
+            "human_agrees": [True, True, True, False],
+            "agreement": [1.0, 1.0, 1.0, 0.0],
+        }
     )
     s = summarize("l2", rows)
     assert s["accuracy"] == 75.0 and s["n_ok"] == 3 and s["n_bad"] == 1

@@ -19,8 +19,8 @@ import torch
 
 from attackpsm.data.base import collate
 from attackpsm.data.synthetic import VARIANTS, SyntheticTriplets
-from attackpsm.engine import human_agreement
 from attackpsm.images import quantize
+from attackpsm.twoafc import agreement, human_agrees
 
 # Table 1, "Accuracy (%) on subset of BAPPS (12227 samples)"
 PAPER_ACCURACY = {
@@ -89,15 +89,18 @@ def score(metric, batch, chunk: int = 64) -> pd.DataFrame:
             "s0": d0.numpy(),
             "s1": d1.numpy(),
             "margin": (d0 - d1).abs().numpy(),
-            "human_agrees": human_agreement(d0, d1, batch.judge).astype(bool).to_numpy(),
+            # ✓/✗ and accuracy with the package's one tie rule (attackpsm.twoafc)
+            "human_agrees": human_agrees(d0, d1, batch.judge).to_numpy(),
+            "agreement": agreement(d0, d1, batch.judge),
         }
     )
 
 
 def summarize(name: str, rows: pd.DataFrame) -> dict:
     """One row of the calibration table, with the paper's values and whether each holds."""
-    ok, bad = rows[rows.human_agrees], rows[~rows.human_agrees]
-    accuracy = 100.0 * rows.human_agrees.mean()
+    agrees = rows.human_agrees.astype("boolean")
+    ok, bad = rows[agrees.fillna(False).to_numpy()], rows[(~agrees).fillna(False).to_numpy()]
+    accuracy = 100.0 * rows.agreement.mean()
     margin_ok = ok.margin.mean() if len(ok) else math.nan
     margin_bad = bad.margin.mean() if len(bad) else math.nan
     paper_ok, paper_bad = PAPER_MARGIN[name]

@@ -42,6 +42,8 @@ OFFLINE += ["ssim_piq"]  # piq's standard SSIM, next to the released one (`ssim`
 # test_metrics_fidelity.py)
 LARGE_ONLY = ["ms_ssim_iqa"]
 ONLINE_ONLY = {"lpips_squeeze": "squeezenet1_1", "pieapp": "pieapp"}
+# wraps another metric option (Gaussian smoothing, tests/test_certify.py)
+WRAPPERS = ["smoothed"]
 # smaller ensembles keep the stochastic metric fast in tests
 OVERRIDES = {"elpips_vgg": ["metric.ensemble=2"]}
 # Watson-DFT's released formula adds 1e-10 stabilisers inside powers and acos: d(x, x) is
@@ -319,7 +321,7 @@ def test_cw_ssim_pyramid_is_a_tight_frame():
 
 def test_every_metric_config_is_listed_here():
     names = {p.stem for p in Path(CONF_DIR, "metric").glob("*.yaml")}
-    assert names == set(OFFLINE) | set(ONLINE_ONLY) | set(LARGE_ONLY)
+    assert names == set(OFFLINE) | set(ONLINE_ONLY) | set(LARGE_ONLY) | set(WRAPPERS)
 
 
 @pytest.mark.parametrize("name", sorted(ONLINE_ONLY))

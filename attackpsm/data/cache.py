@@ -387,15 +387,35 @@ def levels_to_float(u8: torch.Tensor) -> torch.Tensor:
 _LEVELS = levels_to_float(torch.arange(256, dtype=torch.uint8))  # computed once, on the CPU
 
 
+def _numpy_levels(u8: np.ndarray) -> np.ndarray:
+    """:func:`levels_to_float` in numpy (no thread pool: it runs beside the engine)."""
+    x = u8.astype(np.float32)
+    x /= np.float32(127.5)
+    x -= np.float32(1.0)
+    return x
+
+
+# only 256 inputs exist: if numpy's float32 arithmetic matches torch's on all of them, it is
+# bit-identical on every image; otherwise the table itself is used (equal by construction)
+_NUMPY_EXACT = np.array_equal(_numpy_levels(np.arange(256, dtype=np.uint8)), _LEVELS.numpy())
+
+
+def _to_float_cpu(u8: np.ndarray) -> torch.Tensor:
+    x = _numpy_levels(u8) if _NUMPY_EXACT else np.take(_LEVELS.numpy(), u8)
+    return torch.from_numpy(x)
+
+
 class CachedBatches:
     """Batches of ``records`` read from ``cache``: the rows of these records only.
 
     The same batches as ``DataLoader(dataset_view, batch_size, collate_fn=collate)``: the
     same records in the same order and batch boundaries, error rows apart, and bit-identical
     images. The rows travel as ``uint8`` (pinned memory, ``non_blocking`` on CUDA) and are
-    converted on the device: on the CPU with :func:`levels_to_float`, elsewhere through a
-    256-entry table computed by that same function on the CPU. The next batch is read from
-    the memmap in a background thread while the current one is used.
+    converted on the device: elsewhere than the CPU through a 256-entry table computed by
+    :func:`levels_to_float` on the CPU; on the CPU by the same arithmetic in numpy, checked
+    equal to that table on all 256 levels (else the table is used). The next batch is read from
+    the memmap (and, on the CPU, converted) in a background thread while the current one is
+    used.
     """
 
     def __init__(
@@ -419,7 +439,8 @@ class CachedBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.records) / self.batch_size)
 
-    def _read(self, start: int) -> tuple[list[TripletRecord], torch.Tensor, list[dict]]:
+    def _read(self, start: int) -> tuple[list[TripletRecord], tuple, list[dict]]:
+        """Rows of one batch: on the CPU converted here (in the reader thread), else pinned."""
         records = self.records[start : start + self.batch_size]
         rows = self.rows[start : start + self.batch_size]
         errors = self.cache.errors
@@ -429,14 +450,16 @@ class CachedBatches:
             if int(row) in errors
         ]
         keep = [i for i, row in enumerate(rows) if int(row) not in errors]
-        u8 = torch.from_numpy(self.cache.images[rows[keep]])  # a copy of just these rows
-        if self.pin:
-            u8 = u8.pin_memory()
-        return [records[i] for i in keep], u8, bad
+        u8 = self.cache.images[rows[keep]]  # a copy of just these rows
+        if self.table is None:
+            images = tuple(_to_float_cpu(u8[:, k]) for k in range(3))
+        else:
+            images = tuple(torch.from_numpy(np.ascontiguousarray(u8[:, k])) for k in range(3))
+            if self.pin:
+                images = tuple(t.pin_memory() for t in images)
+        return [records[i] for i in keep], images, bad
 
     def _convert(self, u8: torch.Tensor) -> torch.Tensor:
-        if self.table is None:
-            return levels_to_float(u8)
         return self.table[u8.to(self.device, non_blocking=True).long()]
 
     def __iter__(self) -> Iterator[Batch]:
@@ -454,9 +477,7 @@ class CachedBatches:
                 judge = torch.tensor(
                     [float("nan") if r.judge is None else r.judge for r in records]
                 )
-                if self.pin:
-                    u8 = u8.to(self.device, non_blocking=True)
-                ref, p0, p1 = (self._convert(u8[:, k]).contiguous() for k in range(3))
+                ref, p0, p1 = u8 if self.table is None else (self._convert(t) for t in u8)
                 yield Batch(
                     [r.triplet_id for r in records],
                     [r.subset for r in records],

@@ -240,3 +240,17 @@ def test_run_with_cache_gives_the_same_table_bit_for_bit(bapps_root, tmp_path):
     pd.testing.assert_frame_equal(png, cache, check_exact=True)
     pd.testing.assert_frame_equal(png_err, cache_err, check_exact=True)
     assert (tmp_path / "cache").is_dir()
+
+
+def test_bench_loading_rows(tmp_path):
+    from attackpsm.bench import loading, make_bapps_layout
+
+    root = make_bapps_layout(tmp_path / "bapps", triplets=5, unique=2)
+    ds = BAPPS(size=SIZE, root=root, filter="all")
+    assert [r.triplet_id for r in ds.records] == [f"val/cnn/{i:06d}" for i in range(5)]
+    rows, build_s = loading(root, tmp_path / "c", SIZE, 2, torch.device("cpu"))
+    assert [r["path"] for r in rows] == ["png", "cache"] and build_s > 0
+    assert all(r["triplets"] == 5 and r["triplets_per_s"] > 0 for r in rows)
+    cache = ensure_cache(ds, tmp_path / "c", progress=False)
+    np.testing.assert_array_equal(cache.images[3], cache.images[1])  # linked copies of 1
+    np.testing.assert_array_equal(cache.images, expected_rows(ds))

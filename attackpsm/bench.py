@@ -411,7 +411,7 @@ def make_bapps_layout(root: Path, triplets: int, unique: int = 128, seed: int = 
     return root
 
 
-def _rate(n: int, fn: Callable[[], Any], min_s: float = 0.5) -> float:
+def _rate(n: int, fn: Callable[[], Any], min_s: float = 1.0) -> float:
     """Triplets per second of ``fn`` (one pass over ``n`` triplets), repeated for ``min_s``."""
     passes, start = 0, time.perf_counter()
     while True:

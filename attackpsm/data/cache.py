@@ -389,8 +389,7 @@ _LEVELS = levels_to_float(torch.arange(256, dtype=torch.uint8))  # computed once
 
 def _numpy_levels(u8: np.ndarray) -> np.ndarray:
     """:func:`levels_to_float` in numpy (no thread pool: it runs beside the engine)."""
-    x = u8.astype(np.float32)
-    x /= np.float32(127.5)
+    x = np.divide(u8, np.float32(127.5), dtype=np.float32)  # cast and divide in one pass
     x -= np.float32(1.0)
     return x
 

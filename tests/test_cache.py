@@ -254,3 +254,11 @@ def test_bench_loading_rows(tmp_path):
     cache = ensure_cache(ds, tmp_path / "c", progress=False)
     np.testing.assert_array_equal(cache.images[3], cache.images[1])  # linked copies of 1
     np.testing.assert_array_equal(cache.images, expected_rows(ds))
+
+
+def test_cache_option_is_not_part_of_the_run_identity(tmp_path):
+    from attackpsm.run import run_dir_for
+
+    cfgs = [make_cfg(tmp_path, ["dataset=bapps", f"dataset.cache={c}"]) for c in ("true", "false")]
+    assert cfgs[0].dataset.cache is True and cfgs[1].dataset.cache is False
+    assert run_dir_for(cfgs[0]) == run_dir_for(cfgs[1])

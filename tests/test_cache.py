@@ -262,3 +262,18 @@ def test_cache_option_is_not_part_of_the_run_identity(tmp_path):
     cfgs = [make_cfg(tmp_path, ["dataset=bapps", f"dataset.cache={c}"]) for c in ("true", "false")]
     assert cfgs[0].dataset.cache is True and cfgs[1].dataset.cache is False
     assert run_dir_for(cfgs[0]) == run_dir_for(cfgs[1])
+
+
+def test_cli_builds_the_cache_a_run_then_uses(bapps_root, tmp_path, capsys):
+    from attackpsm.data.__main__ import main
+
+    args = ["cache", "bapps", f"dataset.root={bapps_root}", f"paths.cache_dir={tmp_path / 'c'}"]
+    assert main([*args, "resolution=64", "resolution.size=16", "--workers", "1"]) == 0
+    assert "cache ready" in capsys.readouterr().out
+    (marker,) = (tmp_path / "c").glob("bapps-res16-*/COMPLETE")
+    stamp = marker.stat().st_mtime_ns
+    ds = BAPPS(size=SIZE, root=bapps_root)
+    built = ensure_cache(ds, tmp_path / "c", progress=False)
+    assert built.path == marker.parent and marker.stat().st_mtime_ns == stamp  # not rebuilt
+    np.testing.assert_array_equal(built.images, expected_rows(ds))
+    assert main([*args, "dataset.root=/nonexistent/bapps"]) == 2  # a clear layout error

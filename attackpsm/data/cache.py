@@ -346,7 +346,9 @@ def ensure_cache(
                 log.warning("cache %s: taking over the stale lock %s", final, lock)
                 lock.unlink(missing_ok=True)
                 continue
-            waited_since = waited_since or time.monotonic()
+            if waited_since is None:
+                log.info("cache %s: waiting for the build holding %s", final, lock)
+                waited_since = time.monotonic()
             if time.monotonic() - waited_since > timeout:
                 raise TimeoutError(
                     f"waited {timeout:.0f} s for the cache build holding {lock}; "

@@ -22,6 +22,7 @@ from PIL import Image
 from attackpsm.data.bapps import BAPPS
 from attackpsm.data.base import collate
 from attackpsm.data.cache import (
+    _LEVELS,
     CachedBatches,
     CacheError,
     TripletCache,
@@ -189,11 +190,14 @@ def test_cached_batches_equal_the_png_batches(bapps_root, tmp_path):
     assert list(cache.errors.values()) and "p1" in next(iter(cache.errors.values()))
     shard = ds.records[1::2]  # a shard reads only its own rows
     batches = list(CachedBatches(cache, shard, batch_size=3))
+    # the path of a GPU: uint8 rows through the 256-entry table (here on the CPU)
+    tabled = CachedBatches(cache, shard, batch_size=3)
+    tabled.table = _LEVELS
     view = BAPPS(size=SIZE, root=bapps_root)
     view.records = shard
     png = [collate([view[i] for i in range(s, min(s + 3, len(shard)))]) for s in (0, 3)]
     assert len(batches) == len(png) == 2
-    for a, b in zip(batches, png, strict=True):
+    for a, b in [*zip(batches, png, strict=True), *zip(tabled, png, strict=True)]:
         assert a.triplet_id == b.triplet_id and a.errors == b.errors
         for k in ("ref", "p0", "p1", "judge"):
             ta, tb = getattr(a, k), getattr(b, k)

@@ -45,6 +45,7 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
     """Instantiate a config-group node; its ``name`` key names the option, not an argument."""
     spec = OmegaConf.to_container(node, resolve=True)
     spec.pop("name", None)
+    spec.pop("cache", None)  # dataset.cache: how the images are read, not a dataset argument
     return instantiate(spec, **kwargs)
 
 
@@ -125,17 +126,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             records = shard_records(dataset.records, cfg.shard.index, cfg.shard.count)
             store.start([r.triplet_id for r in records], fingerprint)
             batches = store.pending(cfg.resolution.batch_size)  # gaps and damaged parts too
-            view = copy.copy(dataset)
-            view.records = records
-            loader = DataLoader(
-                view,
-                batch_sampler=[list(range(a, b)) for a, b in batches],
-                collate_fn=collate,
-                num_workers=cfg.num_workers,
-                pin_memory=device.type == "cuda",
-                persistent_workers=False,
-                prefetch_factor=4 if cfg.num_workers > 0 else None,
-            )
+            if cfg.dataset.get("cache"):  # decoded 8-bit triplets, converted on the device
+                from attackpsm.data.cache import CachedBatches, ensure_cache
+
+                cache = ensure_cache(dataset, cfg.paths.cache_dir, progress=cfg.progress)
+                loader = CachedBatches(
+                    cache, records, cfg.resolution.batch_size, device, spans=batches
+                )
+            else:
+                view = copy.copy(dataset)
+                view.records = records
+                loader = DataLoader(
+                    view,
+                    batch_sampler=[list(range(a, b)) for a, b in batches],
+                    collate_fn=collate,
+                    num_workers=cfg.num_workers,
+                    pin_memory=device.type == "cuda",
+                    persistent_workers=False,
+                    prefetch_factor=4 if cfg.num_workers > 0 else None,
+                )
             bar = tqdm(
                 loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress
             )

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check of `make bench`, for a machine with Python and PyTorch (CUDA) but no internet:
 # installs the wheels from .gpu/whl (launchers/gpu_bundle.sh made them), unpacks the weights,
-# then runs the bench (engine vs per-triplet loop) and writes bench.json, bench.md and the log
-# to OUT_DIR.
+# then runs the bench (engine vs per-triplet loop, then the loading rows -- BAPPS PNGs vs the
+# decoded-triplet cache -- and the end-to-end rows: whole PGD(30) LPIPS(Alex) 64x64 runs from
+# the cache and from PNGs next to the engine alone) and writes bench.json, bench.md and the
+# log to OUT_DIR. `--pipeline only` runs just the loading and end-to-end rows.
 #
 #   launchers/gpu_check.sh OUT_DIR [extra bench arguments, e.g. --quick]
 set -euo pipefail

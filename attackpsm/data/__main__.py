@@ -5,11 +5,14 @@
     python -m attackpsm.data download bapps --root data/bapps [--splits val train]
     python -m attackpsm.data download pieapp --root data/pieapp
     python -m attackpsm.data count bapps [dataset.root=... dataset.filter=all ...]
+    python -m attackpsm.data cache bapps resolution=64 [--workers N] [overrides ...]
 
 ``count`` composes the same config as ``python -m attackpsm dataset=<name>`` (so the same
 roots, environment variables and overrides apply), builds the index and prints the
 triplets per subset and those recorded as unusable -- the paper's counts, when the real
-data is present (BAPPS val unanimous 12,227; PieAPP test 1,381; CLIC 5,220).
+data is present (BAPPS val unanimous 12,227; PieAPP test 1,381; CLIC 5,220). ``cache``
+builds (or verifies) the decoded-triplet cache that ``dataset.cache=true`` reads, under
+``paths.cache_dir`` (:mod:`attackpsm.data.cache`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,26 @@ def count(name: str, overrides: list[str]) -> dict[str, dict[str, int]]:
     return counts
 
 
+def cache(name: str, overrides: list[str], workers: int | None) -> Path:
+    """Build or verify the decoded-triplet cache of ``dataset=<name>`` at the composed resolution."""
+    from hydra import compose, initialize_config_dir
+
+    from attackpsm.__main__ import normalise_argv
+    from attackpsm.app import CONFIG_DIR
+    from attackpsm.data.cache import ensure_cache
+    from attackpsm.run import build
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(
+            config_name="config",
+            overrides=normalise_argv([f"dataset={name}", "logger=none", *overrides]),
+        )
+    dataset = build(cfg.dataset, size=cfg.resolution.size)
+    built = ensure_cache(dataset, cfg.paths.cache_dir, workers=workers)
+    print(f"cache ready: {built.path} ({len(built)} triplets, {len(built.errors)} unusable)")
+    return built.path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m attackpsm.data", description=__doc__.split("\n\n")[0]
@@ -57,13 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     ct = sub.add_parser("count", help="count the triplets of dataset=<name> after filtering")
     ct.add_argument("dataset", choices=["bapps", "pieapp", "clic", "synthetic"])
     ct.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset.root=/data/bapps")
+    ca = sub.add_parser(
+        "cache", help="build or verify the decoded 8-bit triplets of dataset=<name>"
+    )
+    ca.add_argument("dataset", choices=["bapps", "pieapp", "clic", "synthetic"])
+    ca.add_argument("overrides", nargs="*", help="config overrides, e.g. resolution=64")
+    ca.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs)")
     args = parser.parse_args(argv)
 
-    if args.command == "count":
+    if args.command in ("count", "cache"):
         from attackpsm.data.files import DatasetLayoutError
 
         try:
-            count(args.dataset, args.overrides)
+            if args.command == "count":
+                count(args.dataset, args.overrides)
+            else:
+                cache(args.dataset, args.overrides, args.workers)
         except Exception as exc:  # instantiate wraps the loader's error; show the loader's
             cause = exc.__cause__ if isinstance(exc.__cause__, DatasetLayoutError) else exc
             if not isinstance(cause, DatasetLayoutError):

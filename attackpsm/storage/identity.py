@@ -33,6 +33,7 @@ def build_dataset(cfg: DictConfig) -> TripletDataset:
     """The dataset of a run's config (the index only: pixels are loaded lazily)."""
     spec = OmegaConf.to_container(cfg.dataset, resolve=True)
     spec.pop("name", None)
+    spec.pop("cache", None)  # dataset.cache: how the images are read, not a dataset argument
     return instantiate(spec, size=cfg.resolution.size)
 
 
@@ -49,7 +50,11 @@ def run_identity(cfg: DictConfig, fingerprint: str) -> dict[str, Any]:
         fingerprint: the data fingerprint of its dataset (:func:`data_fingerprint`).
     """
     return {
-        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "dataset": {  # dataset.cache gives bit-identical images: not part of the identity
+            k: v
+            for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+            if k != "cache"
+        },
         "data_fingerprint": fingerprint,
         "metric": {
             k: v

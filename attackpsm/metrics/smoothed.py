@@ -9,8 +9,10 @@ Cohen et al. (2019, Theorem 1) certify that no ℓ2 perturbation smaller than ``
 changes it (:mod:`attackpsm.certify` estimates ``p`` and the radius).
 
 σ is on the package's ``[-1, 1]`` image scale (:mod:`attackpsm.images`), the scale of the
-paper's ε; the noise is not clipped to the image range (the certificate is for the
-unclipped Gaussian).
+paper's ε. A noisy copy is clipped to that range before the base metric sees it (a metric
+is defined on images, and its input check refuses anything else); Cohen et al.'s Theorem 1
+holds for any base classifier, so the certificate is that of the smoothed decision of
+"metric after clipping".
 
 As a :class:`~attackpsm.metrics.base.Metric`:
 
@@ -33,6 +35,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf" / "metric"
@@ -112,8 +115,9 @@ class Smoothed(Metric):
         return self.base.score(prepared, x)
 
     def noisy_scores(self, prepared: Any, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``f(I_ref_i, x_i + σ · noise_i)`` for standard normal ``noise`` of ``x``'s shape."""
-        return self.base.score(prepared, x + self.sigma * noise.to(x.device, x.dtype))
+        """``f(I_ref_i, clip(x_i + σ · noise_i))`` for standard normal ``noise`` of ``x``'s shape."""
+        noisy = x + self.sigma * noise.to(x.device, x.dtype)
+        return self.base.score(prepared, noisy.clamp(LOW, HIGH))
 
     def expected_score(self, prepared: Any, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
         """Median of ``draws`` noisy distances (its comparison with ``s_other`` is the

@@ -32,10 +32,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attackpsm.images import to_unit
 from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric
-from attackpsm.metrics.dists import CHANNELS, IMAGENET_MEAN, IMAGENET_STD, build_vgg_stages
+from attackpsm.metrics.dists import (
+    CHANNELS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_vgg_stages,
+    vgg_features,
+)
 
 # (theta, tau) of the structure probability per stage (image, relu1_2 .. relu5_3); the
 # image stage's entry is never used (see the module docstring).
@@ -81,13 +86,7 @@ class ADISTS(Metric):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The six stages' activations of a ``[-1, 1]`` image (stage 0: the ``[0, 1]`` image)."""
-        x = to_unit(x)
-        feats = [x]
-        h = (x - self.mean) / self.std
-        for stage in self.stages:
-            h = stage(h)
-            feats.append(h)
-        return feats
+        return vgg_features(self.stages, self.mean, self.std, x)
 
     def _local(self, f: torch.Tensor) -> torch.Tensor:
         """Window average of each channel (valid convolution), or the global mean if too small."""

@@ -50,6 +50,20 @@ class L2Pooling(nn.Module):
         return (out + 1e-12).sqrt()
 
 
+def vgg_features(
+    stages: nn.ModuleList, mean: torch.Tensor, std: torch.Tensor, x: torch.Tensor
+) -> list[torch.Tensor]:
+    """The ``[0, 1]`` image and the activations of each VGG stage for a ``[-1, 1]`` image
+    (ImageNet normalisation), as DISTS and A-DISTS compare them."""
+    x = to_unit(x)
+    feats = [x]
+    h = (x - mean) / std
+    for stage in stages:
+        h = stage(h)
+        feats.append(h)
+    return feats
+
+
 def build_vgg_stages(state: dict[str, torch.Tensor] | None) -> nn.ModuleList:
     """Five VGG16 stages with l2-pooling, loaded from a torchvision ``features.*`` state."""
     stages = nn.ModuleList()
@@ -98,13 +112,7 @@ class DISTS(Metric):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The six stages' activations of a ``[-1, 1]`` image (stage 0: the ``[0, 1]`` image)."""
-        x = to_unit(x)
-        feats = [x]
-        h = (x - self.mean) / self.std
-        for stage in self.stages:
-            h = stage(h)
-            feats.append(h)
-        return feats
+        return vgg_features(self.stages, self.mean, self.std, x)
 
     def prepare(self, ref: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per stage: the reference's features, their spatial means and variances."""

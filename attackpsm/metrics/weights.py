@@ -517,6 +517,39 @@ def _official_routes(name: str, mirror: str | Path | None = None):
     )
 
 
+def _fetch_first(
+    name: str,
+    routes,
+    cache_dir: str | Path | None,
+    verbose: bool,
+    record_sha256: bool = False,
+) -> tuple[Path | None, list[str]]:
+    """The cached file of ``name`` (verified), else the first route that gives valid
+    weights, saved into the cache; ``(None, why each route failed)`` when none does."""
+    path = cache_path(name, cache_dir)
+    if path.exists():
+        _verify(name, torch.load(path, map_location="cpu", weights_only=True), cache_dir)
+        return path, []
+    errors = []
+    for route, get in routes:
+        try:
+            state = get()
+        except Exception as exc:  # any failure: try the next route, remember why
+            errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:800]}")
+            continue
+        _verify(name, state, cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if record_sha256:
+            _recorded_sha256(name, cache_dir).write_text(content_sha256(state) + "\n")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent fetches
+        torch.save(state, tmp)
+        tmp.replace(path)
+        if verbose:
+            print(f"[weights] {name}: fetched via {route} -> {path}", file=sys.stderr)
+        return path, []
+    return None, errors
+
+
 def fetch_official(
     name: str,
     cache_dir: str | Path | None = None,
@@ -531,24 +564,8 @@ def fetch_official(
     """
     if name not in OFFICIAL:
         raise KeyError(f"unknown official weights '{name}'; known: {sorted(OFFICIAL)}")
-    path = cache_path(name, cache_dir)
-    if path.exists():
-        _verify(name, torch.load(path, map_location="cpu", weights_only=True), cache_dir)
-        return path
-    errors = []
-    for route, get in _official_routes(name, mirror):
-        try:
-            state = get()
-        except Exception as exc:  # any failure: try the next route, remember why
-            errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:800]}")
-            continue
-        _verify(name, state, cache_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
-        if verbose:
-            print(f"[weights] {name}: fetched via {route} -> {path}", file=sys.stderr)
+    path, errors = _fetch_first(name, _official_routes(name, mirror), cache_dir, verbose)
+    if path is not None:
         return path
     raise WeightsUnavailable(
         f"could not obtain the official file {OFFICIAL[name].filename} ('{name}'). Tried: "
@@ -697,26 +714,9 @@ def fetch(name: str, cache_dir: str | Path | None = None, verbose: bool = True) 
     """Obtain weights ``name`` into the cache (no-op when already cached and valid)."""
     if name not in SPECS:
         raise KeyError(f"unknown weights '{name}'; known: {sorted(SPECS)}")
-    path = cache_path(name, cache_dir)
-    if path.exists():
-        _verify(name, torch.load(path, map_location="cpu", weights_only=True), cache_dir)
-        return path
-    errors = []
-    for route, get in SPECS[name].routes:
-        try:
-            state = get()
-        except Exception as exc:  # any failure: try the next route, remember why
-            errors.append(f"{route}: {type(exc).__name__}: {str(exc)[:200]}")
-            continue
-        _verify(name, state, cache_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if SPECS[name].sha256 is None:
-            _recorded_sha256(name, cache_dir).write_text(content_sha256(state) + "\n")
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
-        if verbose:
-            print(f"[weights] {name}: fetched via {route} -> {path}", file=sys.stderr)
+    record = SPECS[name].sha256 is None  # no pinned checksum: record the first one seen
+    path, errors = _fetch_first(name, SPECS[name].routes, cache_dir, verbose, record)
+    if path is not None:
         return path
     if SPECS[name].online_only:
         raise WeightsUnavailable(

@@ -260,16 +260,7 @@ class Row:
 
 
 def _channels_last(batch: Batch) -> Batch:
-    fmt = torch.channels_last
-    return Batch(
-        batch.triplet_id,
-        batch.subset,
-        batch.judge,
-        batch.ref.contiguous(memory_format=fmt),
-        batch.p0.contiguous(memory_format=fmt),
-        batch.p1.contiguous(memory_format=fmt),
-        batch.errors,
-    )
+    return batch.map_images(lambda t: t.contiguous(memory_format=torch.channels_last))
 
 
 def measure(w: Workload, device: torch.device, reference_limit: int, tol: float) -> Row:
@@ -350,15 +341,7 @@ def measure(w: Workload, device: torch.device, reference_limit: int, tol: float)
 
 
 def _head(batch: Batch, n: int) -> Batch:
-    return Batch(
-        batch.triplet_id[:n],
-        batch.subset[:n],
-        batch.judge[:n],
-        batch.ref[:n],
-        batch.p0[:n],
-        batch.p1[:n],
-        [],
-    )
+    return batch.take(slice(0, n))
 
 
 def format_table(rows: list[Row]) -> str:

@@ -78,15 +78,7 @@ def attack_batch(
         )
         errors = pd.concat([errors, extra], ignore_index=True)
         keep = ok.nonzero().flatten()
-        batch = Batch(
-            [batch.triplet_id[i] for i in keep.tolist()],
-            [batch.subset[i] for i in keep.tolist()],
-            batch.judge[keep],
-            batch.ref[keep],
-            batch.p0[keep],
-            batch.p1[keep],
-            [],
-        )
+        batch = batch.take(keep)
         prepared, d0, d1 = select(prepared, keep), d0[keep], d1[keep]
         if len(batch) == 0:
             return pd.DataFrame(), errors
@@ -174,15 +166,7 @@ def _rescore_uint8(
 
 def _chunk(batch: Batch, start: int, stop: int) -> Batch:
     """Triplets ``start:stop`` of ``batch``; the load errors travel with the first chunk."""
-    return Batch(
-        batch.triplet_id[start:stop],
-        batch.subset[start:stop],
-        batch.judge[start:stop],
-        batch.ref[start:stop],
-        batch.p0[start:stop],
-        batch.p1[start:stop],
-        batch.errors if start == 0 else [],
-    )
+    return batch.take(slice(start, stop), batch.errors if start == 0 else [])
 
 
 class FittingBatches:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -181,14 +182,29 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         move = dict(device=device, non_blocking=True)
+        return self.map_images(lambda t: t.to(**move), judge=self.judge.to(**move))
+
+    def map_images(self, fn: Callable[[torch.Tensor], torch.Tensor], **changes: Any) -> Batch:
+        """The same triplets with ``fn`` applied to the reference and both distortions."""
+        return replace(self, ref=fn(self.ref), p0=fn(self.p0), p1=fn(self.p1), **changes)
+
+    def take(self, index: slice | torch.Tensor | list[int], errors: list | None = None) -> Batch:
+        """The triplets at ``index`` (a slice or positions), with ``errors`` (default: none)."""
+        if isinstance(index, slice):
+            ids, subsets = self.triplet_id[index], self.subset[index]
+        else:
+            positions = [int(i) for i in index]
+            ids = [self.triplet_id[i] for i in positions]
+            subsets = [self.subset[i] for i in positions]
+            index = torch.as_tensor(positions, dtype=torch.long)
         return Batch(
-            self.triplet_id,
-            self.subset,
-            self.judge.to(**move),
-            self.ref.to(**move),
-            self.p0.to(**move),
-            self.p1.to(**move),
-            self.errors,
+            ids,
+            subsets,
+            self.judge[index],
+            self.ref[index],
+            self.p0[index],
+            self.p1[index],
+            list(errors or []),
         )
 
 

@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from attackpsm.cluster import main as cluster_main
+from attackpsm.cluster.__main__ import main as cluster_main
 from attackpsm.loggers import shard_run_id
 from attackpsm.metrics.weights import WeightsUnavailable
 from attackpsm.run import run

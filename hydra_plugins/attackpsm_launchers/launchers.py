@@ -1,9 +1,72 @@
-"""submitit's launchers with :class:`attackpsm.cluster.SubmitsPendingShards`: a re-run of a
-sweep submits only the shards with work left (``hydra/launcher=slurm`` and ``local``)."""
+"""Hydra launchers of attackpsm: submitit's, where a re-run of a sweep submits only the shards
+with work left (``hydra/launcher=slurm`` and ``hydra/launcher=local``; README, "Sweeps on a
+cluster")."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
-from attackpsm.cluster import SubmitsPendingShards
+from attackpsm.cluster import job_record, write_record
+from attackpsm.storage import RunDirs, ShardStore
+
+log = logging.getLogger("attackpsm")
+
+
+class SubmitsPendingShards:
+    """Mixin of the submitit launchers: finished shards are not submitted again.
+
+    Before submitting, each job's config is composed and its shard looked up in the results
+    directory (:class:`~attackpsm.storage.ShardStore`; each distinct dataset's index is
+    built once for its data fingerprint); a finished shard is recorded for the end-of-sweep
+    merge (as its job would have done) and left out of the job array, so re-running a sweep
+    to finish its stragglers submits only them. A shard that finishes between this check and
+    its task start still finds its work done (:func:`attackpsm.storage.finished_shard`).
+    A dataset that crafts when constructed (``dataset=transfer``) is not looked up here.
+    """
+
+    def launch(self, job_overrides, initial_job_idx):  # noqa: ANN001 - Hydra's signature
+        from hydra.core.utils import JobReturn, JobStatus
+        from omegaconf import open_dict
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        run_dirs = RunDirs()  # one index build per distinct dataset
+        pending, done = [], []
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)
+                )
+                with open_dict(cfg):
+                    cfg.hydra.job.num = idx
+                run_dir = run_dirs(cfg)
+                finished = (
+                    run_dir is not None
+                    and ShardStore(run_dir, cfg.shard.index, cfg.shard.count).finished
+                )
+            except Exception as exc:  # the job itself reports a bad config, with context
+                log.warning("job #%d: cannot look up its shard (%s); submitting it", idx, exc)
+                finished = False
+            if not finished:
+                pending.append(overrides)
+                continue
+            write_record(sweep_dir, f"finished-{idx:06d}", job_record(cfg, run_dir))
+            log.info("\t#%d : %s -- already finished, not submitted", idx, " ".join(overrides))
+            ret = JobReturn(overrides=list(overrides), cfg=cfg, status=JobStatus.COMPLETED)
+            ret.task_name = "attackpsm"
+            done.append(ret)
+        if done:
+            log.info(
+                "%d of %d jobs already finished; submitting %d",
+                len(done),
+                len(job_overrides),
+                len(pending),
+            )
+        returns = list(super().launch(pending, initial_job_idx)) if pending else []
+        return returns + done
 
 
 class SlurmLauncher(SubmitsPendingShards, submitit_launcher.SlurmLauncher):

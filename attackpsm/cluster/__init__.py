@@ -16,7 +16,10 @@ pieces make it a study that can be killed and resumed at any point:
   the sweep it merges every run's shards, writes the per-run and sweep-wide summary tables
   and logs one W&B *aggregate* run per run identity (the shards' runs share its group).
 
-After a sweep that failed or was killed, the same end-of-sweep step is::
+The launchers (``hydra_plugins/attackpsm_launchers``) leave finished shards out of a re-run's
+job array and record them here (:func:`write_record`) as their jobs would have done. After a
+sweep that failed or was killed, the same end-of-sweep step is the command line of
+:mod:`attackpsm.cluster.__main__`::
 
     python -m attackpsm.cluster merge logs/multiruns/<date>    # a sweep directory
     python -m attackpsm.cluster merge results                   # every run under a results dir
@@ -24,13 +27,11 @@ After a sweep that failed or was killed, the same end-of-sweep step is::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from attackpsm.accuracy import clean_accuracy_markdown, sweep_clean_accuracy
 from attackpsm.results import SUMMARY_COLUMNS
 from attackpsm.storage import (
-    RunDirs,
     RunStatus,
-    ShardStore,
     StorageError,
     headline,
     load_results,
@@ -178,7 +177,14 @@ def job_record(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     }
 
 
-def _write_record(sweep_dir: Path, name: str, record: dict[str, Any]) -> None:
+def write_record(sweep_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Record one job for the end-of-sweep merge: ``<sweep dir>/.runs/<name>.json``.
+
+    Args:
+        sweep_dir: the sweep directory (``hydra.sweep.dir``).
+        name: the record's file name without ``.json`` (unique per job of the sweep).
+        record: what :func:`job_record` returns for the job.
+    """
     folder = sweep_dir / RECORDS
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=1, default=str))
@@ -305,7 +311,7 @@ class SweepCallback(Callback):
         except Exception as exc:  # the job itself reports bad configs, with context
             log.warning("cannot record this job for the end of the sweep: %s", exc)
             return
-        _write_record(Path(config.hydra.sweep.dir), f"{config.hydra.job.num:06d}", record)
+        write_record(Path(config.hydra.sweep.dir), f"{config.hydra.job.num:06d}", record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -332,154 +338,3 @@ class SweepCallback(Callback):
         clean = sweep_clean_accuracy([status.run_dir for _, status in finished if status.merged])
         if len(clean):  # attack=none runs: one Table-1 line per metric
             print("\n" + clean_accuracy_markdown(clean))
-
-
-# --- command line --------------------------------------------------------------------------
-
-
-def _records_for(path: Path) -> list[dict[str, Any]]:
-    """Records for a sweep directory, a run directory or a results directory."""
-    path = Path(path).absolute()
-    if (path / RECORDS).exists():
-        return sweep_records(path)
-    run_dirs = (
-        [path]
-        if (path / "identity.yaml").exists()
-        else sorted(p.parent for p in path.rglob("identity.yaml"))
-    )
-    out = []
-    for run_dir in run_dirs:
-        identity = read_identity(run_dir)
-        for count in shard_counts(run_dir) or [1]:
-            rel = run_dir.relative_to(path) if run_dir != path else Path(*run_dir.parts[-4:])
-            out.append(
-                {
-                    "run_dir": str(run_dir),
-                    "results_dir": str(run_dir.parents[3]) if len(rel.parts) == 4 else str(path),
-                    "shard_count": count,
-                    "dataset": identity.get("dataset", {}).get("name"),
-                    "metric": identity.get("metric", {}).get("name"),
-                    "attack": identity.get("attack", {}).get("name"),
-                    "resolution": identity.get("resolution"),
-                    "logger": None,
-                }
-            )
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m attackpsm.cluster",
-        description="Merge the shards of finished runs and write their summaries.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    merge = sub.add_parser("merge", help="merge shards, write summaries, log W&B aggregates")
-    merge.add_argument(
-        "paths",
-        nargs="*",
-        type=Path,
-        help="sweep directories, run directories or results directories (default: $ATTACKPSM_RESULTS or results)",
-    )
-    merge.add_argument("--no-wandb", action="store_true", help="do not log W&B aggregate runs")
-    merge.add_argument(
-        "--wandb-dir",
-        type=Path,
-        default=None,
-        help="log aggregates of runs found outside a sweep directory here (offline)",
-    )
-    merge.add_argument(
-        "--summary",
-        type=Path,
-        default=None,
-        help="also write the combined summary.csv/status.md into this folder",
-    )
-    args = parser.parse_args(argv)
-
-    paths = args.paths or [Path(os.environ.get("ATTACKPSM_RESULTS", "results"))]
-    records = []
-    for path in paths:
-        if not path.exists():
-            parser.error(f"{path} does not exist")
-        found = _records_for(path)
-        if args.wandb_dir:
-            spec = {
-                "_target_": "attackpsm.loggers.WandbLogger",
-                "mode": "offline",
-                "dir": str(args.wandb_dir.absolute()),
-            }
-            for rec in found:
-                rec["logger"] = rec.get("logger") or spec
-        records += found
-    finished = finish_runs(records, wandb=not args.no_wandb)
-    for line in status_lines(finished):
-        print(line)
-    if args.summary:
-        write_sweep_summary(args.summary, finished)
-    incomplete = [s for _, s in finished if not s.merged]
-    if incomplete:
-        print(
-            f"{len(incomplete)} of {len(finished)} runs are incomplete: re-run the same sweep command to finish them",
-            file=sys.stderr,
-        )
-    return 1 if incomplete else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-# --- launchers: a re-run submits only the shards with work left ------------------------------
-
-
-class SubmitsPendingShards:
-    """Mixin of the submitit launchers: finished shards are not submitted again.
-
-    Before submitting, each job's config is composed and its shard looked up in the results
-    directory (:class:`~attackpsm.storage.ShardStore`; each distinct dataset's index is
-    built once for its data fingerprint); a finished shard is recorded for the end-of-sweep
-    merge (as its job would have done) and left out of the job array, so re-running a sweep
-    to finish its stragglers submits only them. A shard that finishes between this check and
-    its task start still finds its work done (:func:`attackpsm.storage.finished_shard`).
-    A dataset that crafts when constructed (``dataset=transfer``) is not looked up here.
-    """
-
-    def launch(self, job_overrides, initial_job_idx):  # noqa: ANN001 - Hydra's signature
-        from hydra.core.utils import JobReturn, JobStatus
-        from omegaconf import open_dict
-
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        run_dirs = RunDirs()  # one index build per distinct dataset
-        pending, done = [], []
-        for i, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + i
-            try:
-                cfg = self.hydra_context.config_loader.load_sweep_config(
-                    self.config, list(overrides)
-                )
-                with open_dict(cfg):
-                    cfg.hydra.job.num = idx
-                run_dir = run_dirs(cfg)
-                finished = (
-                    run_dir is not None
-                    and ShardStore(run_dir, cfg.shard.index, cfg.shard.count).finished
-                )
-            except Exception as exc:  # the job itself reports a bad config, with context
-                log.warning("job #%d: cannot look up its shard (%s); submitting it", idx, exc)
-                finished = False
-            if not finished:
-                pending.append(overrides)
-                continue
-            _write_record(sweep_dir, f"finished-{idx:06d}", job_record(cfg, run_dir))
-            log.info("\t#%d : %s -- already finished, not submitted", idx, " ".join(overrides))
-            ret = JobReturn(overrides=list(overrides), cfg=cfg, status=JobStatus.COMPLETED)
-            ret.task_name = "attackpsm"
-            done.append(ret)
-        if done:
-            log.info(
-                "%d of %d jobs already finished; submitting %d",
-                len(done),
-                len(job_overrides),
-                len(pending),
-            )
-        returns = list(super().launch(pending, initial_job_idx)) if pending else []
-        return returns + done

@@ -321,6 +321,16 @@ def test_square_rejects_bad_parameters():
         Square(p_init=2, norm="l2")
 
 
+def test_square_sweep_prints_one_row_per_setting(capsys):
+    """The sweep behind Square's defaults (README, "Stronger evaluation") runs end to end."""
+    from attackpsm.attacks.square_sweep import main
+
+    main(["--sizes", "32", "--queries", "4", "--p-init", "0.3", "0.8", "--num-triplets", "2"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| l")]
+    assert [r.split("|")[1].strip() for r in rows] == ["linf", "linf", "l2", "l2"]
+    assert all(0 <= int(r.split("|")[6]) <= 2 for r in rows)
+
+
 # --- integer parameters -------------------------------------------------------------------
 
 

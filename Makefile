@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1  # test-only, see pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install attackpsm with its dependencies

@@ -112,11 +112,44 @@ def test_apgd_restarts_never_lose_flips(metrics, batch):
     assert (again.adv - prey).abs().max() <= 0.002 + 1e-6
 
 
+def test_apgd_random_start_is_in_the_ball_and_drawn_per_triplet(metrics, batch):
+    """With no step, the result is the random start itself: inside the ball, not the prey,
+    and the same for a triplet whether it is attacked in the batch or alone."""
+    metric = metrics["l2"]
+    prepared, prey, s_other = _prey(metric, batch)
+    attack = APGD(eps=0.03, max_iterations=0, random_start=True)
+    out = attack.run(metric, prepared, prey, s_other)
+    delta = (out.adv - prey).abs()
+    assert delta.max() <= 0.03 + 1e-6
+    assert (delta.flatten(1).mean(dim=1) > 0.005).all()  # uniform in [-ε, ε]: mean |δ| ≈ ε/2
+    alone = attack.run(metric, prepared[3:4], prey[3:4], s_other[3:4])
+    assert torch.equal(alone.adv[0], out.adv[3])
+    l2 = APGD(eps=0.5, norm="l2", max_iterations=0, random_start=True)
+    start = l2.run(metric, prepared, prey, s_other).adv - prey
+    assert start.flatten(1).norm(dim=1).max() <= 0.5 + 1e-4
+
+
+def test_apgd_random_restarts_never_flip_fewer_than_one_random_start(metrics, batch):
+    """The reference APGD's setting (random start, restarts) on a budget where one start
+    flips only part of a fixed set: more starts keep every flip of the first."""
+    metric = metrics["lpips_rand"]
+    prepared, prey, s_other = _prey(metric, batch)
+    one = APGD(eps=0.002, max_iterations=5, random_start=True)
+    more = APGD(eps=0.002, max_iterations=5, random_start=True, restarts=2)
+    first, again = (a.run(metric, prepared, prey, s_other) for a in (one, more))
+    assert 0 < int(first.flipped.sum()) < len(prey)  # the set leaves room to gain and lose
+    assert (again.flipped | ~first.flipped).all()
+    assert int(again.flipped.sum()) >= int(first.flipped.sum())
+    assert (again.adv - prey).abs().max() <= 0.002 + 1e-6
+
+
 def test_apgd_rejects_bad_parameters():
     with pytest.raises(ValueError, match="norm"):
         APGD(norm="l1")
     with pytest.raises(ValueError, match="eot_samples"):
         APGD(eot_samples=0)
+    with pytest.raises(ValueError, match="random_start must be true or false, got 'yes'"):
+        APGD(random_start="yes")
 
 
 # --- EoT ----------------------------------------------------------------------------------
@@ -286,6 +319,16 @@ def test_square_rejects_bad_parameters():
         Square(max_queries=0)
     with pytest.raises(ValueError, match="p_init must be <= 1, got 2"):
         Square(p_init=2, norm="l2")
+
+
+def test_square_sweep_prints_one_row_per_setting(capsys):
+    """The sweep behind Square's defaults (README, "Stronger evaluation") runs end to end."""
+    from attackpsm.attacks.square_sweep import main
+
+    main(["--sizes", "32", "--queries", "4", "--p-init", "0.3", "0.8", "--num-triplets", "2"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| l")]
+    assert [r.split("|")[1].strip() for r in rows] == ["linf", "linf", "l2", "l2"]
+    assert all(0 <= int(r.split("|")[6]) <= 2 for r in rows)
 
 
 # --- integer parameters -------------------------------------------------------------------

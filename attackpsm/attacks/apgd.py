@@ -86,7 +86,10 @@ class APGD(Attack):
         rho: checkpoint condition (0.75).
         momentum: weight of the new step ``α`` (0.75).
         eot_samples: score draws per step for stochastic metrics (1).
-        restarts: extra runs from random starts for triplets still unflipped (0).
+        random_start: start the first run from a uniform point of the ball around the prey
+            instead of the prey itself, as the reference APGD does (False).
+        restarts: extra runs from random starts for triplets still unflipped (0); the
+            reference APGD's ``n_restarts`` is ``restarts + 1`` with ``random_start``.
         seed: random starts, drawn from each triplet's own stream (keyed by the prey's
             pixels and the seed: identical results batched or one at a time).
 
@@ -111,6 +114,7 @@ class APGD(Attack):
         eot_samples: int = 1,
         restarts: int = 0,
         seed: int = 0,
+        random_start: bool = False,
     ):
         check_positive("eps", eps, allow_zero=True)
         if norm not in NORMS:
@@ -128,8 +132,13 @@ class APGD(Attack):
         self.rho = float(rho)
         self.momentum = float(momentum)
         self.eot_samples = int(eot_samples)
+        if not isinstance(random_start, bool):
+            raise ValueError(
+                f"attack parameter random_start must be true or false, got {random_start!r}"
+            )
         self.restarts = int(restarts)
         self.seed = int(seed)
+        self.random_start = random_start
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
@@ -147,15 +156,16 @@ class APGD(Attack):
         """APGD with a per-triplet budget ``eps`` (a float or an ``(N,)`` tensor)."""
         n = prey.shape[0]
         eps = _per_sample(eps, n, prey.device)
-        result = self._single(metric, prepared_ref, prey, s_other, eps, start=None)
         keys = image_keys(prey, self.seed)
+        everyone = torch.arange(n, device=prey.device)
+        first = self._random_start(keys, prey, eps, everyone, 0) if self.random_start else None
+        result = self._single(metric, prepared_ref, prey, s_other, eps, start=first)
+        offset = 1 if self.random_start else 0  # stream step 0 is the first start's
         for restart in range(self.restarts):
             todo = (~result.flipped).nonzero().flatten()
             if len(todo) == 0:
                 break
-            # each triplet's own stream: the start does not depend on the batch
-            noise = uniform(keys[todo], restart, prey.shape[1:]).to(prey.device) * 2 - 1
-            start = prey[todo] + project(noise * eps[todo].view(-1, 1, 1, 1), eps[todo], self.norm)
+            start = self._random_start(keys, prey, eps, todo, restart + offset)
             again = self._single(
                 metric, select(prepared_ref, todo), prey[todo], s_other[todo], eps[todo], start
             )
@@ -170,6 +180,22 @@ class APGD(Attack):
             result.flipped[idx] = again.flipped[better]
             result.columns["iterations"][idx] = again.columns["iterations"][better]
         return result
+
+    def _random_start(
+        self,
+        keys: torch.Tensor,
+        prey: torch.Tensor,
+        eps: torch.Tensor,
+        todo: torch.Tensor,
+        step: int,
+    ) -> torch.Tensor:
+        """Uniform noise in ``[-ε, ε]`` around ``prey[todo]`` (ℓ2: projected onto the ball).
+
+        Drawn from each triplet's own stream at ``step``, so the start does not depend on
+        the batch (Croce & Hein, 2020, Alg. 1 starts from such a point).
+        """
+        noise = uniform(keys[todo], step, prey.shape[1:]).to(prey.device) * 2 - 1
+        return prey[todo] + project(noise * eps[todo].view(-1, 1, 1, 1), eps[todo], self.norm)
 
     def _score(self, metric: Metric, prepared: Any, x: torch.Tensor) -> torch.Tensor:
         return metric.expected_score(prepared, x, self.eot_samples)

@@ -4,7 +4,8 @@
 # then runs the bench (engine vs per-triplet loop, then the loading rows -- BAPPS PNGs vs the
 # decoded-triplet cache -- and the end-to-end rows: whole PGD(30) LPIPS(Alex) 64x64 runs from
 # the cache and from PNGs next to the engine alone) and writes bench.json, bench.md and the
-# log to OUT_DIR. `--pipeline only` runs just the loading and end-to-end rows.
+# log to OUT_DIR. `--pipeline only` runs just the loading and end-to-end rows. Then the
+# certification throughput (noisy samples/s of attack=certify on LPIPS(Alex)) in certify.json.
 #
 #   launchers/gpu_check.sh OUT_DIR [extra bench arguments, e.g. --quick]
 set -euo pipefail
@@ -27,4 +28,5 @@ export ATTACKPSM_WEIGHTS=$weights ATTACKPSM_ALLOW_FETCH=false PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
   "$PY" -m attackpsm.bench --device "${BENCH_DEVICE:-cuda}" --out "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md" "$@"
+  "$PY" -m attackpsm.bench --device "${BENCH_DEVICE:-cuda}" --certify lpips_alex --out "$OUT_DIR/certify.json"
 } 2>&1 | tee "$OUT_DIR/bench.log"

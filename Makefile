@@ -29,7 +29,7 @@ run: weights ## The main job: PGD on LPIPS(Alex), embedded synthetic dataset, 64
 	$(PY) -m attackpsm
 
 calibrate: weights ## Synthetic set vs BAPPS: clean accuracy (Table 1) and margins (Table 3) per metric
-	$(PY) -m attackpsm.data.calibrate $(CALIBRATE_ARGS)
+	$(PY) -m attackpsm.calibrate $(CALIBRATE_ARGS)
 
 data-bapps: install ## Download the BAPPS 2AFC val set (the paper's) into $(DATA)/bapps (needs internet)
 	$(PY) -m attackpsm.data download bapps --root $(DATA)/bapps
@@ -74,9 +74,10 @@ leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks into $(R
 	$(PY) -m attackpsm -m logger=none progress=false metric=smoothed metric.base=$(CERTIFY_METRICS) metric.sigma=$(CERTIFY_SIGMA) attack=certify,min_eps_smoothed paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	$(PY) -m attackpsm.leaderboard $(RESULTS)
 
-lint: install ## Ruff lint and format check
+lint: install ## Ruff lint and format check, and the import layers of the package (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from attackpsm.config import CONFIG_DIR
+
 log = logging.getLogger("attackpsm")
 
 

@@ -583,7 +583,7 @@ def logging_overhead(overrides: list[str], device: str = "cpu", repeats: int = 3
 
     from hydra import compose, initialize_config_dir
 
-    from attackpsm.__main__ import normalise_argv
+    from attackpsm.config import normalise_argv
     from attackpsm.run import run
 
     overrides = normalise_argv(list(overrides))  # resolution=64 as on the command line

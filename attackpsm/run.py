@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.config import build
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
@@ -39,14 +39,6 @@ from attackpsm.storage import (
 )
 
 log = logging.getLogger("attackpsm")
-
-
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """Instantiate a config-group node; its ``name`` key names the option, not an argument."""
-    spec = OmegaConf.to_container(node, resolve=True)
-    spec.pop("name", None)
-    spec.pop("cache", None)  # dataset.cache: how the images are read, not a dataset argument
-    return instantiate(spec, **kwargs)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -24,15 +24,9 @@ from pathlib import Path
 
 def count(name: str, overrides: list[str]) -> dict[str, dict[str, int]]:
     """Index ``dataset=<name>`` with the app's config and print its counts per subset."""
-    from hydra import compose, initialize_config_dir
+    from attackpsm.config import build, compose
 
-    from attackpsm.app import CONFIG_DIR
-    from attackpsm.run import build
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose(
-            config_name="config", overrides=[f"dataset={name}", "logger=none", *overrides]
-        )
+    cfg = compose([f"dataset={name}", "logger=none", *overrides])
     dataset = build(cfg.dataset, size=None)
     counts = dataset.counts()
     width = max([len(s) for s in counts] + [6])
@@ -47,18 +41,10 @@ def count(name: str, overrides: list[str]) -> dict[str, dict[str, int]]:
 
 def cache(name: str, overrides: list[str], workers: int | None) -> Path:
     """Build or verify the decoded-triplet cache of ``dataset=<name>`` at the composed resolution."""
-    from hydra import compose, initialize_config_dir
-
-    from attackpsm.__main__ import normalise_argv
-    from attackpsm.app import CONFIG_DIR
+    from attackpsm.config import build, compose
     from attackpsm.data.cache import ensure_cache
-    from attackpsm.run import build
 
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose(
-            config_name="config",
-            overrides=normalise_argv([f"dataset={name}", "logger=none", *overrides]),
-        )
+    cfg = compose([f"dataset={name}", "logger=none", *overrides])
     dataset = build(cfg.dataset, size=cfg.resolution.size)
     built = ensure_cache(dataset, cfg.paths.cache_dir, workers=workers)
     print(f"cache ready: {built.path} ({len(built)} triplets, {len(built.errors)} unusable)")

@@ -14,10 +14,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 import attackpsm
+from attackpsm.config import build
 from attackpsm.data.base import TripletDataset
 from attackpsm.storage.atomic import write_text_atomic
 
@@ -31,10 +32,7 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 def build_dataset(cfg: DictConfig) -> TripletDataset:
     """The dataset of a run's config (the index only: pixels are loaded lazily)."""
-    spec = OmegaConf.to_container(cfg.dataset, resolve=True)
-    spec.pop("name", None)
-    spec.pop("cache", None)  # dataset.cache: how the images are read, not a dataset argument
-    return instantiate(spec, size=cfg.resolution.size)
+    return build(cfg.dataset, size=cfg.resolution.size)
 
 
 def data_fingerprint(cfg: DictConfig) -> str:

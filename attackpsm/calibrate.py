@@ -1,4 +1,4 @@
-"""Calibration of the ``synthetic`` set against BAPPS: ``python -m attackpsm.data.calibrate``.
+"""Calibration of the ``synthetic`` set against BAPPS: ``python -m attackpsm.calibrate``.
 
 Scores the clean triplets with every offline metric that has a value in the paper's
 Table 1 (accuracy on the unanimous BAPPS subset) or Table 3 (mean ``|s_0 - s_1|`` on the
@@ -141,7 +141,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m attackpsm.data.calibrate",
+        prog="python -m attackpsm.calibrate",
         description="Synthetic set vs BAPPS: clean accuracy (Table 1) and margins (Table 3).",
     )
     parser.add_argument("--num-triplets", type=int, default=128)

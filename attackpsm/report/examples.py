@@ -100,7 +100,6 @@ ALLOWED_MODULES = (
     "attackpsm.data.",
     "attackpsm.metrics.",
     "attackpsm.attacks.",
-    "attackpsm.transfer",
 )
 
 

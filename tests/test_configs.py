@@ -21,8 +21,9 @@ from attackpsm.run import build
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("dataset", "metric", "attack", "resolution", "logger", "experiment")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
-# Options that read a crafted transfer set: a fresh machine has none, and must be told how to craft it.
-CRAFTS = {("dataset", "transfer")}
+# Options that read a crafted transfer set: a fresh machine has none, and must be told how to
+# craft it; attack=saved reads the craft dataset=transfer names, and says so with another dataset.
+CRAFTS = {("dataset", "transfer"), ("attack", "saved")}
 # Datasets whose files a fresh machine lacks; building them must name the root and the fix.
 NEEDS_FILES = {("dataset", "bapps"), ("dataset", "pieapp"), ("dataset", "clic")}
 
@@ -96,5 +97,9 @@ def test_every_option_composes_and_builds(tmp_path, group, option):
         return
     from attackpsm.attacks.base import Attack
 
+    if (group, option) in CRAFTS:
+        with pytest.raises(InstantiationException, match="use it with dataset=transfer"):
+            build(node)
+        return
     attack = build(node)
     assert isinstance(attack, Attack), f"attack={option} builds a {type(attack).__name__}"

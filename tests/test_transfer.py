@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from attackpsm import craft as craft_stage
-from attackpsm.attacks.base import Triplets
+from attackpsm.attacks.base import Attack, AttackResult, Triplets
+from attackpsm.attacks.cascade import Cascade
+from attackpsm.attacks.eot import EoT
+from attackpsm.attacks.none import NoAttack
 from attackpsm.attacks.saved import SavedAdversarial
 from attackpsm.data.base import collate
 from attackpsm.data.transfer import (
@@ -22,6 +25,7 @@ from attackpsm.data.transfer import (
     read_manifest,
     selected_ids,
 )
+from attackpsm.engine import attack_batch
 from attackpsm.metrics.classic import L2
 from attackpsm.run import run
 from attackpsm.stats import perturbation_stats
@@ -272,3 +276,38 @@ def test_rmse_filter_and_prey_mismatch(evaluated):
 def test_missing_manifest_fails_clearly(tmp_path):
     with pytest.raises(CraftMissing, match=f"no transfer set crafted at {tmp_path / 'nothing'}"):
         TransferTriplets(size=32, manifest=str(tmp_path / "nothing"))
+
+
+class _Recorder(Attack):
+    """Flips the triplets named in ``flip``; records the ids each call was given."""
+
+    name = "recorder"
+    white_box = False
+    needs_triplets = True
+
+    def __init__(self, flip: set[str] = frozenset()):
+        self.flip, self.calls = set(flip), []
+
+    def run(self, metric, prepared_ref, prey, s_other, triplets=None):
+        self.calls.append((list(triplets.triplet_id), triplets.prey_is_p1.tolist()))
+        with torch.no_grad():
+            s_adv = metric.score(prepared_ref, prey)
+        flipped = torch.tensor([t in self.flip for t in triplets.triplet_id])
+        return AttackResult(prey, s_adv, flipped)
+
+
+def test_triplet_ids_reach_the_attack_through_the_engine_a_cascade_and_eot():
+    """The ids are an input of ``run`` (``needs_triplets``), also inside a cascade (only the
+    triplets still unflipped, in order) and EoT; attacks that need none get none."""
+    from tests.conftest import synthetic_batch
+
+    batch = synthetic_batch(5, seed=3)
+    ids = list(batch.triplet_id)
+    first, second = _Recorder(flip={ids[1], ids[3]}), _Recorder()
+    rows, _ = attack_batch(L2(), Cascade([NoAttack(), EoT(first, 2), second]), batch)
+    prey = rows["prey"].astype(bool).tolist()
+    assert first.calls == [(ids, prey)]
+    keep = [0, 2, 4]
+    assert second.calls == [([ids[i] for i in keep], [prey[i] for i in keep])]
+    assert rows["flipped"].tolist() == [False, True, False, True, False]
+    assert not NoAttack().needs_triplets and Cascade([NoAttack()]).needs_triplets is False

@@ -62,6 +62,11 @@ class SavedAdversarial(Attack):
                     "attack=saved needs craft_dir or source (the dataset=transfer node)"
                 )
             spec = _spec(source)
+            if "source_metric" not in spec:
+                raise ValueError(
+                    "attack=saved reads the craft that dataset=transfer names: use it with "
+                    f"dataset=transfer (or experiment=table5), got dataset keys {sorted(spec)}"
+                )
             if spec.get("manifest"):
                 craft_dir = spec["manifest"]
             else:

@@ -126,9 +126,9 @@ def test_the_craft_command_refuses_bad_input_before_any_work(tmp_path):
 
 
 def _dataset(cfg) -> TransferTriplets:
-    from attackpsm.run import build
+    from attackpsm.storage import build_dataset
 
-    return build(cfg.dataset, size=cfg.resolution.size)
+    return build_dataset(cfg)
 
 
 def test_craft_saves_pngs_and_a_manifest(evaluated, lpips_alex):
@@ -311,3 +311,21 @@ def test_triplet_ids_reach_the_attack_through_the_engine_a_cascade_and_eot():
     assert second.calls == [([ids[i] for i in keep], [prey[i] for i in keep])]
     assert rows["flipped"].tolist() == [False, True, False, True, False]
     assert not NoAttack().needs_triplets and Cascade([NoAttack()]).needs_triplets is False
+
+
+def test_a_craft_whose_manifest_was_lost_is_rebuilt_from_its_parts_without_recomputing(
+    evaluated,
+):
+    """A craft interrupted after its run finished but before the manifest was merged (here:
+    the manifest deleted) is finished by the craft command from the saved parts."""
+    _, out, message = evaluated
+    craft_dir = _dataset(out["l2"][0]).select_dir
+    before = read_manifest(craft_dir)
+    pngs = {p: p.stat().st_mtime_ns for p in craft_dir.rglob("*.png")}
+    (craft_dir / MANIFEST).unlink()
+    with pytest.raises(CraftMissing, match=str(craft_dir)):
+        _dataset(out["l2"][0])
+    craft_stage.main(_craft_command(CraftMissing(message)))
+    pd.testing.assert_frame_equal(read_manifest(craft_dir), before)
+    assert {p: p.stat().st_mtime_ns for p in craft_dir.rglob("*.png")} == pngs  # no PNG rewritten
+    assert len(_dataset(out["l2"][0])) == out["l2"][1]["samples"]  # the same transfer set

@@ -62,7 +62,8 @@ class Cascade(Attack):
             todo = (~flipped).nonzero().flatten()
             if len(todo) == 0:
                 break
-            extra = {"triplets": triplets.take(todo)} if attack.needs_triplets else {}
+            given = triplets is not None and attack.needs_triplets
+            extra = {"triplets": triplets.take(todo)} if given else {}
             out = attack.run(metric, select(prepared_ref, todo), prey[todo], s_other[todo], **extra)
             s_new = out.s_adv.detach()
             if "queries" in out.columns:

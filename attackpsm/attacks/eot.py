@@ -69,7 +69,8 @@ class EoT(Attack):
         prepared_ref: Any,
         prey: torch.Tensor,
         s_other: torch.Tensor,
-        **triplets: Triplets,
+        triplets: Triplets | None = None,
     ) -> AttackResult:
         expected = ExpectedScore(metric, self.eot_samples)
-        return self.attack.run(expected, prepared_ref, prey, s_other, **triplets)
+        extra = {} if triplets is None else {"triplets": triplets}
+        return self.attack.run(expected, prepared_ref, prey, s_other, **extra)

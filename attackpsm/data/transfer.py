@@ -54,20 +54,18 @@ def load_png(path: Path) -> torch.Tensor:
         return from_uint8(np.asarray(im.convert("RGB")))
 
 
-def read_manifest(craft_dir: str | Path, command: str | None = None) -> pd.DataFrame:
+def read_manifest(craft_dir: str | Path) -> pd.DataFrame:
     """A craft's manifest.
 
-    Args:
-        craft_dir: the crafted directory.
-        command: the craft command that makes it, named in the error when it is missing.
-
     Raises:
-        CraftMissing: naming the file looked for and how to make it.
+        CraftMissing: naming the file looked for (``python -m attackpsm.craft`` makes it).
     """
     path = Path(craft_dir) / MANIFEST
     if not path.exists():
-        how = f"craft it first with:\n    {command}" if command else "craft it first"
-        raise CraftMissing(f"no transfer set crafted at {craft_dir} (no {path}); {how}")
+        raise CraftMissing(
+            f"no transfer set crafted at {craft_dir} (no {MANIFEST}); "
+            "craft it first with python -m attackpsm.craft"
+        )
     return pd.read_parquet(path)
 
 

@@ -329,3 +329,18 @@ def test_a_craft_whose_manifest_was_lost_is_rebuilt_from_its_parts_without_recom
     pd.testing.assert_frame_equal(read_manifest(craft_dir), before)
     assert {p: p.stat().st_mtime_ns for p in craft_dir.rglob("*.png")} == pngs  # no PNG rewritten
     assert len(_dataset(out["l2"][0])) == out["l2"][1]["samples"]  # the same transfer set
+
+
+def test_report_examples_regenerate_a_transfer_evaluation(evaluated):
+    """The report's example grids re-run ``attack=saved`` through the engine (the ids reach it
+    through the report's recording wrapper) and reproduce the stored flips and scores."""
+    from pathlib import Path
+
+    from attackpsm.report import examples
+
+    _, out, _ = evaluated
+    shown = examples.regenerate(Path(out["l2"][1]["run_dir"]), n=3)
+    assert shown
+    for ex in shown:
+        assert ex.flipped == ex.stored_flipped
+        assert ex.s_adv == pytest.approx(ex.stored_s_adv, rel=1e-5)

@@ -88,6 +88,12 @@ def test_a_missing_craft_names_the_craft_command_and_the_directory(tmp_path):
     assert args[0] == "pgd10" and "dataset.select=stadv" in args
     assert f"dataset.store={store}" in args and "resolution.size=32" in args
     assert not (tmp_path / "results").exists()  # nothing written, nothing crafted
+    # a selection named by hand that is not there: no command can make it, none is named
+    hand = tmp_path / "by_hand"
+    cfg = make_cfg(tmp_path, _overrides("l2", "pgd10", f"dataset.select_manifest={hand}"))
+    with pytest.raises(CraftMissing, match=f"crafted at {hand}, ") as missing:
+        run(cfg)
+    assert "python -m attackpsm.craft" not in str(missing.value)
 
 
 def test_the_craft_command_makes_the_evaluation_work(evaluated):

@@ -106,13 +106,16 @@ def craft_command(
     size: int | None,
     seed: int,
     store: str | Path,
+    select_manifest: str | None = None,
 ) -> str:
     """The ``python -m attackpsm.craft`` command line that crafts ``column`` (and the
-    ``select`` craft that chooses the triplets) where :func:`craft_location` looks."""
+    ``select`` craft that chooses the triplets, unless ``select_manifest`` names it) where
+    :func:`craft_location` looks."""
     overrides = ",".join(json.dumps(str(o)) for o in source_overrides)
+    chooser = f"dataset.select_manifest={select_manifest}" if select_manifest else None
     args = [
         column,
-        f"dataset.select={select}",
+        chooser or f"dataset.select={select}",
         f"dataset.source={source}",
         f"dataset.source_metric={source_metric}",
         *([f"dataset.source_overrides=[{overrides}]"] if source_overrides else []),
@@ -168,7 +171,7 @@ class TransferTriplets(TripletDataset):
             seed=seed,
             store=store,
         )
-        command = craft_command(column=column, select=select, **where)
+        command = craft_command(column, select, select_manifest=select_manifest, **where)
         if manifest:  # evaluate a given craft; it selects its own triplets unless told otherwise
             self.column_dir = Path(manifest)
             self.select_dir = Path(select_manifest) if select_manifest else self.column_dir
@@ -178,6 +181,8 @@ class TransferTriplets(TripletDataset):
             self.select_dir = (
                 Path(select_manifest) if select_manifest else craft_location(column=select, **where)
             )
+            if select_manifest and not (self.select_dir / MANIFEST).exists():
+                command = None  # a directory given by hand: no command makes it
         # both manifests before anything else: the error names every missing craft at once
         missing = [
             d

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy.stats import beta, norm
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
+from attackpsm.attacks.base import Attack, AttackResult, Triplets, check_int, check_positive
 from attackpsm.metrics.base import Metric, select
 from attackpsm.metrics.smoothed import Smoothed
 from attackpsm.twoafc import rank_flipped
@@ -126,6 +126,7 @@ class Certify(Attack):
     name = "certify"
     white_box = False
     columns = ("p_lower", "radius", "abstained", "samples", "p_hat")
+    needs_triplets = True  # each triplet's noise comes from a generator seeded by its id
 
     def __init__(
         self,
@@ -145,10 +146,6 @@ class Certify(Attack):
             raise ValueError(f"attack parameter alpha must be in (0, 1), got {alpha}")
         self.n0, self.n, self.alpha = int(n0), int(n), float(alpha)
         self.chunk, self.max_batch, self.seed = int(chunk), int(max_batch), int(seed)
-        self._ids: list[str] | None = None
-
-    def on_batch(self, batch: Any, prey_is_p1: torch.Tensor) -> None:
-        self._ids = list(batch.triplet_id)
 
     def certify(
         self,
@@ -184,13 +181,16 @@ class Certify(Attack):
         }
 
     def run(
-        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+        self,
+        metric: Metric,
+        prepared_ref: Any,
+        prey: torch.Tensor,
+        s_other: torch.Tensor,
+        triplets: Triplets | None = None,
     ) -> AttackResult:
-        ids = self._ids
-        if ids is None or len(ids) != prey.shape[0]:
-            raise ValueError("attack=certify needs the triplet ids (the engine's on_batch)")
-        self._ids = None
-        cols = self.certify(metric, prepared_ref, prey, s_other, ids)
+        if triplets is None:
+            raise ValueError("attack=certify needs the triplet ids (run(..., triplets=...))")
+        cols = self.certify(metric, prepared_ref, prey, s_other, triplets.triplet_id)
         flipped = cols.pop("flipped")
         with torch.no_grad():
             s_prey = metric.score(prepared_ref, prey)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from attackpsm.attacks.base import Attack
+from attackpsm.attacks.base import Attack, Triplets
 from attackpsm.data.base import Batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import Metric, select
@@ -88,9 +88,13 @@ def attack_batch(
     rank, s_other, s_prey = chosen.is_p1, chosen.s_other, chosen.s_prey
     prey = chosen.images(batch.p0, batch.p1)
 
-    if hasattr(attack, "on_batch"):
-        attack.on_batch(batch, rank)
-    result = attack.run(metric, prepared, prey, s_other)
+    # attacks that read per-triplet state (a saved image, a seeded stream) get the ids as input
+    extra = (
+        {"triplets": Triplets(list(batch.triplet_id), rank)}
+        if getattr(attack, "needs_triplets", False)
+        else {}
+    )
+    result = attack.run(metric, prepared, prey, s_other, **extra)
     adv = result.adv.detach()
     s_adv_uint8, s_other_uint8 = _rescore_uint8(metric, prepared, batch, chosen, adv)
     stats = perturbation_stats(adv, prey)

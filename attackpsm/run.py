@@ -37,6 +37,7 @@ from attackpsm.storage import (
     run_identity,
     write_identity,
 )
+from attackpsm.storage.craft import CraftWriter
 
 log = logging.getLogger("attackpsm")
 
@@ -82,8 +83,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     identity = run_identity(cfg, fingerprint)
     sink = None
     if cfg.get("craft"):  # transfer benchmark, craft stage: save adversarial PNGs + manifest
-        from attackpsm.transfer import CraftWriter
-
         sink = CraftWriter(cfg.craft, identity, reverse=attack.reverse)
 
     run_dir = run_dir_for(cfg, fingerprint)

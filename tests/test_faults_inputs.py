@@ -32,6 +32,7 @@ from attackpsm.data.bapps import BAPPS
 from attackpsm.data.clic import CLIC
 from attackpsm.data.pieapp import PieAPP
 from attackpsm.data.synthetic import SyntheticTriplets
+from attackpsm.data.transfer import MANIFEST, TransferTriplets
 from attackpsm.engine import FittingBatches, attack_batch, contract_violations
 from attackpsm.metrics import weights
 from attackpsm.metrics.classic import L2
@@ -39,7 +40,6 @@ from attackpsm.preflight import check_resolution, metric_minimum_size
 from attackpsm.report.examples import check_targets, regenerate
 from attackpsm.report.load import Run
 from attackpsm.run import build
-from attackpsm.transfer import MANIFEST, TransferTriplets
 from tests.conftest import synthetic_batch
 from tests.dataset_fixtures import make_bapps, make_clic, make_pieapp, save_png
 

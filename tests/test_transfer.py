@@ -1,24 +1,36 @@
-"""Transfer benchmark: craft on LPIPS(Alex) (real weights), evaluate L2 and SSIM from the files."""
+"""Transfer benchmark: craft on LPIPS(Alex) (real weights) with the craft command, then
+evaluate L2 and SSIM from the files."""
 
 from __future__ import annotations
+
+import shlex
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from attackpsm import craft as craft_stage
+from attackpsm.attacks.base import Attack, AttackResult, Triplets
+from attackpsm.attacks.cascade import Cascade
+from attackpsm.attacks.eot import EoT
+from attackpsm.attacks.none import NoAttack
+from attackpsm.attacks.saved import SavedAdversarial
 from attackpsm.data.base import collate
-from attackpsm.metrics.classic import L2
-from attackpsm.run import run
-from attackpsm.stats import perturbation_stats
-from attackpsm.transfer import (
-    SavedAdversarial,
+from attackpsm.data.transfer import (
+    MANIFEST,
+    CraftMissing,
     TransferTriplets,
     load_png,
     read_manifest,
     selected_ids,
-    table5,
 )
+from attackpsm.engine import attack_batch
+from attackpsm.metrics.classic import L2
+from attackpsm.run import run
+from attackpsm.stats import perturbation_stats
+from attackpsm.transfer import main as table5_main
+from attackpsm.transfer import table5
 
 SOURCE = ["dataset.num_triplets=6", "attack.max_iterations=20"]
 
@@ -36,27 +48,97 @@ def _overrides(metric: str, column: str = "stadv", *extra: str) -> list[str]:
     ]
 
 
+def _craft_command(error: CraftMissing) -> list[str]:
+    """The arguments of the ``python -m attackpsm.craft`` line an error names."""
+    line = next(x.strip() for x in str(error).splitlines() if "python -m attackpsm.craft" in x)
+    words = shlex.split(line)
+    assert words[:3] == ["python", "-m", "attackpsm.craft"], line
+    return words[3:]
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """Craft stAdv on LPIPS(Alex) once, then evaluate L2 and SSIM on the saved images."""
+    """Evaluate L2 before any craft (fails, naming the craft command), run that exact
+    command (stAdv on LPIPS(Alex)), then evaluate L2 and SSIM on the saved images."""
     from tests.conftest import make_cfg
 
     tmp = tmp_path_factory.mktemp("transfer")
+    with pytest.raises(CraftMissing) as missing:
+        run(make_cfg(tmp, _overrides("l2")))
+    assert not (tmp / "results" / "transfer").exists()  # refused before any work
+    craft_stage.main(_craft_command(missing.value))
     out = {}
     for metric in ("l2", "ssim"):
         cfg = make_cfg(tmp, _overrides(metric))
         out[metric] = (cfg, run(cfg))
-    return tmp, out
+    return tmp, out, str(missing.value)
+
+
+def test_a_missing_craft_names_the_craft_command_and_the_directory(tmp_path):
+    from tests.conftest import make_cfg
+
+    cfg = make_cfg(tmp_path, _overrides("l2", "pgd10"))
+    with pytest.raises(CraftMissing) as missing:
+        run(cfg)
+    message = str(missing.value)
+    store = tmp_path / "results" / "crafted"
+    for column in ("stadv", "pgd10"):  # the selection craft and the column's, both missing
+        assert f"{store}/synthetic-" in message and f"/lpips_alex/res32/{column}" in message
+    args = _craft_command(missing.value)
+    assert args[0] == "pgd10" and "dataset.select=stadv" in args
+    assert f"dataset.store={store}" in args and "resolution.size=32" in args
+    assert not (tmp_path / "results").exists()  # nothing written, nothing crafted
+    # a selection named by hand that is not there: no command can make it, none is named
+    hand = tmp_path / "by_hand"
+    cfg = make_cfg(tmp_path, _overrides("l2", "pgd10", f"dataset.select_manifest={hand}"))
+    with pytest.raises(CraftMissing, match=f"crafted at {hand}, ") as missing:
+        run(cfg)
+    assert "python -m attackpsm.craft" not in str(missing.value)
+
+
+def test_the_craft_command_makes_the_evaluation_work(evaluated):
+    tmp, out, message = evaluated
+    args = _craft_command(CraftMissing(message))
+    crafted = _dataset(out["l2"][0]).select_dir / MANIFEST
+    stamp = crafted.stat().st_mtime_ns
+    assert craft_stage.craft(args) == [crafted.parent]  # already crafted: left as it is
+    assert crafted.stat().st_mtime_ns == stamp
+    for metric in ("l2", "ssim"):
+        assert out[metric][1]["samples"] > 0
+
+
+def test_the_craft_command_refuses_bad_input_before_any_work(tmp_path):
+    store = f"dataset.store={tmp_path}"
+    with pytest.raises(ValueError, match=r"unknown column\(s\) \['pgd1000'\].*'pgd10'"):
+        craft_stage.craft(["pgd1000", store])
+    with pytest.raises(ValueError, match="sweep 'seed=0,1' is not allowed"):
+        craft_stage.craft(["stadv", "seed=0,1", store])
+    with pytest.raises(ValueError, match="dataset.source=<dataset>"):
+        craft_stage.craft(["stadv", "dataset=bapps", store])
+    # the experiment's sweep names the columns; a metric sweep (the targets) is ignored
+    _, crafts = craft_stage.plan(["experiment=table5", "metric=l2,ssim", store])
+    assert [c for c, _ in crafts] == [
+        "stadv",
+        "pgd10",
+        "pgd20",
+        "stadv_pgd5",
+        "stadv_pgd10",
+        "stadv_pgd15",
+        "stadv_pgd20",
+    ]
+    _, crafts = craft_stage.plan(["experiment=table5", "dataset.column=pgd20,pgd10", store])
+    assert [c for c, _ in crafts] == ["stadv", "pgd20", "pgd10"]
+    assert not any(tmp_path.iterdir())
 
 
 def _dataset(cfg) -> TransferTriplets:
-    from attackpsm.run import build
+    from attackpsm.storage import build_dataset
 
-    return build(cfg.dataset, size=cfg.resolution.size)
+    return build_dataset(cfg)
 
 
 def test_craft_saves_pngs_and_a_manifest(evaluated, lpips_alex):
-    _, out = evaluated
+    _, out, _ = evaluated
     cfg, _ = out["l2"]
     data = _dataset(cfg)
     manifest = read_manifest(data.column_dir)
@@ -84,7 +166,7 @@ def test_craft_saves_pngs_and_a_manifest(evaluated, lpips_alex):
 
 
 def test_evaluation_counts_flips_of_the_target_from_the_files(evaluated):
-    _, out = evaluated
+    _, out, _ = evaluated
     for metric in ("l2", "ssim"):
         cfg, headline = out[metric]
         data = _dataset(cfg)
@@ -110,23 +192,27 @@ def test_evaluation_counts_flips_of_the_target_from_the_files(evaluated):
         assert torch.equal(torch.tensor(results["flipped"].to_numpy()), expected)
 
 
-def test_table5_layout(evaluated):
-    tmp, out = evaluated
-    frame = table5(tmp / "results")
+def test_table5_layout(evaluated, capsys):
+    tmp, out, _ = evaluated
+    frame = table5(tmp / "results").data
     assert set(frame["metric"]) == {"l2", "ssim"}
-    assert "stadv" in frame.columns
+    assert set(frame["source"]) == {"stAdv"}
     for metric in ("l2", "ssim"):
         results = pd.read_parquet(f"{out[metric][1]['run_dir']}/results.parquet")
         accurate = results["human_agrees"].fillna(False).astype(bool)
         row = frame[frame["metric"] == metric].iloc[0]
         assert row["accurate"] == accurate.sum()
-        assert row["stadv"] == (results["flipped"].astype(bool) & accurate).sum()
+        assert row["flipped"] == (results["flipped"].astype(bool) & accurate).sum()
+    assert table5_main([str(tmp / "results")]) == 0  # python -m attackpsm.transfer results
+    saved = pd.read_csv(tmp / "results" / "transfer" / "table5.csv")
+    assert saved["flipped"].tolist() == frame["flipped"].tolist()
+    assert "Table 5" in capsys.readouterr().out
 
 
 def test_every_column_uses_the_stadv_selection(evaluated):
     """PGD(10) is evaluated on the triplets stAdv selected (the paper's 2,726), not its own;
     a craft made by a plain run with ``craft=<dir>`` is evaluated through ``dataset.manifest``."""
-    tmp, out = evaluated
+    tmp, out, _ = evaluated
     from tests.conftest import make_cfg
 
     pgd_dir = tmp / "pgd10"
@@ -147,13 +233,15 @@ def test_every_column_uses_the_stadv_selection(evaluated):
     assert set(pgd10["attack"]) == {"pgd10"} and len(pgd10) == 6
     linf = pgd10["linf_saved"].to_numpy()
     assert (linf <= 0.03 + 1 / 127.5 + 1e-6).all()  # ε = 0.03, then 8-bit rounding
-    frame = table5(tmp / "results")
-    assert {"pgd10", "stadv"} <= set(frame.columns)
-    assert list(frame.columns).index("pgd10") < list(frame.columns).index("stadv")  # Table 5 order
+    frame = table5(tmp / "results").data
+    assert {"PGD(10)", "stAdv"} <= set(frame["source"])
+    pgd_l2 = frame[(frame["source"] == "PGD(10)") & (frame["metric"] == "l2")].iloc[0]
+    accurate = results["human_agrees"].fillna(False).astype(bool)
+    assert pgd_l2["flipped"] == (results["flipped"].astype(bool) & accurate).sum()
 
 
 def test_rmse_filter_and_prey_mismatch(evaluated):
-    _, out = evaluated
+    _, out, _ = evaluated
     cfg, _ = out["l2"]
     data = _dataset(cfg)
     manifest = read_manifest(data.select_dir)
@@ -181,13 +269,84 @@ def test_rmse_filter_and_prey_mismatch(evaluated):
     for prey_is_p1, expect in ((saved_prey, True), (~saved_prey, False)):
         prey = torch.where(prey_is_p1[:, None, None, None], batch.p1, batch.p0)
         other = torch.where(prey_is_p1[:, None, None, None], batch.p0, batch.p1)
-        attack.on_batch(batch, prey_is_p1)
-        result = attack.run(l2, prepared, prey, l2(batch.ref, other))
+        triplets = Triplets(list(batch.triplet_id), prey_is_p1)
+        result = attack.run(l2, prepared, prey, l2(batch.ref, other), triplets=triplets)
         assert (result.columns["transferred"] == expect).all()
         if not expect:  # a target that picks the other prey gets no saved image
             assert torch.equal(result.adv, prey) and not result.flipped.any()
 
+    with pytest.raises(ValueError, match="needs the triplet id of each of the 2 preys"):
+        attack.run(l2, prepared, batch.p0, l2(batch.ref, batch.p1))  # no ids: no guess
+
 
 def test_missing_manifest_fails_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="manifest"):
+    with pytest.raises(CraftMissing, match=f"no transfer set crafted at {tmp_path / 'nothing'}"):
         TransferTriplets(size=32, manifest=str(tmp_path / "nothing"))
+
+
+class _Recorder(Attack):
+    """Flips the triplets named in ``flip``; records the ids each call was given."""
+
+    name = "recorder"
+    white_box = False
+    needs_triplets = True
+
+    def __init__(self, flip: set[str] = frozenset()):
+        self.flip, self.calls = set(flip), []
+
+    def run(self, metric, prepared_ref, prey, s_other, triplets=None):
+        self.calls.append((list(triplets.triplet_id), triplets.prey_is_p1.tolist()))
+        with torch.no_grad():
+            s_adv = metric.score(prepared_ref, prey)
+        flipped = torch.tensor([t in self.flip for t in triplets.triplet_id])
+        return AttackResult(prey, s_adv, flipped)
+
+
+def test_triplet_ids_reach_the_attack_through_the_engine_a_cascade_and_eot():
+    """The ids are an input of ``run`` (``needs_triplets``), also inside a cascade (only the
+    triplets still unflipped, in order) and EoT; attacks that need none get none."""
+    from tests.conftest import synthetic_batch
+
+    batch = synthetic_batch(5, seed=3)
+    ids = list(batch.triplet_id)
+    first, second = _Recorder(flip={ids[1], ids[3]}), _Recorder()
+    rows, _ = attack_batch(L2(), Cascade([NoAttack(), EoT(first, 2), second]), batch)
+    prey = rows["prey"].astype(bool).tolist()
+    assert first.calls == [(ids, prey)]
+    keep = [0, 2, 4]
+    assert second.calls == [([ids[i] for i in keep], [prey[i] for i in keep])]
+    assert rows["flipped"].tolist() == [False, True, False, True, False]
+    assert not NoAttack().needs_triplets and Cascade([NoAttack()]).needs_triplets is False
+
+
+def test_a_craft_whose_manifest_was_lost_is_rebuilt_from_its_parts_without_recomputing(
+    evaluated,
+):
+    """A craft interrupted after its run finished but before the manifest was merged (here:
+    the manifest deleted) is finished by the craft command from the saved parts."""
+    _, out, message = evaluated
+    craft_dir = _dataset(out["l2"][0]).select_dir
+    before = read_manifest(craft_dir)
+    pngs = {p: p.stat().st_mtime_ns for p in craft_dir.rglob("*.png")}
+    (craft_dir / MANIFEST).unlink()
+    with pytest.raises(CraftMissing, match=str(craft_dir)):
+        _dataset(out["l2"][0])
+    craft_stage.main(_craft_command(CraftMissing(message)))
+    pd.testing.assert_frame_equal(read_manifest(craft_dir), before)
+    assert {p: p.stat().st_mtime_ns for p in craft_dir.rglob("*.png")} == pngs  # no PNG rewritten
+    assert len(_dataset(out["l2"][0])) == out["l2"][1]["samples"]  # the same transfer set
+
+
+def test_report_examples_regenerate_a_transfer_evaluation(evaluated):
+    """The report's example grids re-run ``attack=saved`` through the engine (the ids reach it
+    through the report's recording wrapper) and reproduce the stored flips and scores."""
+    from pathlib import Path
+
+    from attackpsm.report import examples
+
+    _, out, _ = evaluated
+    shown = examples.regenerate(Path(out["l2"][1]["run_dir"]), n=3)
+    assert shown
+    for ex in shown:
+        assert ex.flipped == ex.stored_flipped
+        assert ex.s_adv == pytest.approx(ex.stored_s_adv, rel=1e-5)

@@ -11,7 +11,7 @@ Black-box (metric outputs only):
 Stronger evaluation: :class:`~attackpsm.attacks.eot.EoT` (stochastic metrics),
     :class:`~attackpsm.attacks.min_eps.MinEps` (per-triplet minimal ε),
     :class:`~attackpsm.attacks.cascade.Cascade` (``attack=autoattack``).
-Transfer (no access to the target): :class:`attackpsm.transfer.SavedAdversarial`.
+Transfer (no access to the target): :class:`~attackpsm.attacks.saved.SavedAdversarial`.
 No attack: :class:`~attackpsm.attacks.none.NoAttack` (clean accuracy).
 """
 
@@ -24,6 +24,7 @@ from attackpsm.attacks.min_eps import MinEps
 from attackpsm.attacks.none import NoAttack
 from attackpsm.attacks.onepixel import OnePixel
 from attackpsm.attacks.pgd import PGD, ReversePGD
+from attackpsm.attacks.saved import SavedAdversarial
 from attackpsm.attacks.square import Square
 from attackpsm.attacks.stadv import StAdv, StAdvPGD
 from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
@@ -38,6 +39,7 @@ __all__ = [
     "EoT",
     "MinEps",
     "NoAttack",
+    "SavedAdversarial",
     "OnePixel",
     "ReversePGD",
     "Square",

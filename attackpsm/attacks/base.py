@@ -34,6 +34,30 @@ class AttackResult:
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Triplets:
+    """Which triplets a batch of ``N`` preys belongs to, for attacks that need to know.
+
+    Attributes:
+        triplet_id: the ``N`` triplet ids, in the order of the preys.
+        prey_is_p1: ``(N,)`` bool, the prey is ``p1`` (else ``p0``), as the engine chose it.
+    """
+
+    triplet_id: list[str]
+    prey_is_p1: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.triplet_id)
+
+    def take(self, index: torch.Tensor) -> Triplets:
+        """The triplets at ``index`` (a 1-D tensor of positions), in that order."""
+        positions = index.detach().cpu().tolist()
+        return Triplets(
+            [self.triplet_id[i] for i in positions],
+            self.prey_is_p1[index.to(self.prey_is_p1.device)],
+        )
+
+
 class Attack:
     """Base class. Subclasses implement :meth:`run` and declare their threat model.
 
@@ -43,19 +67,16 @@ class Attack:
         columns: names of the extra per-triplet columns :meth:`run` returns.
         reverse: the prey is the *less* similar distortion and success is
             ``s_adv < s_other`` (Appendix F); the engine picks the prey accordingly.
+        needs_triplets: :meth:`run` takes a ``triplets`` keyword (:class:`Triplets`): which
+            triplets the preys belong to (``attack=saved`` reads each one's saved image,
+            ``attack=certify`` seeds each one's noise). Most attacks need only the prey.
     """
 
     name = "attack"
     white_box = True
     columns: tuple[str, ...] = ()
     reverse = False
-
-    def on_batch(self, batch: Any, prey_is_p1: torch.Tensor) -> None:
-        """Called by the engine before :meth:`run` with the batch being attacked.
-
-        Most attacks need nothing but the prey; attacks that read stored per-triplet
-        results (``attack=saved``) use the triplet ids and which side is the prey.
-        """
+    needs_triplets = False
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult
+from attackpsm.attacks.base import Attack, AttackResult, Triplets
 from attackpsm.metrics.base import Metric, select
 from attackpsm.twoafc import flip_margin
 
@@ -41,13 +41,15 @@ class Cascade(Attack):
             raise ValueError("a cascade cannot mix forward and reverse attacks")
         self.white_box = any(a.white_box for a in self.attacks)
         self.reverse = self.attacks[0].reverse
-
-    def on_batch(self, batch: Any, prey_is_p1: torch.Tensor) -> None:
-        for a in self.attacks:
-            a.on_batch(batch, prey_is_p1)
+        self.needs_triplets = any(a.needs_triplets for a in self.attacks)
 
     def run(
-        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+        self,
+        metric: Metric,
+        prepared_ref: Any,
+        prey: torch.Tensor,
+        s_other: torch.Tensor,
+        triplets: Triplets | None = None,
     ) -> AttackResult:
         n, device = prey.shape[0], prey.device
         adv = prey.clone()
@@ -60,7 +62,9 @@ class Cascade(Attack):
             todo = (~flipped).nonzero().flatten()
             if len(todo) == 0:
                 break
-            out = attack.run(metric, select(prepared_ref, todo), prey[todo], s_other[todo])
+            given = triplets is not None and attack.needs_triplets
+            extra = {"triplets": triplets.take(todo)} if given else {}
+            out = attack.run(metric, select(prepared_ref, todo), prey[todo], s_other[todo], **extra)
             s_new = out.s_adv.detach()
             if "queries" in out.columns:
                 queries[todo] += out.columns["queries"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int
+from attackpsm.attacks.base import Attack, AttackResult, Triplets, check_int
 from attackpsm.metrics.base import Metric
 
 
@@ -61,11 +61,16 @@ class EoT(Attack):
         self.white_box = attack.white_box
         self.reverse = attack.reverse
         self.columns = attack.columns
-
-    def on_batch(self, batch: Any, prey_is_p1: torch.Tensor) -> None:
-        self.attack.on_batch(batch, prey_is_p1)
+        self.needs_triplets = attack.needs_triplets
 
     def run(
-        self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
+        self,
+        metric: Metric,
+        prepared_ref: Any,
+        prey: torch.Tensor,
+        s_other: torch.Tensor,
+        triplets: Triplets | None = None,
     ) -> AttackResult:
-        return self.attack.run(ExpectedScore(metric, self.eot_samples), prepared_ref, prey, s_other)
+        expected = ExpectedScore(metric, self.eot_samples)
+        extra = {} if triplets is None else {"triplets": triplets}
+        return self.attack.run(expected, prepared_ref, prey, s_other, **extra)

@@ -85,9 +85,6 @@ class TripletDataset(Dataset):
     """
 
     name = "triplets"
-    # constructing it may run a computation (the transfer set crafts missing images): look-ups
-    # that only need a run's identity (which shards are finished) do not construct it
-    builds_on_demand = False
 
     def __init__(self, size: int | None = None, quantize: bool = True):
         if size is not None and size <= 0:

@@ -61,8 +61,9 @@ class _Recorder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._attack, name)
 
-    def run(self, metric, prepared_ref, prey, s_other):
-        result = self._attack.run(metric, prepared_ref, prey, s_other)
+    def run(self, metric, prepared_ref, prey, s_other, **triplets):
+        # ``triplets``: the ids the engine passes to attacks that need them (needs_triplets)
+        result = self._attack.run(metric, prepared_ref, prey, s_other, **triplets)
         self.calls.append((prey.detach().cpu(), result.adv.detach().cpu()))
         return result
 
@@ -100,7 +101,6 @@ ALLOWED_MODULES = (
     "attackpsm.data.",
     "attackpsm.metrics.",
     "attackpsm.attacks.",
-    "attackpsm.transfer",
 )
 
 

@@ -182,8 +182,6 @@ def _sweep_run_dirs(root: Path) -> list[Path]:
         try:
             cfg = OmegaConf.load(cfg_file)
             relative = run_dir_for(cfg)
-            if relative is None:  # its dataset crafts on construction: its record says where
-                continue
         except Exception as exc:  # a job config this version cannot read: say so, go on
             warnings.warn(
                 f"{cfg_file}: cannot locate its results ({type(exc).__name__}: {exc})",

@@ -14,12 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 import attackpsm
 from attackpsm.config import build
 from attackpsm.data.base import TripletDataset
+from attackpsm.data.transfer import CraftMissing
 from attackpsm.storage.atomic import write_text_atomic
 
 IDENTITY_FILE = "identity.yaml"
@@ -32,7 +34,12 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 def build_dataset(cfg: DictConfig) -> TripletDataset:
     """The dataset of a run's config (the index only: pixels are loaded lazily)."""
-    return build(cfg.dataset, size=cfg.resolution.size)
+    try:
+        return build(cfg.dataset, size=cfg.resolution.size)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, CraftMissing):  # its message is the fix: show it as is
+            raise error.__cause__ from None
+        raise
 
 
 def data_fingerprint(cfg: DictConfig) -> str:
@@ -88,22 +95,19 @@ def run_dir_for(cfg: DictConfig, fingerprint: str | None = None) -> Path:
 class RunDirs:
     """Run directories of many job configs, each distinct dataset's index built once.
 
-    For look-ups over a sweep (the launcher, the report): datasets that craft on
-    construction (``builds_on_demand``) are not built; their jobs give ``None``.
+    For look-ups over a sweep (the launcher, the report). Building an index only reads
+    files (``dataset=transfer`` reads crafted manifests; it never crafts).
     """
 
     def __init__(self) -> None:
-        self._fingerprints: dict[str, str | None] = {}
+        self._fingerprints: dict[str, str] = {}
 
-    def __call__(self, cfg: DictConfig) -> Path | None:
+    def __call__(self, cfg: DictConfig) -> Path:
         spec = OmegaConf.to_container(cfg.dataset, resolve=True)
         key = json.dumps([spec, cfg.resolution.size], sort_keys=True, default=str)
         if key not in self._fingerprints:
-            cls = get_class(spec["_target_"])
-            on_demand = getattr(cls, "builds_on_demand", False)
-            self._fingerprints[key] = None if on_demand else data_fingerprint(cfg)
-        fingerprint = self._fingerprints[key]
-        return None if fingerprint is None else run_dir_for(cfg, fingerprint)
+            self._fingerprints[key] = data_fingerprint(cfg)
+        return run_dir_for(cfg, self._fingerprints[key])
 
 
 def write_identity(run_dir: Path, identity: dict[str, Any]) -> None:

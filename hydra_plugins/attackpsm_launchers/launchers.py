@@ -24,7 +24,6 @@ class SubmitsPendingShards:
     merge (as its job would have done) and left out of the job array, so re-running a sweep
     to finish its stragglers submits only them. A shard that finishes between this check and
     its task start still finds its work done (:func:`attackpsm.storage.finished_shard`).
-    A dataset that crafts when constructed (``dataset=transfer``) is not looked up here.
     """
 
     def launch(self, job_overrides, initial_job_idx):  # noqa: ANN001 - Hydra's signature
@@ -43,10 +42,7 @@ class SubmitsPendingShards:
                 with open_dict(cfg):
                     cfg.hydra.job.num = idx
                 run_dir = run_dirs(cfg)
-                finished = (
-                    run_dir is not None
-                    and ShardStore(run_dir, cfg.shard.index, cfg.shard.count).finished
-                )
+                finished = ShardStore(run_dir, cfg.shard.index, cfg.shard.count).finished
             except Exception as exc:  # the job itself reports a bad config, with context
                 log.warning("job #%d: cannot look up its shard (%s); submitting it", idx, exc)
                 finished = False

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 import attackpsm

@@ -58,3 +58,20 @@ def test_a_back_edge_breaks_the_contract_and_is_named(tmp_path):
     assert out.returncode != 0
     assert "attackpsm.metrics is not allowed to import attackpsm.storage" in out.stdout
     assert "attackpsm.metrics.lpips -> attackpsm.storage" in out.stdout
+
+
+def test_every_module_of_the_package_is_in_a_layer():
+    """A new top-level module cannot escape the contract by being left out of it."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    named = {
+        name.strip()
+        for contract in config["contracts"]
+        for layer in contract["layers"]
+        for name in layer.split("|")
+    }
+    package = ROOT / "attackpsm"
+    modules = {f"attackpsm.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    modules |= {f"attackpsm.{p.parent.name}" for p in package.glob("*/__init__.py")}
+    assert modules - named == set(), f"modules outside every layer: {sorted(modules - named)}"

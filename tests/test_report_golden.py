@@ -302,3 +302,23 @@ def test_report_tables_match_golden_files(golden_runs):
         name for name, text in produced.items() if (GOLDEN / name).read_bytes() != text.encode()
     ]
     assert not changed, f"tables differ from tests/golden/report: {changed}"
+
+
+def test_run_summary_and_report_rows_are_the_same_numbers(golden_runs):
+    """Each run's summary.md (Table-2 layout) and the report's row of that run agree."""
+    runs = load_runs(golden_runs)
+    report = build_tables(runs)
+    rows = next(t for t in report if t.name == "attacks_all_runs").data
+    shared = ["samples", "flipped", "flipped_pct", "flipped_uint8", "rmse_mean", "rmse_std"]
+    shared += ["psnr_mean", "psnr_std", "mean_eps", "pct_px_gt_0.001", "pct_px_gt_0.03"]
+    checked = 0
+    for r in runs:
+        if r.family == "none" or r.is_transfer:
+            continue
+        summary = summarize(r.results, r.metric, r.attack).set_index("agrees")[shared]
+        mine = rows[rows["run_dir"] == str(r.run_dir)].set_index("agrees")[shared]
+        pd.testing.assert_frame_equal(
+            summary.astype(float), mine.astype(float), check_names=False, rtol=0, atol=0
+        )
+        checked += 1
+    assert checked == 14

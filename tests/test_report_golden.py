@@ -31,7 +31,7 @@ import yaml
 
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.report.load import load_runs, runs_overview
-from attackpsm.report.tables import build_tables
+from attackpsm.report.tables import attack_rows, build_tables
 from attackpsm.results import BASE_COLUMNS, summarize, summary_markdown
 from attackpsm.stats import STAT_COLUMNS
 from attackpsm.twoafc import human_agrees
@@ -322,3 +322,19 @@ def test_run_summary_and_report_rows_are_the_same_numbers(golden_runs):
         )
         checked += 1
     assert checked == 14
+
+
+def test_psnr_of_unchanged_images_gives_one_mean(tmp_path):
+    """Float32 PSNRs with ``inf`` among them (flipped, yet the 8-bit image is unchanged):
+    the run's summary and the report hold the same mean and spread, to the last bit."""
+    rows = per_triplet(60, 0, flip_every=1)
+    psnr = (30.0 + 20.0 * np.random.default_rng(0).random(60)).astype(np.float32)
+    psnr[::3] = np.inf
+    rows["psnr_uint8"] = psnr
+    write_run(tmp_path, BAPPS, "l2", PGD, rows)
+    (run,) = load_runs(tmp_path)
+    summary = summarize(run.results, "l2", "pgd").set_index("agrees")
+    report = attack_rows([run]).set_index("agrees")
+    for col in ("psnr_mean", "psnr_std"):
+        assert summary[col].astype(float).tolist() == report[col].tolist()
+    assert np.isfinite(report["psnr_mean"]).all()

@@ -8,7 +8,8 @@ Two numbers per subset and overall, from the per-triplet table (``d0``, ``d1``, 
   12,227-sample subset of BAPPS): the fraction where the metric's rank equals the human one
   (:func:`attackpsm.twoafc.accuracy`).
 
-Both use the one tie rule of :mod:`attackpsm.twoafc`: ``d0 == d1`` is half right.
+Both use the one tie rule of :mod:`attackpsm.twoafc`: ``d0 == d1`` is half right, and both
+are computed by :mod:`attackpsm.tablestats`, as in the report's Table 1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attackpsm.twoafc import accuracy, twoafc_scores
+from attackpsm.tablestats import accuracy_stats, afc2_score
 
 TABLE1_COLUMNS = ["metric", "subset", "triplets", "twoafc_pct", "unanimous", "accuracy_pct"]
 
@@ -26,20 +27,14 @@ TABLE1_COLUMNS = ["metric", "subset", "triplets", "twoafc_pct", "unanimous", "ac
 def _row(metric: str, subset: str, part: pd.DataFrame) -> dict:
     judge = part["judge"].to_numpy(dtype=float)
     labelled = ~np.isnan(judge)
-    scores = twoafc_scores(
-        part["d0"].to_numpy()[labelled], part["d1"].to_numpy()[labelled], judge[labelled]
-    )
-    unanimous = labelled & ((judge == 0.0) | (judge == 1.0))
-    acc, count = accuracy(
-        part["d0"].to_numpy()[unanimous], part["d1"].to_numpy()[unanimous], judge[unanimous]
-    )
+    unanimous = accuracy_stats(part[labelled & ((judge == 0.0) | (judge == 1.0))])
     return {
         "metric": metric,
         "subset": subset,
         "triplets": int(labelled.sum()),
-        "twoafc_pct": 100.0 * scores.mean() if len(scores) else float("nan"),
-        "unanimous": count,
-        "accuracy_pct": 100.0 * acc,
+        "twoafc_pct": afc2_score(part),
+        "unanimous": unanimous["labelled"],
+        "accuracy_pct": unanimous["accuracy_pct"],
     }
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attackpsm.stats import PAPER_COLUMNS, PAPER_DEFINITIONS, STAT_COLUMNS, THRESHOLDS, pct_column
-from attackpsm.twoafc import NO_CHOICE, SPLIT_ORDER, split_labels
+from attackpsm.stats import PAPER_DEFINITIONS, STAT_COLUMNS, THRESHOLDS, pct_column
+from attackpsm.tablestats import flip_stats, split_rows
 
 # The per-triplet columns every attack writes (attacks may add their own after these).
 BASE_COLUMNS = [
@@ -62,47 +62,40 @@ SUMMARY_COLUMNS = [
 def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0) -> pd.DataFrame:
     """The paper's Table-2 layout: rows ✓/✗ (metric agrees with humans), per-flip stats.
 
-    Perturbation statistics are over the *flipped* samples, as in the paper. ``rmse_*``,
-    ``psnr_*`` and ``pct_px_gt_<t>`` follow the paper's definitions
+    Perturbation statistics are over the *flipped* samples, as in the paper
+    (:func:`attackpsm.tablestats.flip_stats`, the statistics of the report's tables too).
+    ``rmse_*``, ``psnr_*`` and ``pct_px_gt_<t>`` follow the paper's definitions
     (:data:`attackpsm.stats.PAPER_COLUMNS`: RMSE/PSNR between the 8-bit images, % pixels on
     the float δ); ``rmse_float_*``, ``psnr_float_*`` and ``pct_px_gt_<t>_uint8`` are the
     other way round. ``mean_eps`` is the mean ε at the first flip for attacks that search
     ε (FGSM; column ``eps_found``), empty otherwise.
     """
-    rows = []
-    labels = split_labels(results["human_agrees"]) if len(results) else pd.Series(dtype=str)
-    for label in SPLIT_ORDER:
-        part = results[labels == label]
-        if label == NO_CHOICE and part.empty:
-            continue
-        flipped = part[part["flipped"].astype(bool)]
-        # PSNR of an unchanged image is infinite: left out of the means
-        psnr = flipped[PAPER_COLUMNS["psnr"]].replace([np.inf, -np.inf], np.nan)
-        psnr_float = flipped["psnr_float"].replace([np.inf, -np.inf], np.nan)
-        row = {
+    rows = [
+        {
             "metric": metric,
             "attack": attack,
             "agrees": label,
-            "samples": len(part),
-            "flipped": len(flipped),
-            "flipped_pct": 100.0 * len(flipped) / len(part) if len(part) else float("nan"),
-            "flipped_uint8": int(part["flipped_uint8"].astype(bool).sum()) if len(part) else 0,
-            "rmse_mean": flipped[PAPER_COLUMNS["rmse"]].mean(),
-            "rmse_std": flipped[PAPER_COLUMNS["rmse"]].std(),
-            "psnr_mean": psnr.mean(),
-            "psnr_std": psnr.std(),
-            "mean_eps": flipped["eps_found"].mean() if "eps_found" in flipped else float("nan"),
-            "rmse_float_mean": flipped["rmse_float"].mean(),
-            "rmse_float_std": flipped["rmse_float"].std(),
-            "psnr_float_mean": psnr_float.mean(),
-            "psnr_float_std": psnr_float.std(),
+            **flip_stats(part, both_ways=True),
             "skipped": skipped,
         }
-        for t in THRESHOLDS:
-            row[f"pct_px_gt_{t:g}"] = flipped[PAPER_COLUMNS[f"pct_px_gt_{t:g}"]].mean()
-            row[pct_column(t, "uint8")] = flipped[pct_column(t, "uint8")].mean()
-        rows.append(row)
+        for label, part in split_rows(results)
+    ]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def extra_columns(results: pd.DataFrame) -> list[str]:
+    """Numeric per-triplet columns an attack added to :data:`BASE_COLUMNS` (e.g. ``queries``).
+
+    FGSM's ``eps_found`` is not one: it is reported as ``mean_eps``.
+    """
+    known = {*BASE_COLUMNS, "eps_found"}
+    return [
+        c
+        for c in results.columns
+        if c not in known
+        and pd.api.types.is_numeric_dtype(results[c])
+        and not pd.api.types.is_bool_dtype(results[c])
+    ]
 
 
 def _fmt(v: Any, digits: int = 1) -> str:

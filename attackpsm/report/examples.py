@@ -28,8 +28,8 @@ from omegaconf import OmegaConf
 from attackpsm.images import to_uint8
 from attackpsm.report import paper
 from attackpsm.report.load import Run, load_run
-from attackpsm.report.tables import agree_labels
 from attackpsm.stats import PAPER_COLUMNS
+from attackpsm.tablestats import agree_labels
 
 
 @dataclass

@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 
 from attackpsm.report import paper
 from attackpsm.report.load import Run, attack_title
-from attackpsm.report.tables import agree_labels, metric_order
+from attackpsm.report.tables.format import metric_order
+from attackpsm.tablestats import agree_labels
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
 

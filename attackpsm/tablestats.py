@@ -1,0 +1,178 @@
+"""Statistics of a per-triplet results table: the numbers of Tables 1-4 and 6-12.
+
+Every summary of the package computes its numbers here and only here: the run's own
+``summary.md`` (:func:`attackpsm.results.summarize`, Table-2 layout), its ``table1.md``
+(:func:`attackpsm.accuracy.clean_accuracy`) and the report's tables
+(:mod:`attackpsm.report.tables`). What the columns mean is :mod:`attackpsm.stats`; the
+✓/✗ split, the accuracy and the 2AFC score are the rules of :mod:`attackpsm.twoafc`.
+
+- :func:`split_rows`: the ✓ / ✗ / n/a rows of every table ("same rank by human & metric").
+- :func:`flip_stats`: flip count and rate with a 95% Wilson interval, and the perturbation
+  sizes over the flipped rows (Table 2, Table 4).
+- :func:`accuracy_stats`, :func:`afc2_score`: Table 1.
+- :func:`finite_mean`, :func:`finite_std`: the means and spreads of Table 3 and the rest.
+
+A run's ``summary.csv`` keeps the precision of the per-triplet columns (float32 sizes print
+as float32); the report's tables hold every number as float64 (:func:`as_float64`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attackpsm.stats import PAPER_COLUMNS, THRESHOLDS, pct_column
+from attackpsm.twoafc import NO_CHOICE, SPLIT_ORDER, accuracy, split_labels, twoafc_scores
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+PX_COLUMNS = [f"pct_px_gt_{t:g}" for t in THRESHOLDS]
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``k / n`` (fractions in [0, 1]).
+
+    Args:
+        k: successes (flipped samples).
+        n: trials (samples); ``n = 0`` gives ``(nan, nan)``.
+        z: normal quantile (1.96 for 95%).
+
+    References:
+        E. B. Wilson, "Probable inference, the law of succession, and statistical
+        inference", JASA 22 (1927).
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends: the bound is 0 or 1
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _finite(s: pd.Series) -> pd.Series:
+    return pd.to_numeric(s, errors="coerce").replace([np.inf, -np.inf], np.nan)
+
+
+def finite_mean(s: pd.Series) -> float | np.floating:
+    """Mean of the finite values (the PSNR of an unchanged image is ``inf``: left out).
+
+    NaN without one. In the column's precision: the engine's float32 sizes give a float32
+    mean (``float()`` widens it exactly).
+    """
+    return _finite(s).mean()
+
+
+def finite_std(s: pd.Series) -> float | np.floating:
+    """Sample standard deviation of the finite values; NaN below two values."""
+    return _finite(s).std()
+
+
+def as_float64(stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` with every float widened to a Python float (exactly; integers kept)."""
+    return {k: float(v) if isinstance(v, np.floating) else v for k, v in stats.items()}
+
+
+def agree_labels(results: pd.DataFrame) -> pd.Series:
+    """✓ / ✗ / n/a per triplet from the nullable ``human_agrees`` column."""
+    return split_labels(results["human_agrees"])
+
+
+def split_rows(results: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """``(label, rows)`` for ✓, ✗ and, when there are any, n/a (no human choice or a tie).
+
+    The rows of every table: "same rank by human & metric" as in the paper's Tables 2-4.
+    """
+    labels = agree_labels(results) if len(results) else pd.Series(dtype=str)
+    for label in SPLIT_ORDER:
+        part = results[labels == label]
+        if label == NO_CHOICE and part.empty:
+            continue
+        yield label, part
+
+
+def flip_stats(
+    rows: pd.DataFrame, extras: Iterable[str] = (), both_ways: bool = False
+) -> dict[str, Any]:
+    """Flip counts and perturbation statistics of a set of per-triplet rows.
+
+    Perturbation statistics are over the flipped rows, as in the paper (Table 2), with the
+    paper's definitions (:data:`attackpsm.stats.PAPER_COLUMNS`): RMSE and PSNR on the
+    [0, 255] scale between the 8-bit images (PSNR ignores the infinite values of unchanged
+    images), ``pct_px_gt_<t>`` = mean % of values of the float δ with ``|δ| > t`` on the
+    [-1, 1] scale, ``mean_eps`` = mean ε at the first flip (FGSM's ``eps_found``).
+
+    Args:
+        rows: per-triplet rows (:data:`attackpsm.results.BASE_COLUMNS` and the attack's own).
+        extras: columns (``iterations``, ``queries``, ...) whose mean over the flipped rows is
+            added as ``<col>_mean``, where ``rows`` has them.
+        both_ways: also the sizes measured the other way round (``rmse_float_*``,
+            ``psnr_float_*``, ``pct_px_gt_<t>_uint8``; see :mod:`attackpsm.stats`).
+
+    Returns:
+        ``{statistic: value}``; counts are integers, means and spreads in the precision of
+        their per-triplet column (:func:`finite_mean`; :func:`as_float64` widens them).
+    """
+    n = len(rows)
+    flipped_mask = rows["flipped"].astype(bool) if n else pd.Series(dtype=bool)
+    k = int(flipped_mask.sum())
+    lo, hi = wilson_interval(k, n)
+    flipped = rows[flipped_mask]
+    out: dict[str, float] = {
+        "samples": n,
+        "flipped": k,
+        "flipped_pct": 100.0 * k / n if n else float("nan"),
+        "ci_low_pct": 100.0 * lo,
+        "ci_high_pct": 100.0 * hi,
+        "flipped_uint8": int(rows["flipped_uint8"].astype(bool).sum())
+        if n and "flipped_uint8" in rows
+        else 0,
+        "rmse_mean": finite_mean(flipped[PAPER_COLUMNS["rmse"]]),
+        "rmse_std": finite_std(flipped[PAPER_COLUMNS["rmse"]]),
+        "psnr_mean": finite_mean(flipped[PAPER_COLUMNS["psnr"]]),
+        "psnr_std": finite_std(flipped[PAPER_COLUMNS["psnr"]]),
+        "linf_mean": finite_mean(flipped["linf"]) if "linf" in rows else float("nan"),
+        "mean_eps": finite_mean(flipped["eps_found"]) if "eps_found" in rows else float("nan"),
+    }
+    for col in PX_COLUMNS:
+        out[col] = finite_mean(flipped[PAPER_COLUMNS[col]])
+    for col in extras:
+        if col in rows:
+            out[f"{col}_mean"] = finite_mean(flipped[col])
+    if both_ways:
+        for way in ("rmse_float", "psnr_float"):
+            out[f"{way}_mean"] = finite_mean(flipped[way])
+            out[f"{way}_std"] = finite_std(flipped[way])
+        for t in THRESHOLDS:
+            out[pct_column(t, "uint8")] = finite_mean(flipped[pct_column(t, "uint8")])
+    return out
+
+
+def accuracy_stats(results: pd.DataFrame) -> dict[str, float]:
+    """Accuracy of a set of triplets and its 95% Wilson interval (Table 1).
+
+    :func:`attackpsm.twoafc.accuracy`: the fraction ranked as the human majority did, a
+    metric tie half right, over the ``labelled`` triplets with a human choice.
+    """
+    acc, n = accuracy(results["d0"], results["d1"], results["judge"])
+    lo, hi = wilson_interval(acc * n, n) if n else (float("nan"), float("nan"))
+    return {
+        "labelled": n,
+        "accuracy_pct": 100.0 * acc,
+        "ci_low_pct": 100.0 * lo,
+        "ci_high_pct": 100.0 * hi,
+    }
+
+
+def afc2_score(results: pd.DataFrame) -> float:
+    """2AFC score in % (Zhang et al., 2018): mean fraction of raters who agree with the
+    metric, over the triplets with a label (:func:`attackpsm.twoafc.twoafc_scores`)."""
+    labelled = results[results["judge"].notna()]
+    if labelled.empty:
+        return float("nan")
+    return float(100.0 * twoafc_scores(labelled["d0"], labelled["d1"], labelled["judge"]).mean())

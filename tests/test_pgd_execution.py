@@ -160,3 +160,27 @@ def test_compiled_l2_decides_the_same(batch):
         pytest.skip(f"torch.compile unavailable here: {attack.compile_errors}")
     assert compiled["flipped"].tolist() == default["flipped"].tolist()
     assert compiled["iterations"].tolist() == default["iterations"].tolist()
+
+
+def test_bench_engine_mode_rows(lpips_alex):
+    """``python -m attackpsm.bench --engine-mode``: one row per mode, decisions compared
+    with the default loop triplet by triplet."""
+    from attackpsm.bench import Workload, engine_modes, format_engine_modes
+
+    w = Workload("pgd", "lpips_alex", 32, "pgd", {"max_iterations": 6}, triplets=6, batch_size=4)
+    rows = engine_modes(w, torch.device("cpu"), ["shrink", "masked", "compact:2"], [], passes=1)
+    assert [r["mode"] for r in rows] == ["shrink", "masked", "compact:2"]
+    assert all(r["same_decisions"] == r["triplets"] == 6 for r in rows)
+    assert rows[0]["identical_table"] and rows[0]["vs_shrink"] == 1.0
+    assert all(r["triplets_per_s"] > 0 and not r["compile_errors"] for r in rows)
+    assert "| masked | cpu | 6 |" in format_engine_modes(rows)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "compact:0", "compact:x", "masked:-1"])
+def test_bench_bad_engine_mode_is_a_clear_error(mode, tmp_path):
+    from attackpsm.bench import main, parse_engine_mode
+
+    with pytest.raises(ValueError, match=r"unknown engine mode .*valid: shrink \| masked"):
+        parse_engine_mode(mode)
+    with pytest.raises(SystemExit, match="unknown engine mode"):
+        main(["--device", "cpu", "--engine-mode", mode, "--out", str(tmp_path / "b.json")])

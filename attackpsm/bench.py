@@ -654,6 +654,9 @@ def engine_modes(
                 "warmup_s": warmup_s,
                 "same_decisions": int(same),
                 "identical_table": bool(table.equals(default)),
+                "columns_differing": [
+                    c for c in default.columns if not table[c].equals(default[c])
+                ],
                 "max_abs_diff_s_adv": float((table["s_adv"] - default["s_adv"]).abs().max()),
                 "flip_rate": float(table["flipped"].mean()),
                 "compile_errors": attack.compile_errors,
@@ -674,7 +677,8 @@ def format_engine_modes(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {mode} | {r['device']} | {r['triplets']} | {r['triplets_per_s']:.2f} | "
             f"{r['vs_shrink']:.2f}x | {r['warmup_s']:.1f} | {r['same_decisions']}/{r['triplets']} | "
-            f"{'yes' if r['identical_table'] else 'no'} | {r['max_abs_diff_s_adv']:.1e} | "
+            f"{'yes' if r['identical_table'] else 'no: ' + ', '.join(r['columns_differing'])} | "
+            f"{r['max_abs_diff_s_adv']:.1e} | "
             f"{r['flip_rate']:.1%} |"
         )
     return "\n".join(lines)

@@ -184,3 +184,10 @@ def test_bench_bad_engine_mode_is_a_clear_error(mode, tmp_path):
         parse_engine_mode(mode)
     with pytest.raises(SystemExit, match="unknown engine mode"):
         main(["--device", "cpu", "--engine-mode", mode, "--out", str(tmp_path / "b.json")])
+
+
+def test_execution_options_as_config_overrides(cfg_factory):
+    """``attack=pgd +attack.compact_every=0 +attack.check_every=0`` runs end to end."""
+    from tests.conftest import assert_config_runs
+
+    assert_config_runs(cfg_factory, "pgd", ["+attack.compact_every=0", "+attack.check_every=0"])

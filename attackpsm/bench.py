@@ -589,9 +589,10 @@ def engine_modes(
     passes: int = 2,
 ) -> list[dict[str, Any]]:
     """One row per execution mode of PGD (and per ``torch.compile`` mode, if any) on the
-    workload's triplets: throughput (the fastest of ``passes`` timed passes, after a warm-up
-    that also compiles) and whether its per-triplet table equals the default's (``shrink``
-    without compile): same flip and iteration for every triplet, and bit for bit.
+    workload's triplets: throughput (the fastest of ``passes`` timed passes, which alternate
+    between the modes, after a warm-up that also compiles) and whether its per-triplet table
+    equals the default's (``shrink`` without compile): same flip and iteration for every
+    triplet, and which columns differ at all.
     """
     import pandas as pd
 
@@ -610,14 +611,13 @@ def engine_modes(
     settings = [("shrink", False)] + [
         (m, c) for c in [False, *compiles] for m in modes if (m, c) != ("shrink", False)
     ]
-    rows: list[dict[str, Any]] = []
-    default = None
+    runs = []
     for mode, compile_mode in settings:
         attack = PGD(**w.params, **parse_engine_mode(mode), compile=compile_mode)
         label = mode + (f" +compile({compile_mode})" if compile_mode else "")
-        print(f"[bench] {w.name} {label} ...", flush=True)
+        print(f"[bench] {w.name} {label}: warm-up ...", flush=True)
         t0 = time.perf_counter()
-        # warm-up: two triplets, or (compiling) every batch shape the timed passes meet
+        # two triplets, or (compiling) every batch shape the timed passes meet
         warm = (
             [_head(batches[0], 2)]
             if not compile_mode
@@ -626,17 +626,27 @@ def engine_modes(
         for b in warm:
             attack_batch(metric, attack, b)
         _sync(device)
-        warmup_s = time.perf_counter() - t0
-        best, table = float("inf"), None
-        for _ in range(passes):
+        runs.append(
+            {
+                "label": label,
+                "attack": attack,
+                "warmup_s": time.perf_counter() - t0,
+                "best": float("inf"),
+            }
+        )
+    # the passes alternate between the modes, so that other jobs on the machine slow them alike
+    for i in range(passes):
+        for run in runs:
+            print(f"[bench] {w.name} {run['label']}: pass {i + 1}/{passes} ...", flush=True)
             t0 = time.perf_counter()
-            table = pd.concat(
-                [attack_batch(metric, attack, b)[0] for b in batches], ignore_index=True
-            )
+            tables = [attack_batch(metric, run["attack"], b)[0] for b in batches]
             _sync(device)
-            best = min(best, time.perf_counter() - t0)
-        if default is None:
-            default = table
+            run["best"] = min(run["best"], time.perf_counter() - t0)
+            run["table"] = pd.concat(tables, ignore_index=True)
+    default = runs[0]["table"]
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        table, best = run["table"], run["best"]
         same = (
             (table["flipped"].values == default["flipped"].values)
             & (table["iterations"].values == default["iterations"].values)
@@ -644,14 +654,15 @@ def engine_modes(
         rows.append(
             {
                 "workload": w.name,
-                "mode": label,
+                "mode": run["label"],
                 "device": str(device),
                 "threads": torch.get_num_threads(),
                 "triplets": len(table),
+                "passes": passes,
                 "seconds": best,
                 "triplets_per_s": len(table) / best,
                 "vs_shrink": (len(table) / best) / rows[0]["triplets_per_s"] if rows else 1.0,
-                "warmup_s": warmup_s,
+                "warmup_s": run["warmup_s"],
                 "same_decisions": int(same),
                 "identical_table": bool(table.equals(default)),
                 "columns_differing": [
@@ -659,10 +670,9 @@ def engine_modes(
                 ],
                 "max_abs_diff_s_adv": float((table["s_adv"] - default["s_adv"]).abs().max()),
                 "flip_rate": float(table["flipped"].mean()),
-                "compile_errors": attack.compile_errors,
+                "compile_errors": run["attack"].compile_errors,
             }
         )
-        print(format_engine_modes(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 

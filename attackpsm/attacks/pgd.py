@@ -245,11 +245,13 @@ class _CompiledScore:
             if self.mode in ("reduce-overhead", "max-autotune") and x.is_cuda:
                 torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new iteration
                 return self.compiled(prepared, x).clone()
-            out = self.compiled(prepared, x)
-            if not self.checked and x.requires_grad:  # compile the backward now, not mid-step
-                torch.autograd.grad(out.sum(), x, retain_graph=True)
+            if not self.checked and x.requires_grad:
+                # compile the backward now, on a probe of its own, rather than mid-step (a
+                # compiled backward runs once per graph: no retained graph to reuse)
+                probe = x.detach().clone().requires_grad_(True)
+                torch.autograd.grad(self.compiled(prepared, probe).sum(), probe)
                 self.checked = True
-            return out
+            return self.compiled(prepared, x)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # noqa: BLE001 -- any compiler failure: run eagerly

@@ -676,6 +676,14 @@ def engine_modes(
     return rows
 
 
+def _differing(columns: list[str]) -> str:
+    """``yes`` for an identical table, else the differing columns (the first two)."""
+    if not columns:
+        return "yes"
+    more = f" +{len(columns) - 2} more" if len(columns) > 2 else ""
+    return "no: " + ", ".join(columns[:2]) + more
+
+
 def format_engine_modes(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| PGD execution mode | device | triplets | triplets/s | vs shrink | warm-up s "
@@ -687,7 +695,7 @@ def format_engine_modes(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {mode} | {r['device']} | {r['triplets']} | {r['triplets_per_s']:.2f} | "
             f"{r['vs_shrink']:.2f}x | {r['warmup_s']:.1f} | {r['same_decisions']}/{r['triplets']} | "
-            f"{'yes' if r['identical_table'] else 'no: ' + ', '.join(r['columns_differing'])} | "
+            f"{_differing(r['columns_differing'])} | "
             f"{r['max_abs_diff_s_adv']:.1e} | "
             f"{r['flip_rate']:.1%} |"
         )

@@ -225,9 +225,11 @@ COMPILE_MODES = (
 class _CompiledScore:
     """A metric's score under ``torch.compile``, falling back to eager if compiling fails.
 
-    Compiling happens at the first call (and at a new input shape); an error there is
-    logged once, with its reason, and every later call runs eagerly. Running out of
-    device memory is not a compile error: it propagates (the engine halves the batch).
+    Compiling happens at the first call (forward and backward, the latter on a probe) and
+    again at a new input shape (the forward at once, the backward when first used); an
+    error in a compiled forward or in the first backward is logged once, with its reason,
+    and every later call runs eagerly. Running out of device memory is not a compile
+    error: it propagates (the engine halves the batch).
     """
 
     def __init__(self, score: Callable, mode: bool | str, metric_name: str):
@@ -242,16 +244,13 @@ class _CompiledScore:
         if self.error is not None:
             return self.eager(prepared, x)
         try:
-            if self.mode in ("reduce-overhead", "max-autotune") and x.is_cuda:
-                torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new iteration
-                return self.compiled(prepared, x).clone()
             if not self.checked and x.requires_grad:
                 # compile the backward now, on a probe of its own, rather than mid-step (a
                 # compiled backward runs once per graph: no retained graph to reuse)
                 probe = x.detach().clone().requires_grad_(True)
-                torch.autograd.grad(self.compiled(prepared, probe).sum(), probe)
+                torch.autograd.grad(self._compiled(prepared, probe).sum(), probe)
                 self.checked = True
-            return self.compiled(prepared, x)
+            return self._compiled(prepared, x)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # noqa: BLE001 -- any compiler failure: run eagerly
@@ -264,6 +263,12 @@ class _CompiledScore:
                 self.error,
             )
             return self.eager(prepared, x)
+
+    def _compiled(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
+        if self.mode in ("reduce-overhead", "max-autotune") and x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new iteration
+            return self.compiled(prepared, x).clone()  # the graph's output is reused
+        return self.compiled(prepared, x)
 
 
 class ReversePGD(PGD):

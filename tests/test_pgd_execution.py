@@ -195,3 +195,29 @@ def test_execution_options_as_config_overrides(cfg_factory):
     from tests.conftest import assert_config_runs
 
     assert_config_runs(cfg_factory, "pgd", ["+attack.compact_every=0", "+attack.check_every=0"])
+
+
+class _NaNAfterFirstStep(L2):
+    """L2 whose distance is NaN for one triplet's reference at every candidate but its two
+    clean distortions (a metric breaking its contract mid-attack)."""
+
+    def __init__(self, ref, p0, p1):
+        super().__init__()
+        self.poisoned = (ref, p0, p1)
+
+    def score(self, prepared, x):
+        ref, p0, p1 = self.poisoned
+        mine = (prepared == ref).flatten(1).all(1)
+        clean = (x == p0).flatten(1).all(1) | (x == p1).flatten(1).all(1)
+        return torch.where(mine & ~clean, float("nan"), super().score(prepared, x))
+
+
+def test_nan_without_the_range_check_is_a_recorded_skip(batch):
+    """With ``check_every=0`` the candidate is not range-checked (no synchronisation): a NaN
+    distance during the attack still ends as a recorded skip, the others as by default."""
+    metric = _NaNAfterFirstStep(batch.ref[:1], batch.p0[:1], batch.p1[:1])
+    rows, errors = attack_batch(metric, PGD(compact_every=0, check_every=0), batch)
+    assert errors["triplet_id"].tolist() == [batch.triplet_id[0]]
+    assert "non-finite distance s_adv" in errors["reason"].iloc[0]
+    expected = _table(L2(), PGD(), batch.take(slice(1, len(batch))))
+    pd.testing.assert_frame_equal(rows, expected, check_exact=True)

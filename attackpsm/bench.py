@@ -558,6 +558,150 @@ def format_pipeline(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- PGD execution modes (fixed shapes, compaction, no host sync, torch.compile) ------------
+
+ENGINE_MODES = "shrink | masked | masked:K | compact:K"
+
+
+def parse_engine_mode(mode: str) -> dict[str, int]:
+    """``PGD`` keyword arguments of a bench ``--engine-mode`` (README, "Performance").
+
+    ``shrink``: the default loop (finished triplets leave the batch after every step);
+    ``masked``: fixed shapes, finished triplets frozen by a mask, no host synchronisation;
+    ``masked:K``: fixed shapes, the early-stop test every ``K`` steps;
+    ``compact:K``: the batch compacted (and the early-stop test run) every ``K`` steps.
+    """
+    if mode == "shrink":
+        return {"compact_every": 1, "check_every": 1}
+    if mode == "masked":
+        return {"compact_every": 0, "check_every": 0}
+    name, _, k = mode.partition(":")
+    if name in ("masked", "compact") and k.isdigit() and int(k) >= 1:
+        return {"compact_every": int(k) if name == "compact" else 0, "check_every": int(k)}
+    raise ValueError(f"unknown engine mode {mode!r}; valid: {ENGINE_MODES} (K >= 1)")
+
+
+def engine_modes(
+    w: Workload,
+    device: torch.device,
+    modes: list[str],
+    compiles: list[str],
+    passes: int = 2,
+) -> list[dict[str, Any]]:
+    """One row per execution mode of PGD (and per ``torch.compile`` mode, if any) on the
+    workload's triplets: throughput (the fastest of ``passes`` timed passes, which alternate
+    between the modes, after a warm-up that also compiles) and whether its per-triplet table
+    equals the default's (``shrink`` without compile): same flip and iteration for every
+    triplet, and which columns differ at all.
+    """
+    import pandas as pd
+
+    from attackpsm.attacks.pgd import PGD
+
+    if w.attack != "pgd":
+        raise ValueError(f"--engine-mode applies to PGD workloads, not {w.name!r}")
+    for mode in modes:
+        parse_engine_mode(mode)  # all bad names before any work
+    metric = build_metric(w.metric, device)
+    data = SyntheticTriplets(size=w.size, num_triplets=w.triplets, seed=1234, variant="easy")
+    items = [data[i] for i in range(len(data))]
+    batches = [
+        collate(items[i : i + w.batch_size]).to(device) for i in range(0, len(items), w.batch_size)
+    ]
+    settings = [("shrink", False)] + [
+        (m, c) for c in [False, *compiles] for m in modes if (m, c) != ("shrink", False)
+    ]
+    runs = []
+    for mode, compile_mode in settings:
+        attack = PGD(**w.params, **parse_engine_mode(mode), compile=compile_mode)
+        label = mode + (f" +compile({compile_mode})" if compile_mode else "")
+        print(f"[bench] {w.name} {label}: warm-up ...", flush=True)
+        t0 = time.perf_counter()
+        # two triplets, or (compiling) every batch shape the timed passes meet
+        warm = (
+            [_head(batches[0], 2)]
+            if not compile_mode
+            else list({len(b): b for b in batches}.values())
+        )
+        for b in warm:
+            attack_batch(metric, attack, b)
+        _sync(device)
+        runs.append(
+            {
+                "label": label,
+                "attack": attack,
+                "warmup_s": time.perf_counter() - t0,
+                "best": float("inf"),
+            }
+        )
+    # the passes alternate between the modes, so that other jobs on the machine slow them alike
+    for i in range(passes):
+        for run in runs:
+            print(f"[bench] {w.name} {run['label']}: pass {i + 1}/{passes} ...", flush=True)
+            t0 = time.perf_counter()
+            tables = [attack_batch(metric, run["attack"], b)[0] for b in batches]
+            _sync(device)
+            run["best"] = min(run["best"], time.perf_counter() - t0)
+            run["table"] = pd.concat(tables, ignore_index=True)
+    default = runs[0]["table"]
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        table, best = run["table"], run["best"]
+        same = (
+            (table["flipped"].values == default["flipped"].values)
+            & (table["iterations"].values == default["iterations"].values)
+        ).sum()
+        rows.append(
+            {
+                "workload": w.name,
+                "mode": run["label"],
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "triplets": len(table),
+                "passes": passes,
+                "seconds": best,
+                "triplets_per_s": len(table) / best,
+                "vs_shrink": (len(table) / best) / rows[0]["triplets_per_s"] if rows else 1.0,
+                "warmup_s": run["warmup_s"],
+                "same_decisions": int(same),
+                "identical_table": bool(table.equals(default)),
+                "columns_differing": [
+                    c for c in default.columns if not table[c].equals(default[c])
+                ],
+                "max_abs_diff_s_adv": float((table["s_adv"] - default["s_adv"]).abs().max()),
+                "flip_rate": float(table["flipped"].mean()),
+                "compile_errors": run["attack"].compile_errors,
+            }
+        )
+    return rows
+
+
+def _differing(columns: list[str]) -> str:
+    """``yes`` for an identical table, else the differing columns (the first two)."""
+    if not columns:
+        return "yes"
+    more = f" +{len(columns) - 2} more" if len(columns) > 2 else ""
+    return "no: " + ", ".join(columns[:2]) + more
+
+
+def format_engine_modes(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| PGD execution mode | device | triplets | triplets/s | vs shrink | warm-up s "
+        "| same decisions | identical table | max abs diff s_adv | flip rate |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        mode = r["mode"] + (" (compile failed: eager)" if r["compile_errors"] else "")
+        lines.append(
+            f"| {mode} | {r['device']} | {r['triplets']} | {r['triplets_per_s']:.2f} | "
+            f"{r['vs_shrink']:.2f}x | {r['warmup_s']:.1f} | {r['same_decisions']}/{r['triplets']} | "
+            f"{_differing(r['columns_differing'])} | "
+            f"{r['max_abs_diff_s_adv']:.1e} | "
+            f"{r['flip_rate']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
 # --- W&B logging overhead -------------------------------------------------------------------
 
 LOGGING_RUN = (
@@ -716,6 +860,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="LOADING,RUN triplets of the pipeline rows (default: 512,256 on CPU, 4096,12227 on GPU)",
     )
+    p.add_argument(
+        "--engine-mode",
+        default=None,
+        metavar="MODES",
+        help=f"PGD execution modes instead, comma-separated ({ENGINE_MODES}): one row each "
+        "(throughput, same decisions as shrink) on the PGD workloads",
+    )
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODES",
+        help="with --engine-mode: also each mode under torch.compile, comma-separated "
+        "torch.compile modes (default: 'default'; 'reduce-overhead': CUDA graphs)",
+    )
+    p.add_argument(
+        "--passes", type=int, default=2, help="--engine-mode: timed passes (fastest kept)"
+    )
     args = p.parse_args(argv)
 
     device = torch.device(
@@ -763,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown options {unknown}; valid: {list(OPTIONS)}")
         workloads = [replace(w, options=w.options + extra) for w in workloads]
+    if args.engine_mode is not None:
+        return _run_engine_modes(args, device, workloads)
     limit = args.reference_limit or (64 if device.type == "cuda" else 16)
     if args.pipeline == "only":
         workloads = []
@@ -804,6 +969,51 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"decisions differ beyond float tolerance in: {bad}")
         return 1
+    return 0
+
+
+def _run_engine_modes(
+    args: argparse.Namespace, device: torch.device, workloads: list[Workload]
+) -> int:
+    """``--engine-mode``: the execution-mode rows on the PGD workloads (default: the first)."""
+    modes = [m.strip() for m in args.engine_mode.split(",") if m.strip()]
+    compiles = [c.strip() for c in (args.compile or "").split(",") if c.strip()]
+    try:
+        for mode in modes:
+            parse_engine_mode(mode)
+        from attackpsm.attacks.pgd import PGD
+
+        for c in compiles:
+            PGD(compile=c)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    pgd = [w for w in workloads if w.attack == "pgd" and not w.options]
+    if args.workloads == "all":
+        pgd = pgd[:1]
+    if not pgd:
+        raise SystemExit(
+            "--engine-mode needs a PGD workload (e.g. --workloads pgd30_lpips_alex_64)"
+        )
+    rows = [r for w in pgd for r in engine_modes(w, device, modes, compiles, args.passes)]
+    table = format_engine_modes(rows)
+    print()
+    print(table)
+    meta = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    Path(args.out).write_text(json.dumps({"meta": meta, "engine_modes": rows}, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(
+            "; ".join(f"{k}: {v}" for k, v in meta.items()) + f"\n\n{table}\n"
+        )
+    print(f"\nwritten: {args.out}")
+    differ = [r["mode"] for r in rows if r["same_decisions"] != r["triplets"]]
+    if differ:
+        print(f"decisions differ from shrink in: {differ}")
     return 0
 
 

@@ -3,6 +3,9 @@ reverse (Appendix F, Eq. 7)."""
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +22,8 @@ from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
 from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
 
+log = logging.getLogger("attackpsm")
+
 
 class PGD(Attack):
     """ℓ∞ PGD with a sign step on Eq. 1 and per-triplet early stopping (Algorithm 1).
@@ -26,8 +31,25 @@ class PGD(Attack):
     Distance measure: ℓ∞ on the ``[-1, 1]`` scale. For ``k = 0 .. max_iterations`` (31
     checks by default): ``I_adv = clip(I_prey + δ, -1, 1)``; stop this triplet if
     ``s_adv > s_other``; otherwise step ``I_adv + α·sign(∇J)`` and project ``δ`` onto
-    ``[-ε, ε]``. Batched over triplets: a flipped triplet leaves the active set and keeps
-    the image that flipped it.
+    ``[-ε, ε]``. Batched over triplets: a flipped triplet is frozen -- it keeps the image,
+    score and check index ``k`` (``iterations``) that flipped it.
+
+    How the batch is executed (README, "Performance"); every setting gives the same
+    per-triplet results on the CPU:
+
+    * ``compact_every=1`` (default): finished triplets leave the batch after every step, so
+      later steps compute only on the triplets still being attacked.
+    * ``compact_every=k``: the batch is compacted every ``k`` steps; in between, finished
+      triplets stay in it, frozen by a mask. ``0``/``None``: never (fixed shapes).
+    * ``check_every=k``: the early-stop test "is any triplet still being attacked?" (a
+      host synchronisation) runs every ``k`` steps; ``0``/``None``: never. Any value but
+      ``1`` also skips the metric's per-call input-range check (one more synchronisation;
+      the candidate is clipped to ``[-1, 1]`` by Alg. 1 itself), so with
+      ``compact_every=0, check_every=0`` the loop never waits for the device.
+    * ``compile``: ``torch.compile`` the metric's score (its forward and, through
+      AOTAutograd, its backward); ``True`` or a ``torch.compile`` mode
+      (``"reduce-overhead"``: CUDA graphs). Opt-in; if compiling fails the attack logs why
+      and continues eagerly.
 
     Args:
         eps: ℓ∞ budget on the ``[-1, 1]`` scale (0.03).
@@ -36,9 +58,13 @@ class PGD(Attack):
         early_stop: stop each triplet at its first flip (Alg. 1). ``False`` runs exactly
             ``max_iterations`` steps and judges the final image -- PGD(10), PGD(20) of the
             transfer study (Table 5).
+        compact_every: drop finished triplets from the batch every this many steps.
+        check_every: test for "all finished" every this many steps.
+        compile: ``False``, ``True`` or a ``torch.compile`` mode.
 
     Example:
         >>> result = PGD(eps=0.03).run(metric, metric.prepare(ref), prey, s_other)
+        >>> fixed = PGD(compact_every=0, check_every=0)  # fixed shapes, no host sync
     """
 
     name = "pgd"
@@ -50,16 +76,30 @@ class PGD(Attack):
         alpha: float = 0.001,
         max_iterations: int = 30,
         early_stop: bool = True,
+        compact_every: int | None = 1,
+        check_every: int | None = 1,
+        compile: bool | str = False,
     ):
         check_positive("eps", eps, allow_zero=True)
         check_positive("alpha", alpha)
         check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
         check_at_most("alpha", alpha, LINF_MAX, "the width of the [-1, 1] image scale")
         check_int("max_iterations", max_iterations, minimum=0)
+        for key, value in (("compact_every", compact_every), ("check_every", check_every)):
+            if value is not None:
+                check_int(key, value, minimum=0, note="0 or None: never")
+        if compile not in COMPILE_MODES:
+            raise ValueError(
+                f"attack parameter compile must be one of {list(COMPILE_MODES)}, got {compile!r}"
+            )
         self.eps = float(eps)
         self.alpha = float(alpha)
         self.max_iterations = int(max_iterations)
         self.early_stop = bool(early_stop)
+        self.compact_every = int(compact_every or 0)
+        self.check_every = int(check_every or 0)
+        self.compile = compile
+        self._compiled: dict[int, _CompiledScore] = {}
 
     def loss(self, s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
         """The objective that each sign step increases (Eq. 1)."""
@@ -69,6 +109,25 @@ class PGD(Attack):
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
     ) -> AttackResult:
         return self.attack(metric, prepared_ref, prey, s_other)
+
+    @property
+    def compile_errors(self) -> list[str]:
+        """Why ``torch.compile`` fell back to eager execution, per metric (empty: it did not)."""
+        return [c.error for c in self._compiled.values() if c.error]
+
+    def _scorer(self, metric: Metric) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+        """``metric.score``, without its input-range check when host syncs are avoided,
+        compiled when asked."""
+        score = metric.score
+        if self.check_every != 1 or self.compile is not False:
+            unchecked = getattr(type(metric).score, "__wrapped__", None)
+            if unchecked is not None:
+                score = functools.partial(unchecked, metric)
+        if self.compile is False:
+            return score
+        if id(metric) not in self._compiled:
+            self._compiled[id(metric)] = _CompiledScore(score, self.compile, metric.name)
+        return self._compiled[id(metric)]
 
     def attack(
         self,
@@ -90,38 +149,126 @@ class PGD(Attack):
         s_adv = torch.full((n,), float("nan"), device=device)
         flipped = torch.zeros(n, dtype=torch.bool, device=device)
         iterations = torch.full((n,), self.max_iterations, dtype=torch.long, device=device)
-        delta = start - center  # not clipped: an outside start is projected at the first step
-        active = torch.arange(n, device=device)  # triplets still being attacked
+        score = self._scorer(metric)
+        # the working batch: triplets `idx` of the input (None: all of them, in order);
+        # `live` marks those still being attacked, the others are frozen
+        idx: torch.Tensor | None = None
+        ref_w, center_w, s_other_w = prepared_ref, center, s_other
+        delta_w = start - center  # not clipped: an outside start is projected at the first step
+        live = torch.ones(n, dtype=torch.bool, device=device)
+        if self.compact_every == 1:  # compacted from the start, as at every later step
+            idx = torch.arange(n, device=device)
+            ref_w = select(prepared_ref, idx)
+
+        def due(every: int, k: int) -> bool:
+            return every > 0 and (k + 1) % every == 0
+
+        def get(full: torch.Tensor) -> torch.Tensor:
+            return full if idx is None else full[idx]
+
+        def put(full: torch.Tensor, value: torch.Tensor) -> None:
+            if idx is None:
+                full.copy_(value)
+            else:
+                full[idx] = value
+
         for k in range(self.max_iterations + 1):
             last = k == self.max_iterations
-            x = (center[active] + delta[active]).clamp(LOW, HIGH)
+            x = (center_w + delta_w).clamp(LOW, HIGH)
             x.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
-                s = metric.score(select(prepared_ref, active), x)
+                s = score(ref_w, x)
             s_det = s.detach()
             if last:
-                done = torch.ones_like(s_det, dtype=torch.bool)  # the budget is spent
+                done = live  # the budget is spent
             elif self.early_stop:
-                done = rank_flipped(s_det, s_other[active], self.reverse)
+                done = live & rank_flipped(s_det, s_other_w, self.reverse)
             else:
-                done = torch.zeros_like(s_det, dtype=torch.bool)
-            if done.any():
-                idx = active[done]
-                adv[idx] = x.detach()[done]
-                s_adv[idx] = s_det[done]
-                iterations[idx] = k
-                flipped[idx] = rank_flipped(s_det[done], s_other[idx], self.reverse)
-            if last:
+                done = torch.zeros_like(live)
+            # record the finished triplets with masked writes (no host synchronisation)
+            put(adv, torch.where(done[:, None, None, None], x.detach(), get(adv)))
+            put(s_adv, torch.where(done, s_det.to(s_adv.dtype), get(s_adv)))
+            put(iterations, torch.where(done, k, get(iterations)))
+            put(
+                flipped,
+                torch.where(done, rank_flipped(s_det, s_other_w, self.reverse), get(flipped)),
+            )
+            live = live & ~done
+            if last or (due(self.check_every, k) and not live.any()):
                 break
-            keep = ~done
-            if not keep.any():
-                break
-            loss = self.loss(s_other[active], s).sum()
+            loss = self.loss(s_other_w, s).sum()
             (grad,) = torch.autograd.grad(loss, x)
             stepped = x.detach() + self.alpha * grad.sign()
-            delta[active] = (stepped - center[active]).clamp(-self.eps, self.eps)
-            active = active[keep]
+            delta_w = torch.where(
+                live[:, None, None, None], (stepped - center_w).clamp(-self.eps, self.eps), delta_w
+            )
+            if due(self.compact_every, k):  # drop the frozen triplets (a host sync)
+                idx = (torch.arange(n, device=device) if idx is None else idx)[live]
+                delta_w, live = delta_w[live], live[live]
+                ref_w, center_w, s_other_w = select(prepared_ref, idx), center[idx], s_other[idx]
+                if idx.numel() == 0:
+                    break
         return AttackResult(adv, s_adv, flipped, {"iterations": iterations})
+
+
+# `PGD(compile=...)`: off, on (torch.compile's default mode), or a torch.compile mode
+COMPILE_MODES = (
+    False,
+    True,
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+
+
+class _CompiledScore:
+    """A metric's score under ``torch.compile``, falling back to eager if compiling fails.
+
+    Compiling happens at the first call (forward and backward, the latter on a probe) and
+    again at a new input shape (the forward at once, the backward when first used); an
+    error in a compiled forward or in the first backward is logged once, with its reason,
+    and every later call runs eagerly. Running out of device memory is not a compile
+    error: it propagates (the engine halves the batch).
+    """
+
+    def __init__(self, score: Callable, mode: bool | str, metric_name: str):
+        self.eager = score
+        self.mode = "default" if mode is True else mode
+        self.metric_name = metric_name
+        self.error: str | None = None
+        self.checked = False  # a backward through the compiled graph has run
+        self.compiled = torch.compile(score, mode=self.mode)
+
+    def __call__(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
+        if self.error is not None:
+            return self.eager(prepared, x)
+        try:
+            if not self.checked and x.requires_grad:
+                # compile the backward now, on a probe of its own, rather than mid-step (a
+                # compiled backward runs once per graph: no retained graph to reuse)
+                probe = x.detach().clone().requires_grad_(True)
+                torch.autograd.grad(self._compiled(prepared, probe).sum(), probe)
+                self.checked = True
+            return self._compiled(prepared, x)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 -- any compiler failure: run eagerly
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            self.error = f"{type(error).__name__}: {first_line}"
+            log.warning(
+                "torch.compile (mode=%s) of metric %r failed, running it eagerly: %s",
+                self.mode,
+                self.metric_name,
+                self.error,
+            )
+            return self.eager(prepared, x)
+
+    def _compiled(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
+        if self.mode in ("reduce-overhead", "max-autotune") and x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new iteration
+            return self.compiled(prepared, x).clone()  # the graph's output is reused
+        return self.compiled(prepared, x)
 
 
 class ReversePGD(PGD):

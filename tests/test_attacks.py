@@ -9,12 +9,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from attackpsm.attacks import lbfgs
 from attackpsm.attacks.fgsm import FGSM
-from attackpsm.attacks.onepixel import OnePixel, counter_uniform, image_keys
+from attackpsm.attacks.onepixel import (
+    CPU_BATCH,
+    DEVICE_BATCH,
+    OnePixel,
+    counter_uniform,
+    image_keys,
+)
 from attackpsm.attacks.pgd import PGD, ReversePGD
 from attackpsm.attacks.stadv import StAdv, StAdvPGD, flow_loss, rank_term, warp
 from attackpsm.engine import attack_batch
@@ -185,6 +192,49 @@ def test_onepixel_never_calls_backward(lpips_rand, batch, monkeypatch):
     out = attack.run(lpips_rand, prepared, prey, s_other)
     assert grad_modes and not any(grad_modes)  # every metric call ran without autograd
     assert not out.adv.requires_grad and not out.s_adv.requires_grad
+
+
+def test_onepixel_call_size_is_cache_sized_on_cpu_and_whole_elsewhere():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object, no GPU needed
+    attack = OnePixel()
+    assert attack.max_batch is None
+    # on a CPU: calls of at most CPU_BATCH images, equal in size (no small remainder)
+    for total in (1, 100, CPU_BATCH, CPU_BATCH + 1, 800, 40_000):
+        step = attack.call_size(total, cpu)
+        sizes = [min(step, total - i) for i in range(0, total, step)]
+        assert max(sizes) <= CPU_BATCH and max(sizes) - min(sizes) <= len(sizes)
+        assert len(sizes) == math.ceil(total / CPU_BATCH)
+    assert attack.call_size(800, cpu) == 115  # 7 calls: 6 of 115, one of 110
+    # on an accelerator the population is scored in the large calls it had before
+    assert attack.call_size(40_000, cuda) == DEVICE_BATCH == 2048
+    assert OnePixel(max_batch=300).call_size(800, cpu) == 300
+    assert OnePixel(max_batch=300).call_size(800, cuda) == 300
+
+
+def test_onepixel_cpu_calls_change_no_bit(lpips_rand, monkeypatch):
+    """Cache-sized calls on a CPU give the per-triplet table of one call per generation
+    (``max_batch=2048``: the earlier default) bit for bit."""
+    batch = synthetic_batch(num_triplets=6, seed=11, size=32, variant="calibrated")
+    sizes: list[int] = []
+    original = lpips_rand.score
+
+    def spy(prepared, x):
+        sizes.append(x.shape[0])
+        return original(prepared, x)
+
+    monkeypatch.setattr(lpips_rand, "score", spy)
+    tables, calls = [], []
+    for max_batch in (None, 2048):
+        sizes.clear()
+        attack = OnePixel(population=60, generations=4, max_batch=max_batch)
+        tables.append(attack_batch(lpips_rand, attack, batch)[0])
+        calls.append(list(sizes))
+    chunked, whole = calls
+    # d0, d1 (2 calls), the 8-bit re-check (1 or 3 calls) around the population's calls
+    assert max(chunked[2:-1]) <= CPU_BATCH < 6 * 60 == whole[2]
+    assert len(chunked) > len(whole)
+    assert tables[0]["iterations"].max() > 0  # the evolution ran past the first generation
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
 
 
 # --- stAdv -----------------------------------------------------------------------------

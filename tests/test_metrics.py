@@ -196,9 +196,10 @@ def wheels(tmp_path_factory) -> dict[str, Path]:
         pytest.skip(f"package index unreachable: {exc}")
 
 
-def test_dists_equals_the_authors_module(photos, wheels, monkeypatch):
-    """Our DISTS == ``DISTS_pt.DISTS`` from the dists-pytorch wheel (the authors' code),
-    given the same VGG16 and alpha/beta tensors."""
+@pytest.fixture
+def authors_dists(wheels, monkeypatch):
+    """``DISTS_pt.DISTS`` from the dists-pytorch wheel (the authors' code), with our VGG16
+    and alpha/beta tensors."""
     import torchvision
 
     monkeypatch.syspath_prepend(str(wheels["dists"]))  # a pure-Python wheel imports as a zip
@@ -217,11 +218,47 @@ def test_dists_equals_the_authors_module(photos, wheels, monkeypatch):
     reference = DISTS_pt.DISTS(load_weights=False)
     params = weights.load("dists")
     reference.alpha.data, reference.beta.data = params["alpha"], params["beta"]
+    return reference
+
+
+def test_dists_equals_the_authors_module(photos, authors_dists):
+    """Our DISTS == ``DISTS_pt.DISTS`` from the dists-pytorch wheel (the authors' code),
+    given the same VGG16 and alpha/beta tensors."""
     x = torch.cat([gaussian_blur(photos[:1], 1.2), (photos[1:] + 0.1).clamp(-1, 1)])
     with torch.no_grad():
-        theirs = reference((x + 1) / 2, (photos + 1) / 2)
+        theirs = authors_dists((x + 1) / 2, (photos + 1) / 2)
         ours = get_metric("dists")(photos, x)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("require_grad", [True, False])
+def test_dists_input_gradient_equals_the_authors_module(require_grad, photos, authors_dists):
+    """The attack direction: ``metric.require_grad`` reproduces the input gradient of the
+    authors' ``forward(x, y, require_grad=...)``. With ``False`` (the package's default call)
+    only the pixel-level stage carries a gradient -- nonzero, but not the full one."""
+    x = torch.cat([gaussian_blur(photos[:1], 1.2), (photos[1:] + 0.1).clamp(-1, 1)])
+    theirs_x = ((x + 1) / 2).requires_grad_(True)
+    authors_dists((photos + 1) / 2, theirs_x, require_grad=require_grad).sum().backward()
+    metric = build(compose_metric("dists", [f"metric.require_grad={require_grad}"]))
+    ours_x = x.clone().requires_grad_(True)
+    ours_d = metric(photos, ours_x)
+    ours_d.sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(ours_d, get_metric("dists")(photos, x))  # same distances
+    # d/dx on [-1, 1] = d/dx' on [0, 1] / 2
+    torch.testing.assert_close(ours_x.grad, theirs_x.grad / 2, rtol=1e-4, atol=1e-9)
+    assert ours_x.grad.abs().max() > 0
+    full_x = x.clone().requires_grad_(True)
+    get_metric("dists")(photos, full_x).sum().backward()
+    same_sign = (ours_x.grad.sign() == full_x.grad.sign()).float().mean().item()
+    assert (same_sign == 1.0) == require_grad
+
+
+def test_dists_refuses_a_non_boolean_require_grad():
+    from attackpsm.metrics.dists import DISTS
+
+    with pytest.raises(ValueError, match="require_grad must be true or false, got 'no'"):
+        DISTS(require_grad="no")
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])

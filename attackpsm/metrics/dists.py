@@ -89,6 +89,14 @@ class DISTS(Metric):
     Args:
         weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
+        require_grad: ``True`` (default): gradients reach the image through every stage,
+            as the metric's definition implies. ``False`` reproduces the ``DISTS_pytorch``
+            package's default call ``forward(x, y, require_grad=False)``: the VGG stages run
+            under ``torch.no_grad()`` but stage 0 is the input tensor itself, so an attack
+            still gets a gradient -- from the 3 pixel-level channels only (the RGB means,
+            variances and covariance), a far weaker direction. Distances are identical
+            either way; only white-box attacks see the difference (README, "Why DISTS
+            flips more here than in the paper").
 
     References:
         Ding, K., Ma, K., Wang, S., Simoncelli, E. P. (2020). Image Quality Assessment:
@@ -97,8 +105,13 @@ class DISTS(Metric):
 
     name = "dists"
 
-    def __init__(self, weights_dir: str | None = None, allow_fetch: bool = True):
+    def __init__(
+        self, weights_dir: str | None = None, allow_fetch: bool = True, require_grad: bool = True
+    ):
         super().__init__()
+        if not isinstance(require_grad, bool):
+            raise ValueError(f"dists: require_grad must be true or false, got {require_grad!r}")
+        self.require_grad = require_grad
         vgg = weights.load("vgg16", weights_dir, allow_fetch=allow_fetch)
         params = weights.load("dists", weights_dir, allow_fetch=allow_fetch)
         self.stages = build_vgg_stages(vgg)
@@ -111,8 +124,16 @@ class DISTS(Metric):
         self.freeze()
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The six stages' activations of a ``[-1, 1]`` image (stage 0: the ``[0, 1]`` image)."""
-        return vgg_features(self.stages, self.mean, self.std, x)
+        """The six stages' activations of a ``[-1, 1]`` image (stage 0: the ``[0, 1]`` image).
+
+        With ``require_grad=False`` stages 1-5 carry no gradient (``DISTS_pytorch``'s
+        default ``torch.no_grad()`` forward); stage 0 always does.
+        """
+        if self.require_grad:
+            return vgg_features(self.stages, self.mean, self.std, x)
+        with torch.no_grad():
+            deep = vgg_features(self.stages, self.mean, self.std, x.detach())[1:]
+        return [to_unit(x), *deep]
 
     def prepare(self, ref: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per stage: the reference's features, their spatial means and variances."""

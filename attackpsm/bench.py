@@ -216,6 +216,19 @@ def reference_for(w: Workload, attack: Attack) -> Callable:
 # --- measurement --------------------------------------------------------------------------
 
 
+def bench_meta(device: torch.device) -> dict[str, Any]:
+    """What a bench table was measured on: the device, torch, threads and TF32 settings."""
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -948,15 +961,7 @@ def main(argv: list[str] | None = None) -> int:
         table = "\n\n".join(t for t in (table, format_pipeline(extra)) if t)
     print()
     print(table)
-    meta = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-    }
+    meta = bench_meta(device)
     Path(args.out).write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "pipeline": extra}, indent=2)
     )
@@ -998,13 +1003,7 @@ def _run_engine_modes(
     table = format_engine_modes(rows)
     print()
     print(table)
-    meta = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    meta = bench_meta(device)
     Path(args.out).write_text(json.dumps({"meta": meta, "engine_modes": rows}, indent=2))
     if args.markdown:
         Path(args.markdown).write_text(

@@ -20,4 +20,4 @@ import os
 # (README, "Attacks"). MKL reads it at its first call; an explicit MKL_CBWR is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -281,3 +281,38 @@ def test_cli_builds_the_cache_a_run_then_uses(bapps_root, tmp_path, capsys):
     assert built.path == marker.parent and marker.stat().st_mtime_ns == stamp  # not rebuilt
     np.testing.assert_array_equal(built.images, expected_rows(ds))
     assert main([*args, "dataset.root=/nonexistent/bapps"]) == 2  # a clear layout error
+
+
+def test_reused_buffers_never_change_a_kept_batch(bapps_root, tmp_path):
+    """Converted images go into reused buffers only when no batch refers to them any more:
+    batches kept in a list (more than the pool holds) equal those read one at a time, and
+    a reader that drops each batch reuses a few buffers rather than allocating new ones."""
+    ds = BAPPS(size=SIZE, root=bapps_root)
+    cache = ensure_cache(ds, tmp_path / "c", workers=1, progress=False)
+    reader = CachedBatches(cache, ds.records, batch_size=1)
+    kept = list(reader)
+    assert len(kept) * 3 > 8  # more images than the pool keeps buffers for
+    streamed = CachedBatches(cache, ds.records, batch_size=1)
+    seen = 0
+    for a, b in zip(kept, streamed, strict=True):
+        assert a.triplet_id == b.triplet_id
+        for k in ("ref", "p0", "p1"):
+            assert torch.equal(getattr(a, k), getattr(b, k))
+        expected = from_uint8_rows(cache, a.triplet_id[0])
+        assert all(
+            torch.equal(getattr(a, k)[0], expected[i]) for i, k in enumerate(("ref", "p0", "p1"))
+        )
+        seen += 1
+    assert seen == len(kept)
+    assert reader.pool.allocated == 3 * len(kept)  # every kept batch has its own buffers
+    reused = CachedBatches(cache, ds.records, batch_size=1)
+    for batch in reused:
+        del batch  # dropped before the next is read, as a run does
+    # the batch in use, the one read ahead and one being converted: a few sets, then reuse
+    assert reused.pool.allocated <= 9 < 3 * len(kept)
+
+
+def from_uint8_rows(cache, triplet_id: str) -> list[torch.Tensor]:
+    """The three images of a cached triplet, converted the way the PNG path rounds them."""
+    row = cache.images[cache.row_of[triplet_id]]
+    return [torch.from_numpy(row[k].astype(np.float32)) / 127.5 - 1.0 for k in range(3)]

@@ -406,7 +406,7 @@ class _BufferPool:
     an example image) never changes.
     """
 
-    def __init__(self, keep: int = 8):
+    def __init__(self, keep: int = 9):  # three batches: in use, read ahead, being converted
         self.keep, self.buffers, self.allocated = keep, [], 0
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:

@@ -35,19 +35,12 @@ from attackpsm.report.tables import attack_rows, build_tables
 from attackpsm.results import BASE_COLUMNS, summarize, summary_markdown
 from attackpsm.stats import STAT_COLUMNS
 from attackpsm.twoafc import human_agrees
+from tests.test_report import BAPPS, PGD  # the paper's settings, as the report tests use them
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 UPDATE = os.environ.get("ATTACKPSM_UPDATE_GOLDEN") == "1"
 ROOT_TOKEN = "<results>"
 
-BAPPS = {
-    "_target_": "attackpsm.data.bapps.BAPPS",
-    "name": "bapps",
-    "root": "data/bapps",
-    "split": "val",
-    "subsets": None,
-    "filter": "unanimous",
-}
 PIEAPP = {
     "_target_": "attackpsm.data.pieapp.PieAPP",
     "name": "pieapp",
@@ -63,14 +56,6 @@ SYNTHETIC = {
 }
 NONE = {"_target_": "attackpsm.attacks.none.NoAttack", "name": "none"}
 FGSM = {"_target_": "attackpsm.attacks.fgsm.FGSM", "name": "fgsm", "max_eps": 0.05}
-PGD = {
-    "_target_": "attackpsm.attacks.pgd.PGD",
-    "name": "pgd",
-    "eps": 0.03,
-    "alpha": 0.001,
-    "max_iterations": 30,
-    "early_stop": True,
-}
 ONEPIXEL = {"_target_": "attackpsm.attacks.onepixel.OnePixel", "name": "onepixel", "pixels": 1}
 REVERSE = {**PGD, "_target_": "attackpsm.attacks.pgd.ReversePGD", "name": "pgd_reverse"}
 STADV = {
@@ -86,7 +71,11 @@ TRANSFER = {
     "select": "stadv", "max_rmse": 3.0, "accurate_only": True, "source": "bapps",
     "source_overrides": [], "source_metric": "lpips_alex", "manifest": None,
 }  # fmt: skip
-SAVED = {"_target_": "attackpsm.transfer.SavedAdversarial", "name": "saved", "source": TRANSFER}
+SAVED = {
+    "_target_": "attackpsm.transfer.SavedAdversarial",
+    "name": "saved",
+    "source": TRANSFER,
+}
 
 
 def per_triplet(

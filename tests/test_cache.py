@@ -28,6 +28,7 @@ from attackpsm.data.cache import (
     TripletCache,
     ensure_cache,
     index_fingerprint,
+    levels_to_float,
 )
 from attackpsm.images import to_uint8
 from tests.conftest import make_cfg
@@ -221,6 +222,23 @@ def test_cached_batches_equal_the_png_batches(bapps_root, tmp_path, monkeypatch,
             assert torch.equal(ta, tb) or (k == "judge" and torch.equal(ta.isnan(), tb.isnan()))
 
 
+def test_unconverted_batches_are_the_cached_levels(bapps_root, tmp_path):
+    """``convert=False``: the ``uint8`` rows as stored, which convert to the float batches."""
+    ds = BAPPS(size=SIZE, root=bapps_root)
+    cache = ensure_cache(ds, tmp_path / "c", workers=1, progress=False)
+    shard = ds.records[1:6]
+    raw = list(CachedBatches(cache, shard, batch_size=2, convert=False))
+    converted = list(CachedBatches(cache, shard, batch_size=2))
+    assert [b.triplet_id for b in raw] == [b.triplet_id for b in converted]
+    for r, c in zip(raw, converted, strict=True):
+        for i, k in enumerate(("ref", "p0", "p1")):
+            levels = getattr(r, k)
+            assert levels.dtype == torch.uint8
+            rows = [cache.images[cache.row_of[t]][i] for t in r.triplet_id]
+            assert np.array_equal(levels.numpy(), np.stack(rows))
+            assert torch.equal(levels_to_float(levels), getattr(c, k))
+
+
 def test_bad_settings_are_refused(bapps_root, tmp_path):
     with pytest.raises(ValueError, match="resolution=native"):
         ensure_cache(BAPPS(size=None, root=bapps_root), tmp_path / "c")
@@ -263,14 +281,17 @@ def test_run_with_cache_gives_the_same_table_bit_for_bit(bapps_root, tmp_path):
 
 
 def test_bench_loading_rows(tmp_path):
-    from attackpsm.bench import loading, make_bapps_layout
+    from attackpsm.bench import format_pipeline, loading, make_bapps_layout
 
     root = make_bapps_layout(tmp_path / "bapps", triplets=5, unique=2)
     ds = BAPPS(size=SIZE, root=root, filter="all")
     assert [r.triplet_id for r in ds.records] == [f"val/cnn/{i:06d}" for i in range(5)]
     rows, build_s = loading(root, tmp_path / "c", SIZE, 2, torch.device("cpu"))
-    assert [r["path"] for r in rows] == ["png", "cache"] and build_s > 0
-    assert all(r["triplets"] == 5 and r["triplets_per_s"] > 0 for r in rows)
+    assert [r["path"] for r in rows] == ["png", "cache", "cache, uint8 rows only"]
+    assert build_s > 0 and all(r["triplets"] == 5 and r["triplets_per_s"] > 0 for r in rows)
+    assert "| cache, uint8 rows only | 5 |" in format_pipeline(
+        {"device": "cpu", "loading": rows, "cache_build_s": build_s, "runs": []}
+    )
     cache = ensure_cache(ds, tmp_path / "c", progress=False)
     np.testing.assert_array_equal(cache.images[3], cache.images[1])  # linked copies of 1
     np.testing.assert_array_equal(cache.images, expected_rows(ds))

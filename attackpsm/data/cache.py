@@ -391,7 +391,7 @@ def _numpy_levels(u8: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 _NUMPY_EXACT = np.array_equal(_numpy_levels(np.arange(256, dtype=np.uint8)), _LEVELS.numpy())
 
 
-_CHUNK_BYTES = 1 << 19  # floats converted per step: well inside a core's L2 cache
+_CHUNK_BYTES = 1 << 20  # floats converted per step: half a core's L2 cache here
 
 
 def _to_float_cpu(u8: np.ndarray, out: np.ndarray | None = None) -> torch.Tensor:
@@ -450,9 +450,10 @@ class CachedBatches:
     images. The rows travel as ``uint8`` (pinned memory, ``non_blocking`` on CUDA) and are
     converted on the device: elsewhere than the CPU through a 256-entry table computed by
     :func:`levels_to_float` on the CPU; on the CPU by the same arithmetic in numpy, checked
-    equal to that table on all 256 levels (else the table is used). The next batch is read from
-    the memmap (and, on the CPU, converted) in a background thread while the current one is
-    used.
+    equal to that table on all 256 levels (else the table is used). The next batches are read
+    from the memmap (and, on the CPU, converted) in a background thread while the current one
+    is used. ``convert=False`` yields the ``uint8`` rows as read (the 8-bit levels, on the CPU):
+    the reader's whole work in a run whose device converts.
     """
 
     def __init__(
@@ -462,6 +463,7 @@ class CachedBatches:
         batch_size: int,
         device: torch.device | str = "cpu",
         spans: list[tuple[int, int]] | None = None,
+        convert: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -480,7 +482,8 @@ class CachedBatches:
         )
         self.device = torch.device(device)
         self.rows = np.array([cache.row_of[r.triplet_id] for r in self.records], dtype=np.int64)
-        self.pin = self.device.type == "cuda"
+        self.convert = convert
+        self.pin = convert and self.device.type == "cuda"
         self.table = _LEVELS.to(self.device) if self.device.type != "cpu" else None
         self.pool = _BufferPool()
 
@@ -505,7 +508,7 @@ class CachedBatches:
             u8 = self.cache.images[int(wanted[0]) : int(wanted[-1]) + 1].view(np.ndarray)
         else:
             u8 = self.cache.images[wanted].view(np.ndarray)  # a copy of just these rows
-        if self.table is None:
+        if self.table is None and self.convert:
             shape = (u8.shape[0], *u8.shape[2:])
             images = tuple(_to_float_cpu(u8[:, k], self.pool.take(shape)) for k in range(3))
         else:
@@ -536,11 +539,12 @@ class CachedBatches:
                 judge = torch.tensor(
                     [float("nan") if r.judge is None else r.judge for r in records]
                 )
-                ref, p0, p1 = u8 if self.table is None else (self._convert(t) for t in u8)
+                convert = self.convert and self.table is not None
+                ref, p0, p1 = (self._convert(t) for t in u8) if convert else u8
                 yield Batch(
                     [r.triplet_id for r in records],
                     [r.subset for r in records],
-                    judge.to(self.device, non_blocking=True),
+                    judge.to(self.device, non_blocking=True) if self.convert else judge,
                     ref,
                     p0,
                     p1,

@@ -67,12 +67,12 @@ STADV = {
     "max_iterations": None,
 }
 TRANSFER = {
-    "_target_": "attackpsm.transfer.TransferTriplets", "name": "transfer", "column": "stadv",
+    "_target_": "attackpsm.data.transfer.TransferTriplets", "name": "transfer", "column": "stadv",
     "select": "stadv", "max_rmse": 3.0, "accurate_only": True, "source": "bapps",
     "source_overrides": [], "source_metric": "lpips_alex", "manifest": None,
 }  # fmt: skip
 SAVED = {
-    "_target_": "attackpsm.transfer.SavedAdversarial",
+    "_target_": "attackpsm.attacks.saved.SavedAdversarial",
     "name": "saved",
     "source": TRANSFER,
 }

@@ -153,7 +153,11 @@ def results(tmp_path) -> Path:
         "select": "stadv", "max_rmse": 3.0, "accurate_only": True, "source": "bapps",
         "source_overrides": [], "source_metric": "lpips_alex", "manifest": None,
     }  # fmt: skip
-    saved = {"_target_": "attackpsm.attacks.saved.SavedAdversarial", "name": "saved", "source": transfer}
+    saved = {
+        "_target_": "attackpsm.attacks.saved.SavedAdversarial",
+        "name": "saved",
+        "source": transfer,
+    }
     write_run(root, "l2", saved, triplets(16, 4, 4, 1), dataset=transfer)
     write_run(root, "l2", saved, triplets(16, 6, 4, 1), dataset={**transfer, "column": "pgd10"})
     return root

@@ -36,6 +36,18 @@ PGD = {
     "max_iterations": 30,
     "early_stop": True,
 }
+# the transfer evaluation (dataset=transfer attack=saved) of stAdv images crafted on
+# LPIPS(Alex) from BAPPS
+TRANSFER = {
+    "_target_": "attackpsm.data.transfer.TransferTriplets", "name": "transfer", "column": "stadv",
+    "select": "stadv", "max_rmse": 3.0, "accurate_only": True, "source": "bapps",
+    "source_overrides": [], "source_metric": "lpips_alex", "manifest": None,
+}  # fmt: skip
+SAVED = {
+    "_target_": "attackpsm.attacks.saved.SavedAdversarial",
+    "name": "saved",
+    "source": TRANSFER,
+}
 
 
 # --- hand-built results ------------------------------------------------------------------------
@@ -148,18 +160,8 @@ def results(tmp_path) -> Path:
     )
     # transfer evaluation (dataset=transfer attack=saved) of the stAdv images crafted on
     # LPIPS(Alex) from BAPPS, on L2: 16 accurate of 20 labelled, 4 of them flipped
-    transfer = {
-        "_target_": "attackpsm.data.transfer.TransferTriplets", "name": "transfer", "column": "stadv",
-        "select": "stadv", "max_rmse": 3.0, "accurate_only": True, "source": "bapps",
-        "source_overrides": [], "source_metric": "lpips_alex", "manifest": None,
-    }  # fmt: skip
-    saved = {
-        "_target_": "attackpsm.attacks.saved.SavedAdversarial",
-        "name": "saved",
-        "source": transfer,
-    }
-    write_run(root, "l2", saved, triplets(16, 4, 4, 1), dataset=transfer)
-    write_run(root, "l2", saved, triplets(16, 6, 4, 1), dataset={**transfer, "column": "pgd10"})
+    write_run(root, "l2", SAVED, triplets(16, 4, 4, 1), dataset=TRANSFER)
+    write_run(root, "l2", SAVED, triplets(16, 6, 4, 1), dataset={**TRANSFER, "column": "pgd10"})
     return root
 
 

@@ -35,7 +35,12 @@ from attackpsm.report.tables import attack_rows, build_tables
 from attackpsm.results import BASE_COLUMNS, summarize, summary_markdown
 from attackpsm.stats import STAT_COLUMNS
 from attackpsm.twoafc import human_agrees
-from tests.test_report import BAPPS, PGD  # the paper's settings, as the report tests use them
+from tests.test_report import (
+    BAPPS,
+    PGD,
+    SAVED,
+    TRANSFER,
+)  # the paper's settings, as the report tests use them
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 UPDATE = os.environ.get("ATTACKPSM_UPDATE_GOLDEN") == "1"
@@ -65,16 +70,6 @@ STADV = {
     "beta": 0.05,
     "variant": "paper",
     "max_iterations": None,
-}
-TRANSFER = {
-    "_target_": "attackpsm.data.transfer.TransferTriplets", "name": "transfer", "column": "stadv",
-    "select": "stadv", "max_rmse": 3.0, "accurate_only": True, "source": "bapps",
-    "source_overrides": [], "source_metric": "lpips_alex", "manifest": None,
-}  # fmt: skip
-SAVED = {
-    "_target_": "attackpsm.attacks.saved.SavedAdversarial",
-    "name": "saved",
-    "source": TRANSFER,
 }
 
 

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run calibrate test test-slow test-cluster test-all lint format bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
+.PHONY: help install weights run calibrate test test-slow test-cluster test-all lint format docs bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
 DATA ?= data
 RESULTS ?= results
 REPORT_ARGS ?=
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1  # test-only, see pyproject.toml
 	touch $@
 
@@ -79,9 +79,12 @@ lint: install ## Ruff lint and format check, and the import layers of the packag
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
+docs: install ## Build the documentation site into site/ (strict: broken links or stale API pages fail)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 format: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-clean: ## Remove outputs (results/, logs/, caches); keeps .venv and the weights cache
-	rm -rf results logs outputs multirun .pytest_cache .ruff_cache
+clean: ## Remove outputs (results/, logs/, site/, caches); keeps .venv and the weights cache
+	rm -rf results logs outputs multirun site .pytest_cache .ruff_cache

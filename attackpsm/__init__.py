@@ -17,7 +17,7 @@ import os
 # and adds the parts in an order that follows the threads' timing: on a busy machine the
 # same seed gave different stAdv flows. MKL's Conditional Numerical Reproducibility mode
 # "AUTO,STRICT" fixes the code path and the order of the sums for any number of threads
-# (README, "Attacks"). MKL reads it at its first call; an explicit MKL_CBWR is kept.
+# (docs/guarantees.md, "Determinism"). MKL reads it at its first call; an explicit MKL_CBWR is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.4.0"

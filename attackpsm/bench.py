@@ -282,7 +282,7 @@ def measure(w: Workload, device: torch.device, reference_limit: int, tol: float)
         raise ValueError(f"unknown bench options {unknown}; valid: {list(OPTIONS)}")
     metric = build_metric(w.metric, device)
     attack = build_attack(w.attack, w.params)
-    # the easy variant: the throughput figures in the README were measured on it
+    # the easy variant: the throughput figures in docs/performance.md were measured on it
     data = SyntheticTriplets(size=w.size, num_triplets=w.triplets, seed=1234, variant="easy")
     items = [data[i] for i in range(len(data))]
     batches = [
@@ -583,7 +583,7 @@ ENGINE_MODES = "shrink | masked | masked:K | compact:K"
 
 
 def parse_engine_mode(mode: str) -> dict[str, int]:
-    """``PGD`` keyword arguments of a bench ``--engine-mode`` (README, "Performance").
+    """``PGD`` keyword arguments of a bench ``--engine-mode`` (docs/performance.md, "PGD execution modes").
 
     ``shrink``: the default loop (finished triplets leave the batch after every step);
     ``masked``: fixed shapes, finished triplets frozen by a mask, no host synchronisation;

@@ -120,7 +120,7 @@ def summarize(name: str, rows: pd.DataFrame) -> dict:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """The calibration table in the layout of the README."""
+    """The calibration table in the layout of docs/research.md, "Calibration of the synthetic set"."""
     head = (
         "| metric | accuracy | paper (Table 1, subset) | ✓ / ✗ | ✓ mean abs(s0 - s1) "
         "| paper ✓ (Table 3) | ✗ mean abs(s0 - s1) | paper ✗ |\n"

@@ -1,6 +1,6 @@
 """The Hydra configuration: where it lives, how command lines name it, how a node is built.
 
-The lowest layer of the package besides :mod:`attackpsm.images` (README, "Architecture"):
+The lowest layer of the package besides :mod:`attackpsm.images` (docs/architecture.md, "Import layers"):
 every command -- the app, the data tools, the craft stage, the bench -- composes the same
 ``conf/`` tree and instantiates its group nodes the same way.
 

@@ -25,7 +25,7 @@ from attackpsm.twoafc import Prey, choose_prey, human_agrees, rank_flipped
 
 log = logging.getLogger("attackpsm")
 
-# The metric contract (README, "Metrics"): a distance is finite and >= 0. Rounding may
+# The metric contract (docs/metrics.md): a distance is finite and >= 0. Rounding may
 # leave a true zero slightly below 0; anything lower is a broken metric, never a flip.
 NEGATIVE_TOLERANCE = 1e-6
 

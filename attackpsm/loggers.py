@@ -5,7 +5,7 @@ W&B failure (no network, no login, a broken install) becomes a warning. ``mode=o
 falls back to offline when the service cannot be reached; offline runs are synced later
 with ``wandb sync <dir>/wandb/offline-run-*``.
 
-What a shard's run shows (README, "Weights & Biases"):
+What a shard's run shows (docs/wandb.md, "What a run shows"):
 
 * ``progress/*`` -- live history, one record per batch at step = triplets done
   (:class:`ShardProgress`): running flip rate (all, ✓, ✗), after 8-bit rounding,
@@ -76,9 +76,14 @@ class WandbLogger(NullLogger):
 
     Args:
         mode: ``offline`` (default), ``online`` or ``disabled``.
-        project, entity, tags: W&B fields.
+        project: the W&B project.
+        entity: the W&B entity (user or team).
+        tags: W&B tags.
         dir: where ``wandb/`` run folders are written.
-        group, name, job_type, run_config: filled in by the runner.
+        group: the W&B group (the run identity; filled in by the runner).
+        name: the W&B run name (filled in by the runner).
+        job_type: the W&B job type (filled in by the runner).
+        run_config: the config logged with the run (filled in by the runner).
         id: a stable W&B run id (the runner derives one per shard from its run directory,
             :func:`shard_run_id`): a resumed shard continues its run (``resume="allow"``;
             offline, ``wandb sync`` merges the folders of the same id into one run).

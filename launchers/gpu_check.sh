@@ -6,7 +6,7 @@
 # the cache and from PNGs next to the engine alone) and writes bench.json, bench.md and the
 # log to OUT_DIR. `--pipeline only` runs just the loading and end-to-end rows. Then the
 # certification throughput (noisy samples/s of attack=certify on LPIPS(Alex)) in certify.json.
-# Then PGD's execution modes (README, "Performance"): shrinking batch, fixed shapes with a mask,
+# Then PGD's execution modes (docs/performance.md, "PGD execution modes"): shrinking batch, fixed shapes with a mask,
 # compaction every k steps, and torch.compile / CUDA graphs on the fixed shapes, each with its
 # "same decisions" count against the default, in engine_modes.{json,md} and engine_compile.{json,md}
 # (ENGINE_MODES=0 skips them).

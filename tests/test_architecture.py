@@ -1,4 +1,4 @@
-"""The import layers of the package (README, "Architecture") hold, and the check can fail.
+"""The import layers of the package (docs/architecture.md, "Import layers") hold, and the check can fail.
 
 ``make lint`` runs import-linter's ``lint-imports`` over the contract in ``pyproject.toml``;
 these tests run the same command on the real tree and on a copy with one back-edge added.

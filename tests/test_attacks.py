@@ -1,6 +1,6 @@
 """Attack invariants: budgets, real flips, black-box One-pixel, stAdv mechanics, batching.
 
-Mechanics run on L2 and on LPIPS with a random backbone (fast); the numbers in the README
+Mechanics run on L2 and on LPIPS with a random backbone (fast); the numbers in docs/research.md
 come from the real weights.
 """
 

@@ -1,7 +1,7 @@
 """Faults of storage, injected with real processes and real files: every run ends with each
 triplet exactly once, or stops with a message naming what is wrong.
 
-Each row of the README's "Guarantees" table names the test here that shows it.
+Each row of the table in docs/guarantees.md names the test here that shows it.
 """
 
 from __future__ import annotations

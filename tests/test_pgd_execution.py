@@ -1,4 +1,4 @@
-"""PGD's execution options (README, "Performance"): fixed shapes with a mask, compaction
+"""PGD's execution options (docs/performance.md, "PGD execution modes"): fixed shapes with a mask, compaction
 every k steps, no host synchronisation, torch.compile -- the same per-triplet results as
 the default loop that shrinks its batch at every step (Algorithm 1)."""
 

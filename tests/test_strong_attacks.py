@@ -322,7 +322,7 @@ def test_square_rejects_bad_parameters():
 
 
 def test_square_sweep_prints_one_row_per_setting(capsys):
-    """The sweep behind Square's defaults (README, "Stronger evaluation") runs end to end."""
+    """The sweep behind Square's defaults (docs/research.md, "Square attack p_init") runs end to end."""
     from attackpsm.attacks.square_sweep import main
 
     main(["--sizes", "32", "--queries", "4", "--p-init", "0.3", "0.8", "--num-triplets", "2"])

@@ -17,7 +17,7 @@ __all__ = ["OnePixel", "counter_uniform", "image_keys"]
 # Images per metric call when ``max_batch`` is left unset. A CPU scores a CNN metric's
 # images fastest in calls whose activations stay in its caches: on a 2-core Xeon,
 # LPIPS(Alex) at 64x64 scores 55-70% as many images/s in calls of 800 as in calls of 64
-# to 256 (README, "Performance"). An accelerator wants the whole population at once.
+# to 256 (docs/performance.md). An accelerator wants the whole population at once.
 CPU_BATCH = 128
 DEVICE_BATCH = 2048
 

@@ -34,7 +34,7 @@ class PGD(Attack):
     ``[-ε, ε]``. Batched over triplets: a flipped triplet is frozen -- it keeps the image,
     score and check index ``k`` (``iterations``) that flipped it.
 
-    How the batch is executed (README, "Performance"); every setting gives the same
+    How the batch is executed (docs/performance.md, "PGD execution modes"); every setting gives the same
     per-triplet results on the CPU:
 
     * ``compact_every=1`` (default): finished triplets leave the batch after every step, so

@@ -92,7 +92,7 @@ class Square(Attack):
         max_queries: metric calls per triplet, the initial perturbation included (1000).
         p_init: initial fraction of the image a square covers (0.8, for both norms: the
             best of a sweep on held-out synthetic triplets at 32 and 64 px and 100-1000
-            queries, README "Stronger evaluation"; the paper's ImageNet setting is 0.05
+            queries, docs/research.md "Square attack p_init"; the paper's ImageNet setting is 0.05
             for ℓ∞ and 0.1 for ℓ2). The schedule that shrinks it is the paper's, rescaled
             to ``max_queries`` (:func:`square_fraction`).
         norm: ``"linf"`` (Alg. 2 of the paper) or ``"l2"`` (Alg. 3).

@@ -5,7 +5,7 @@ classifiers; a 2AFC rank on small images is another objective. This sweep runs
 :class:`~attackpsm.attacks.square.Square` with each ``p_init`` on held-out synthetic
 triplets (a generation seed no test and no default run uses) and prints, per setting, the
 triplets flipped and the mean queries; the defaults in ``conf/attack/square.yaml`` and
-``square_l2.yaml`` were chosen from its output (README, "Stronger evaluation").
+``square_l2.yaml`` were chosen from its output (docs/research.md, "Square attack p_init").
 
 Example:
     python -m attackpsm.attacks.square_sweep --sizes 32 64 --queries 100 300 1000

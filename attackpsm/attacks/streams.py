@@ -4,7 +4,7 @@ An attack that draws random numbers (One-pixel's population, Square's windows, A
 restarts) draws them as a hash of ``(key, step, slot)`` instead of from a shared generator.
 The number a triplet gets is then the same whatever the batch it sits in, the other
 triplets still active, the device or the order of evaluation: a run with
-``resolution.batch_size=1`` equals one with ``batch_size=64`` (README, "Attacks").
+``resolution.batch_size=1`` equals one with ``batch_size=64`` (docs/guarantees.md, "Determinism").
 """
 
 from __future__ import annotations

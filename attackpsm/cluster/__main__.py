@@ -2,7 +2,7 @@
 
 After a sweep that failed or was killed, this does what :class:`attackpsm.cluster.SweepCallback`
 does at the end of a sweep: merge every run's shards, write the per-run and sweep-wide summary
-tables and log one W&B aggregate run per finished run identity (README, "Sweeps on a cluster")::
+tables and log one W&B aggregate run per finished run identity (docs/cluster.md)::
 
     python -m attackpsm.cluster merge logs/multiruns/<date>    # a sweep directory
     python -m attackpsm.cluster merge results                   # every run under a results dir

@@ -60,7 +60,7 @@ class CLIC(DiskTriplets):
     layout = (
         "  <root>/oracle.csv (O,A,B,T rows, no header) or <root>/validation.csv (O,A,B rows)\n"
         "  <root>/**/<name>.png for every name in the CSV (768x768 RGB)\n"
-        "  source: the CLIC 2022 perceptual metric track (see README, 'Datasets')"
+        "  source: the CLIC 2022 perceptual metric track (see docs/datasets.md, 'Getting the data')"
     )
 
     def __init__(

@@ -5,7 +5,7 @@
 * PieAPP: the zip on the PieAPP project page (Prashnani et al., 2018), extracted to
   ``<root>``; the folder holding ``labels/`` is reported as the dataset root.
 
-CLIC 2022 has no stable direct link; README.md, "Datasets", says where it comes from.
+CLIC 2022 has no stable direct link; docs/datasets.md, "Getting the data", says where it comes from.
 Each archive is streamed to ``<root>/.download/`` and renamed once complete, so an
 interrupted download restarts cleanly; extraction refuses paths that leave the root.
 """

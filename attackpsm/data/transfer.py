@@ -137,9 +137,15 @@ class TransferTriplets(TripletDataset):
         manifest: a crafted directory to evaluate; ``None``: the craft of ``column`` below.
         select_manifest: the crafted directory whose flips choose the triplets; ``None``:
             ``manifest`` itself when given, else the craft of ``select``.
-        source, source_overrides, source_metric, column, select, seed, store: which craft
-            (``source`` is a ``dataset`` option, ``column``/``select`` are ``attack`` options;
-            see :func:`craft_location`).
+        source: the ``dataset`` option the craft was made from (with ``source_overrides``,
+            ``source_metric``, ``seed`` and ``store``, it locates the craft; see
+            :func:`craft_location`).
+        source_overrides: overrides of every craft run.
+        source_metric: the metric the craft attacked.
+        column: the ``attack`` option of the evaluated column.
+        select: the ``attack`` option whose flips choose the triplets.
+        seed: the crafting runs' seed.
+        store: the folder holding the crafts.
         max_rmse: keep triplets whose saved selection image has RMSE ≤ this (3; ``None``: all).
         accurate_only: keep triplets on which the source metric agrees with humans (True).
     """

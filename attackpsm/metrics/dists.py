@@ -95,8 +95,8 @@ class DISTS(Metric):
             under ``torch.no_grad()`` but stage 0 is the input tensor itself, so an attack
             still gets a gradient -- from the 3 pixel-level channels only (the RGB means,
             variances and covariance), a far weaker direction. Distances are identical
-            either way; only white-box attacks see the difference (README, "Why DISTS
-            flips more here than in the paper").
+            either way; only white-box attacks see the difference (docs/research.md, "Why
+            DISTS flips more here than in the paper").
 
     References:
         Ding, K., Ma, K., Wang, S., Simoncelli, E. P. (2020). Image Quality Assessment:

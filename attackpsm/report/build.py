@@ -90,7 +90,8 @@ def build_report(
         examples: triplets per example grid (0: no grids). Grids re-run the attack on those
             triplets (see :mod:`attackpsm.report.examples`); a run whose data or weights
             are not on this machine gets a note instead of a grid.
-        example_metrics, example_attacks: restrict the grids to these metric / attack names.
+        example_metrics: restrict the grids to these metric names.
+        example_attacks: restrict the grids to these attack names.
         device: where example attacks run.
         dataset_overrides: dataset parameters for the grids, e.g. ``{"root": ...}``.
         wandb_mode: ``offline`` / ``online`` / ``disabled``, or ``None`` for no W&B run.

@@ -1,6 +1,6 @@
 """Hydra launchers of attackpsm: submitit's, where a re-run of a sweep submits only the shards
-with work left (``hydra/launcher=slurm`` and ``hydra/launcher=local``; README, "Sweeps on a
-cluster")."""
+with work left (``hydra/launcher=slurm`` and ``hydra/launcher=local``; docs/cluster.md,
+"Resume")."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ gradient, an attack's keys and the package tree, as the pages state them.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -104,3 +105,50 @@ def test_readme_is_a_front_door():
         "hydra/launcher=slurm",
     ):
         assert command in readme, command
+
+
+def _message_fragments(node: ast.expr) -> list[tuple[str, bool]]:
+    """The literal pieces of an error message, each with whether a value precedes it."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [(node.value, False)]
+    if isinstance(node, ast.JoinedStr):
+        pieces, after_value = [], False
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                pieces.append((value.value, after_value))
+                after_value = False
+            else:
+                after_value = True
+        return pieces
+    if isinstance(node, ast.BinOp):
+        return _message_fragments(node.left) + _message_fragments(node.right)
+    return []
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.replace("`", "").split())
+
+
+def test_troubleshooting_quotes_every_error_message_the_package_raises():
+    """Each raised message's longest literal piece is quoted on the troubleshooting page."""
+    page = _plain((DOCS / "troubleshooting.md").read_text())
+    missing = []
+    for path in sorted((ROOT / "attackpsm").rglob("*.py")):
+        if path.name in {"bench.py", "square_sweep.py"}:  # developer tools, not user commands
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            if not node.exc.args:
+                continue
+            pieces = []
+            for text, after_value in _message_fragments(node.exc.args[0]):
+                text = _plain(text)
+                if after_value and text[:1].isalnum():  # the tail of a value: "600s"
+                    text = text.partition(" ")[2]
+                pieces.append(text.strip(" :;,.()"))
+            longest = max(pieces, key=len, default="")
+            quote = longest[:40].strip(" :;,.()")
+            if len(quote) >= 8 and quote not in page:
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {quote!r}")
+    assert not missing, "docs/troubleshooting.md lacks:\n" + "\n".join(missing)

@@ -781,7 +781,7 @@ def leaderboard(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if not len(frame):
         return frame
     by = ["dataset", "resolution", "attack", "eps"]
-    keyed = frame[by].astype(str)
+    keyed = frame[by].map(str)  # None and NaN are keys too
     frame.insert(0, "rank", frame.groupby([keyed[c] for c in by])["flip_rate"].rank(method="min"))
     frame["rank"] = frame["rank"].astype("Int64")
     order = {f"_{c}": keyed[c] for c in ("dataset", "resolution", "attack")}

@@ -658,5 +658,10 @@ def test_curves_take_any_minimal_eps_column():
     assert row["rmse_flipped_mean"] == pytest.approx(2.0)
     assert row["median_min_eps"] == pytest.approx(0.012)
     worse = {**row, "metric": "l2", "flip_rate": 0.9}
-    ranked = leaderboard([worse, row])
-    assert ranked[["rank", "metric"]].values.tolist() == [[1, "lpips_alex"], [2, "l2"]]
+    other = {**row, "metric": "l2", "attack": "onepixel", "eps": None, "resolution": None}
+    ranked = leaderboard([worse, other, row])  # ranked within attack × ε (None is one too)
+    assert ranked[["rank", "metric", "attack"]].values.tolist() == [
+        [1, "lpips_alex", "min_eps"],
+        [2, "l2", "min_eps"],
+        [1, "l2", "onepixel"],
+    ]

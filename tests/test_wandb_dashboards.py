@@ -665,3 +665,52 @@ def test_curves_take_any_minimal_eps_column():
         [2, "l2", "min_eps"],
         [1, "l2", "onepixel"],
     ]
+
+
+@pytest.mark.slow
+def test_fgsm_scan_curve_through_merge_and_its_sweep_run(cfg_factory, tmp_path, capsys):
+    """FGSM's scan (Alg. 3) measures each triplet's first flipping ε: its run's curve has a
+    point at every such ε. ``python -m attackpsm.cluster merge --wandb-dir`` logs the
+    aggregate and the sweep run once; the dashboard of that results directory shows both."""
+    from attackpsm.cluster.__main__ import main as merge
+
+    args = ["logger=wandb", "logger.mode=offline", "metric=l2", "attack=fgsm"]
+    out = run(cfg_factory([*args, "attack.max_eps=0.02", "dataset.num_triplets=12"]))
+    table = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    good = agree(table)
+    found = good["eps_found"].to_numpy(dtype=float)
+    assert np.isfinite(found).any() and np.isnan(found).any()  # flips and survivors
+
+    def expected(curve: pd.DataFrame) -> None:
+        xs = sorted({0.0, 0.02, *found[np.isfinite(found)].tolist()})
+        assert curve["eps"].tolist() == pytest.approx(xs)
+        for x, rate in zip(curve["eps"], curve["flip_rate"], strict=True):
+            assert rate == pytest.approx((found <= x + 1e-12).mean())
+        assert set(curve["source"]) == {"eps_found"}
+
+    (shard_file,) = run_files(tmp_path / "logs")
+    state = wandb_offline.leet(shard_file, summary=True)
+    expected(table_file(shard_file, state["summary"], "curves/eps_table"))
+    assert "curves/iterations_table" not in state["summary"]  # the scan's steps are ε
+
+    results, logs = tmp_path / "results", tmp_path / "logs"
+    assert merge(["merge", str(results), "--wandb-dir", str(logs)]) == 0
+    files = run_files(logs)
+    kinds = {f: run_record(wandb_offline.leet(f))["job_type"] for f in files}
+    assert sorted(kinds.values()) == ["aggregate", "shard", "sweep"]
+    (sweep_file,) = [f for f, k in kinds.items() if k == "sweep"]
+    state = wandb_offline.leet(sweep_file, summary=True)
+    curve = table_file(sweep_file, state["summary"], "sweep/curves/eps_table")
+    expected(curve)
+    assert set(curve["curve"]) == {"l2"}
+    board = table_file(sweep_file, state["summary"], "sweep/leaderboard")
+    assert board["median_min_eps"].tolist() == [
+        pytest.approx(float(np.median(np.nan_to_num(found, nan=np.inf))))
+    ]
+    assert merge(["merge", str(results), "--wandb-dir", str(logs)]) == 0
+    assert run_files(logs) == files  # merged and logged already: nothing new
+
+    assert dashboard.main(["--sweep", str(results), "--offline"]) == 0
+    spec = json.loads((results / "dashboard.json").read_text())
+    assert run_record(wandb_offline.leet(sweep_file))["run_group"] in spec["groups"]
+    capsys.readouterr()

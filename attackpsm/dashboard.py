@@ -119,18 +119,21 @@ def specification(
     runs = sweep_runs(sweep) if sweep is not None else []
     subsets = sorted({s for r in runs for s in r["subsets"]})
     prefix = "sweep/" if sweep is not None else ""
-    robustness = [
-        _curve_panel(f"{prefix}curves/eps", "eps"),
+    table = (
         _panel(
             "table",
             "leaderboard: metric × attack × ε (✓ triplets; rank 1 = most robust)",
-            table=f"{prefix}leaderboard" if sweep is not None else "leaderboard",
-        ),
+            table="sweep/leaderboard",
+        )
+        if sweep is not None  # the leaderboard is a sweep's; per project, the runs' Table 2
+        else _panel("table", "Table 2 of every run (✓ / ✗ rows)", table="summary")
+    )
+    robustness = [
+        _curve_panel(f"{prefix}curves/eps", "eps"),
+        table,
         _curve_panel(f"{prefix}curves/iterations", "iterations"),
         _curve_panel(f"{prefix}curves/queries", "queries"),
     ]
-    if sweep is None:  # the leaderboard is a sweep's: per project, the runs' summary tables
-        robustness[1] = _panel("table", "Table 2 of every run (✓ / ✗ rows)", table="summary")
     headline = [
         _panel(
             "bar",
@@ -143,7 +146,7 @@ def specification(
     headline += [
         _panel(
             "parallel",
-            "metric → attack → ε → flip rate",
+            "metric → attack → resolution → ε → flip rate",
             columns=[f"config:{k}" for k in GROUP_BY]
             + ["config:eps", "summary:flip_rate", "summary:flip_rate_uint8"],
         ),

@@ -118,7 +118,12 @@ def leet(path: str | Path, summary: bool = False) -> list[dict] | dict:
 
     wandb_cli = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
     cmd = [wandb_cli, "leet", "inspect", "--json", *(["--summary"] if summary else []), str(path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:  # e.g. a wandb without `leet inspect` (0.31.0 has it)
+        import wandb
+
+        raise RuntimeError(f"{' '.join(cmd)} (wandb {wandb.__version__}): {proc.stderr[-2000:]}")
+    out = proc.stdout
     if summary:
         return json.loads(out)
     return [json.loads(line) for line in out.splitlines() if line.strip()]

@@ -1,18 +1,28 @@
 """``python -m attackpsm.dashboard``: a saved W&B workspace for a project or one sweep.
 
-The workspace shows what the runs log (:mod:`attackpsm.loggers`): the flip rate by
-metric × attack × resolution (Table 2's headline, with its ✓/✗ rows and per subset), the
-robustness curves (flip rate against the budget ε, and the report's flip-rate-vs-ε figures
-of the aggregate runs), the live progress of every shard, the histograms and the example
-images. It is described once, as a plain specification (:func:`specification`), and built
-with the ``wandb-workspaces`` package (``pip install 'attackpsm[dashboard]'``).
+The workspace answers "which metric is most robust at which ε" on its first screen, then
+shows what the runs log (:mod:`attackpsm.loggers`):
 
-Without a connection to W&B the specification is written to a JSON file, applied later
-from a machine that has one::
+1. **Robustness**: the fraction of ✓ triplets flipped against ε, one curve per metric on
+   one panel (the sweep run's ``sweep/curves/eps`` table, :func:`attackpsm.cluster.log_sweep`;
+   without ``--sweep``, every run's ``curves/eps``), the leaderboard table (metric × attack ×
+   ε: flip rate with its 95% interval, RMSE of the flips, median minimal ε and certified
+   radius where measured, ranked), and the curves against iterations and queries;
+2. live progress of every shard; 3. histograms; 4. example images; 5. the headline numbers
+   by metric × attack × resolution; 6. per subset.
 
-    python -m attackpsm.dashboard --entity E --project P --sweep multirun/2026-12-04/10-00-00
-    # offline: writes dashboard.json, then elsewhere:
-    python -m attackpsm.dashboard --apply dashboard.json
+Only complete runs are shown unless ``--include-partial``: aggregate runs, single-shard
+runs once finished and sweep runs (config ``complete``). The workspace is described once,
+as a plain specification (:func:`specification`), and built with the ``wandb-workspaces``
+package (``pip install 'attackpsm[dashboard]'``).
+
+The specification is written inside the results (or sweep) directory; without a
+connection to W&B it is applied later, after ``wandb sync`` of the offline runs, from a
+machine that has one (the entity, unless given, is W&B's default for the logged-in user)::
+
+    python -m attackpsm.dashboard --sweep logs/multiruns/2026-12-04_10-00-00
+    # writes logs/multiruns/2026-12-04_10-00-00/dashboard.json, then elsewhere:
+    python -m attackpsm.dashboard --apply logs/multiruns/2026-12-04_10-00-00/dashboard.json
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from urllib.parse import urlparse
 
 import pandas as pd
 import yaml
+
+from attackpsm.loggers import CURVE, CURVE_TITLES, DISTRIBUTIONS, sweep_group
 
 HEADLINE = ("flip_rate", "flip_rate_uint8", "rmse_flipped_mean", "accuracy")
 LIVE = (
@@ -79,16 +91,49 @@ def _panel(kind: str, title: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "title": title, **fields}
 
 
+def _curve_panel(table: str, x: str) -> dict[str, Any]:
+    """A table logged with W&B's line-plot preset, one line per ``curve`` (the metric)."""
+    return _panel(
+        "curve",
+        f"{CURVE_TITLES[x]} (one curve per metric)",
+        table=f"{table}_table",
+        x=x,
+        y="flip_rate",
+        stroke=CURVE,
+    )
+
+
 def specification(
-    entity: str, project: str, sweep: str | Path | None = None, name: str | None = None
+    entity: str | None = None,
+    project: str = "attackpsm",
+    sweep: str | Path | None = None,
+    name: str | None = None,
+    include_partial: bool = False,
 ) -> dict[str, Any]:
     """The workspace as plain data (JSON-able): sections of panels, the runs it shows.
 
-    With ``sweep``, the workspace shows only that sweep's runs (their W&B groups) and a
-    per-subset section for the subsets its results hold.
+    With ``sweep``, the workspace shows only that sweep's runs (their W&B groups and the
+    sweep run's), its curves and leaderboard, and a per-subset section for the subsets its
+    results hold. ``entity`` ``None``: W&B's default entity when the workspace is saved.
     """
     runs = sweep_runs(sweep) if sweep is not None else []
     subsets = sorted({s for r in runs for s in r["subsets"]})
+    prefix = "sweep/" if sweep is not None else ""
+    table = (
+        _panel(
+            "table",
+            "leaderboard: metric × attack × ε (✓ triplets; rank 1 = most robust)",
+            table="sweep/leaderboard",
+        )
+        if sweep is not None  # the leaderboard is a sweep's; per project, the runs' Table 2
+        else _panel("table", "Table 2 of every run (✓ / ✗ rows)", table="summary")
+    )
+    robustness = [
+        _curve_panel(f"{prefix}curves/eps", "eps"),
+        table,
+        _curve_panel(f"{prefix}curves/iterations", "iterations"),
+        _curve_panel(f"{prefix}curves/queries", "queries"),
+    ]
     headline = [
         _panel(
             "bar",
@@ -98,38 +143,21 @@ def specification(
         )
         for key in HEADLINE
     ]
-    headline.append(
+    headline += [
         _panel(
             "parallel",
-            "metric → attack → resolution → flip rate",
+            "metric → attack → resolution → ε → flip rate",
             columns=[f"config:{k}" for k in GROUP_BY]
-            + ["summary:flip_rate", "summary:flip_rate_uint8"],
-        )
-    )
+            + ["config:eps", "summary:flip_rate", "summary:flip_rate_uint8"],
+        ),
+        _panel(
+            "media",
+            "report figures: flip rate vs ε, perturbation sizes (aggregate runs)",
+            keys=["figures/*"],
+        ),
+    ]
     sections = [
-        {"name": "Flip rate by metric × attack × resolution", "panels": headline},
-        {
-            "name": "Robustness curves",
-            "panels": [
-                _panel(
-                    "scatter",
-                    "flip rate vs ε (one point per run)",
-                    x="config:attack.eps",
-                    y="summary:flip_rate",
-                ),
-                _panel(
-                    "scatter",
-                    "flip rate vs resolution",
-                    x="config:resolution.size",
-                    y="summary:flip_rate",
-                ),
-                _panel(
-                    "media",
-                    "report figures: flip rate vs ε, perturbation sizes (aggregate runs)",
-                    keys=["figures/*"],
-                ),
-            ],
-        },
+        {"name": "Robustness: which metric flips least at which ε", "panels": robustness},
         {
             "name": "Live progress (x: triplets done)",
             "panels": [
@@ -141,7 +169,7 @@ def specification(
             "name": "Distributions",
             "panels": [
                 _panel("line", f"histogram of {key}", x="Step", y=[f"dist/{key}"])
-                for key in ("rmse", "linf", "margin", "iterations", "queries", "min_eps")
+                for key in DISTRIBUTIONS
             ],
         },
         {
@@ -153,6 +181,7 @@ def specification(
                 ),
             ],
         },
+        {"name": "Flip rate by metric × attack × resolution", "panels": headline},
     ]
     if subsets:
         sections.append(
@@ -169,11 +198,15 @@ def specification(
                 ],
             }
         )
+    groups = {r["group"] for r in runs}
+    if runs:  # the sweep run, named by the runs it sums up
+        groups.add(sweep_group([r["group"] for r in runs]))
     return {
         "entity": entity,
         "project": project,
         "name": name or (f"attackpsm sweep {Path(sweep).name}" if sweep else "attackpsm"),
-        "groups": sorted({r["group"] for r in runs}),
+        "groups": sorted(groups),
+        "filters": {} if include_partial else {"complete": True},
         "groupby": list(GROUP_BY),
         "runs": runs,
         "sections": sections,
@@ -213,13 +246,24 @@ def build_workspace(spec: dict[str, Any]):
             return wr.LinePlot(title=p["title"], x=p["x"], y=p["y"])
         if p["type"] == "media":
             return wr.MediaBrowser(title=p["title"], media_keys=p["keys"])
+        if p["type"] == "curve":  # the line-plot preset the runs logged the table with
+            return wr.CustomChart(
+                query={"summaryTable": {"tableKey": p["table"]}},
+                chart_name="wandb/line/v0",
+                chart_fields={"x": p["x"], "y": p["y"], "stroke": p["stroke"]},
+                chart_strings={"title": p["title"]},
+            )
+        if p["type"] == "table":
+            return wr.WeavePanelSummaryTable(table_name=p["table"])
         raise ValueError(
-            f"unknown panel type {p['type']!r}; valid: bar, parallel, scatter, line, media"
+            f"unknown panel type {p['type']!r}; valid: bar, parallel, scatter, line, media, "
+            "curve, table"
         )
 
-    filters = [ws.Metric("Group").isin(spec["groups"])] if spec["groups"] else ""
+    filters = [ws.Metric("Group").isin(spec["groups"])] if spec["groups"] else []
+    filters += [ws.Config(k) == v for k, v in spec.get("filters", {}).items()]
     return ws.Workspace(
-        entity=spec["entity"],
+        entity=spec["entity"] or default_entity(),
         project=spec["project"],
         name=spec["name"],
         sections=[
@@ -227,9 +271,22 @@ def build_workspace(spec: dict[str, Any]):
             for s in spec["sections"]
         ],
         runset_settings=ws.RunsetSettings(
-            filters=filters, groupby=[ws.Config(k) for k in spec["groupby"]]
+            filters=filters or "", groupby=[ws.Config(k) for k in spec["groupby"]]
         ),
     )
+
+
+def default_entity() -> str:
+    """W&B's own default entity: ``WANDB_ENTITY``, the settings, else the logged-in user's."""
+    import wandb
+
+    entity = os.environ.get("WANDB_ENTITY") or wandb.setup().settings.entity
+    if entity:
+        return entity
+    entity = wandb.Api().default_entity
+    if not entity:
+        raise ValueError("no W&B entity: pass --entity, set WANDB_ENTITY or run `wandb login`")
+    return entity
 
 
 def reachable(timeout: float = 3.0) -> bool:
@@ -254,32 +311,53 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--entity", help="W&B entity (user or team)")
+    p.add_argument("--entity", help="W&B entity (default: W&B's own, when the workspace is saved)")
     p.add_argument("--project", default="attackpsm", help="W&B project (default: attackpsm)")
     p.add_argument("--sweep", type=Path, help="a sweep or results directory: show only its runs")
     p.add_argument("--name", help="workspace name")
-    p.add_argument("--out", type=Path, default=Path("dashboard.json"), help="specification file")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="specification file (default: dashboard.json in the --sweep directory, else in "
+        "$ATTACKPSM_RESULTS or results/)",
+    )
+    p.add_argument(
+        "--include-partial",
+        action="store_true",
+        help="also show runs that are not complete (running shards, shards of a sharded run)",
+    )
     p.add_argument("--offline", action="store_true", help="only write the specification file")
     p.add_argument("--apply", type=Path, metavar="SPEC", help="save a written specification on W&B")
     args = p.parse_args(argv)
 
     if args.apply:
         spec = json.loads(args.apply.read_text())
+        out = args.apply
     else:
-        if not args.entity:
-            p.error("--entity is required (or --apply SPEC)")
-        spec = specification(args.entity, args.project, args.sweep, args.name)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(spec, indent=1, ensure_ascii=False))
-        print(
-            f"workspace specification: {args.out} ({sum(len(s['panels']) for s in spec['sections'])} panels, {len(spec['groups'])} run groups)"
+        if args.sweep is not None and not args.sweep.is_dir():
+            p.error(f"--sweep {args.sweep}: no such directory")
+        spec = specification(
+            args.entity, args.project, args.sweep, args.name, include_partial=args.include_partial
         )
+        out = (
+            args.out
+            or (
+                args.sweep
+                if args.sweep is not None
+                else Path(os.environ.get("ATTACKPSM_RESULTS", "results"))
+            )
+            / "dashboard.json"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(spec, indent=1, ensure_ascii=False))
+        panels = sum(len(s["panels"]) for s in spec["sections"])
+        print(f"workspace specification: {out} ({panels} panels, {len(spec['groups'])} run groups)")
     if args.offline or not reachable():
         if not args.offline:
             print("W&B is not reachable from here: nothing was saved on W&B.")
         print(
             "Apply it later from a machine with access (after `wandb sync` of the offline runs):\n"
-            f"  python -m attackpsm.dashboard --apply {args.apply or args.out}"
+            f"  python -m attackpsm.dashboard --apply {out}"
         )
         return 0
     try:
@@ -292,9 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:
         print(f"saving the workspace failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(
-            f"the specification is in {args.apply or args.out}; retry with --apply", file=sys.stderr
-        )
+        print(f"the specification is in {out}; retry with --apply", file=sys.stderr)
         return 1
     print(f"workspace saved: {url}")
     return 0

@@ -16,6 +16,11 @@ What a shard's run shows (docs/wandb.md, "What a run shows"):
   rows) as images: reference, other, prey, adversarial image, amplified perturbation.
 * summary -- the headline numbers, their ✓/✗ split and one value per subset
   (:func:`split_headline`): ``flip_rate/agree``, ``flip_rate/cnn``, ``accuracy/cnn``, ...
+* ``curves/eps``, ``curves/iterations``, ``curves/queries`` -- robustness curves, tables
+  with W&B's line-plot preset (:func:`robustness_curves`).
+* config -- the Hydra config and the flat keys every run carries (:data:`RUN_KEYS`):
+  ``eps``, ``threat_model``, ``version``, ``complete`` (the run's numbers cover its whole
+  configuration) and ``finished`` (its shard finished).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from attackpsm.images import to_uint8
 from attackpsm.stats import PAPER_COLUMNS
 from attackpsm.storage import headline
+from attackpsm.tablestats import flip_stats
 
 PROGRESS = "progress"  # prefix of the live history keys
 
@@ -65,6 +71,12 @@ class NullLogger:
         pass
 
     def log_media(self, values: dict[str, Callable[[], Any]]) -> None:
+        pass
+
+    def log_curve(self, name: str, frame: pd.DataFrame, x: str, y: str, title: str) -> None:
+        pass
+
+    def set_config(self, values: dict[str, Any]) -> None:
         pass
 
     def finish(self) -> None:
@@ -193,6 +205,22 @@ class WandbLogger(NullLogger):
     def log_progress(self, values: dict[str, float], step: int) -> None:
         self._guard("progress", lambda: self.run.log(values, step=step))
 
+    def log_curve(self, name: str, frame: pd.DataFrame, x: str, y: str, title: str) -> None:
+        """A table with W&B's line-plot preset (``wandb/line/v0``), one line per ``curve``
+        value: the table lands at ``<name>_table``, the chart at ``<name>``."""
+
+        def _do(f):
+            import wandb
+
+            table = wandb.Table(dataframe=f)
+            self._log({name: wandb.plot.line(table, x, y, stroke=CURVE, title=title)})
+
+        self._guard(f"curve {name}", _do, frame)
+
+    def set_config(self, values: dict[str, Any]) -> None:
+        """Set (or change) config keys of the run, e.g. ``complete`` once a shard finishes."""
+        self._guard("config", lambda: self.run.config.update(values, allow_val_change=True))
+
     def log_media(self, values: dict[str, Callable[[], Any]]) -> None:
         """Log media built lazily: ``{key: callable returning a wandb object}``, each guarded."""
         if self.run is None:
@@ -283,13 +311,17 @@ def distributions(table: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def log_results(logger: NullLogger, table: pd.DataFrame) -> None:
-    """End of a shard, or an aggregate run: the ✓/✗ and per-subset summary, the histograms."""
+def log_results(
+    logger: NullLogger, table: pd.DataFrame, keys: dict[str, Any] | None = None
+) -> None:
+    """End of a shard, or an aggregate run: the ✓/✗ and per-subset summary, the histograms
+    and, given the run's keys (:func:`run_keys`), its robustness curves (:func:`log_curves`)."""
     if getattr(logger, "run", None) is None:
         return
     try:
         split = split_headline(table)
         dists = distributions(table)
+        curves = robustness_curves(table, keys) if keys is not None else {}
     except Exception as exc:  # a window, never a failure
         warnings.warn(f"W&B summary of the results failed: {exc}", stacklevel=2)
         return
@@ -304,6 +336,7 @@ def log_results(logger: NullLogger, table: pd.DataFrame) -> None:
     if "min_eps" in table:  # triplets min_eps never flipped (ε = inf) are not in the histogram
         never = int(np.isinf(pd.to_numeric(table["min_eps"], errors="coerce")).sum())
         logger.log_summary({"min_eps_unflipped": never})
+    log_curves(logger, curves)
 
 
 # --- live history of one shard ---------------------------------------------------------------
@@ -455,12 +488,13 @@ class ShardProgress:
                 }
             )
 
-    def finish(self, table: pd.DataFrame) -> None:
+    def finish(self, table: pd.DataFrame, keys: dict[str, Any] | None = None) -> None:
         """End of the shard: one record after the last batch with the histograms, the
-        example images and the tables the runner logs next; the ✓/✗ and subset summary."""
+        example images, the robustness curves (given the run's :func:`flat_keys`) and the
+        tables the runner logs next; the ✓/✗ and subset summary."""
         if self.active and hasattr(self.logger, "end_step"):
             self.logger.end_step = self.done + 1
-        log_results(self.logger, table)
+        log_results(self.logger, table, keys)
         if self.active and any(self.kept.values()):
             self.logger.log_media(
                 {
@@ -501,3 +535,264 @@ def example_image(example: dict[str, Any]):
         f"s_adv 8-bit {f(r['s_adv_uint8'])} · RMSE {f(r[PAPER_COLUMNS['rmse']])} · ℓ∞ {f(r['linf'])}"
     )
     return wandb.Image(strip, caption=caption)
+
+
+# --- keys that group runs, robustness curves, the leaderboard --------------------------------
+
+# Config keys every run carries, shard and aggregate alike, so that runs group and filter
+# the same way; the first four are the run's config groups (W&B shows nested keys dotted).
+RUN_KEYS = (
+    "dataset.name",
+    "metric.name",
+    "attack.name",
+    "resolution.size",
+    "eps",
+    "threat_model",
+    "version",
+    "complete",
+)
+CURVE = "curve"  # column naming the line a curve point belongs to (the metric, in a sweep)
+# Per-triplet minimal budget, first found wins: a minimum-norm attack's ``eps_star``, the
+# bisection of ``attack=min_eps``, FGSM's scan (Alg. 3, ``eps_found``). NaN or inf: no flip.
+MINIMAL_EPS = ("eps_star", "min_eps", "eps_found")
+MAX_POINTS = 256  # points of one curve; a longer one keeps evenly spaced ones (and both ends)
+CURVE_TITLES = {
+    "eps": "fraction of ✓ triplets flipped vs ε",
+    "iterations": "fraction of ✓ triplets flipped vs iterations",
+    "queries": "fraction of ✓ triplets flipped vs queries",
+}
+_BLACK_BOX = {"Square", "OnePixel"}
+_THREATS = {  # attacks whose perturbation set is not an ℓp ball of ``norm``
+    "NoAttack": "none",
+    "Certify": "certified-l2",
+    "StAdv": "flow",
+    "StAdvPGD": "flow+linf",
+    "OnePixel": "l0-blackbox",
+    "SavedAdversarial": "transfer",
+}
+
+
+def _cls(node: dict[str, Any]) -> str:
+    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def threat_model(attack: dict[str, Any]) -> str:
+    """The perturbation set and access of an attack config: ``linf``, ``l2`` (white-box),
+    ``linf-blackbox``, ``l2-blackbox`` (metric outputs only), ``flow`` (stAdv),
+    ``l0-blackbox`` (One-pixel), ``transfer``, ``certified-l2``, ``none``."""
+    cls = _cls(attack)
+    if cls in ("MinEps", "EoT"):
+        return threat_model(attack.get("attack") or {"_target_": "APGD"})
+    if cls == "Cascade":
+        parts = [threat_model(a) for a in attack.get("attacks", [])]
+        if not parts:
+            return "linf"
+        norm = parts[0].split("-")[0]
+        return f"{norm}-blackbox" if all(p.endswith("-blackbox") for p in parts) else norm
+    if cls in _THREATS:
+        return _THREATS[cls]
+    norm = str(attack.get("norm", "linf"))
+    return f"{norm}-blackbox" if cls in _BLACK_BOX else norm
+
+
+def budget(attack: dict[str, Any]) -> float | None:
+    """The largest ε an attack config may use ([-1, 1] scale): ``eps``, FGSM's ``max_eps``,
+    ``min_eps``'s ``eps_max``; ``None`` for attacks without one (stAdv, One-pixel, none)."""
+    cls = _cls(attack)
+    if cls == "EoT":
+        return budget(attack.get("attack") or {})
+    if cls == "Cascade":
+        values = [b for b in (budget(a) for a in attack.get("attacks", [])) if b is not None]
+        return max(values) if values else None
+    for key in ("eps", "max_eps", "eps_max", "pgd_eps"):
+        if attack.get(key) is not None:
+            return float(attack[key])
+    return None
+
+
+def run_keys(identity: dict[str, Any]) -> dict[str, Any]:
+    """The flat keys of a run identity (``identity.yaml``) that no config group holds:
+    the budget ``eps``, the ``threat_model`` and the package ``version``."""
+    attack = identity.get("attack", {})
+    return {
+        "eps": budget(attack),
+        "threat_model": threat_model(attack),
+        "version": identity.get("version"),
+    }
+
+
+def flat_keys(identity: dict[str, Any]) -> dict[str, Any]:
+    """:data:`RUN_KEYS` of a run identity, ``complete`` aside, as dotted keys."""
+    return {
+        "dataset.name": identity.get("dataset", {}).get("name"),
+        "metric.name": identity.get("metric", {}).get("name"),
+        "attack.name": identity.get("attack", {}).get("name"),
+        "resolution.size": identity.get("resolution"),
+        **run_keys(identity),
+    }
+
+
+def aggregate_config(identity: dict[str, Any]) -> dict[str, Any]:
+    """Config of a run written from a run identity (the aggregate of its shards): the same
+    config groups and flat keys as its shards' runs (:data:`RUN_KEYS`), ``complete`` set."""
+    return {
+        "dataset": identity.get("dataset", {}),
+        "metric": identity.get("metric", {}),
+        "attack": identity.get("attack", {}),
+        "resolution": {"size": identity.get("resolution")},
+        "seed": identity.get("seed"),
+        **run_keys(identity),
+        "complete": True,
+        "finished": True,
+    }
+
+
+def sweep_group(run_groups: list[str]) -> str:
+    """W&B group of the run that sums up a sweep, named by the W&B groups of its runs (their
+    run directories): a re-run of the same sweep, or a merge of the same runs, finds it."""
+    key = "\n".join(sorted(set(run_groups)))
+    return "sweep-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def minimal_eps_column(table: pd.DataFrame) -> str | None:
+    """The per-triplet minimal-ε column of a results table (:data:`MINIMAL_EPS`), if any."""
+    return next((c for c in MINIMAL_EPS if c in table.columns), None)
+
+
+def _agree_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The ✓ rows: the metric ranks like the humans (Table 2's "agree" row)."""
+    if not len(table):
+        return table
+    return table[table["human_agrees"].astype("boolean").fillna(False).astype(bool).to_numpy()]
+
+
+def _grid(values: np.ndarray, start: float, stop: float | None = None) -> np.ndarray:
+    xs = np.unique(np.concatenate([[start], values, [] if stop is None else [stop]]))
+    if len(xs) > MAX_POINTS:
+        xs = xs[np.unique(np.linspace(0, len(xs) - 1, MAX_POINTS).round().astype(int))]
+    return xs
+
+
+def _curve(label: dict[str, Any], x: str, xs: np.ndarray, flips: np.ndarray, n: int, source: str):
+    return pd.DataFrame(
+        {
+            **{k: [v] * len(xs) for k, v in label.items()},
+            x: xs.astype(float),
+            "flip_rate": flips / n if n else np.full(len(xs), np.nan),
+            "flipped": flips.astype(int),
+            "samples": n,
+            "source": source,
+        }
+    )
+
+
+def robustness_curves(table: pd.DataFrame, keys: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The fraction of ✓ triplets flipped against the budget and the attack's effort.
+
+    * ``eps``: from a per-triplet minimal ε (:func:`minimal_eps_column`), the fraction with
+      a minimal ε at most ε, at every distinct minimal ε (0 and the attack's largest ε
+      added); otherwise one point, the flip rate at the run's ε (``keys["eps"]``).
+    * ``iterations`` / ``queries`` (attacks without a minimal ε): the fraction flipped
+      within ``k`` iterations (PGD's check index of the flip, Alg. 1) or metric queries.
+
+    Args:
+        table: a results table (one row per attacked triplet).
+        keys: the run's keys: ``metric.name``, ``attack.name``, ``eps`` (:data:`RUN_KEYS`).
+            The ``curve`` column names the line a point belongs to: ``metric · attack`` for
+            ε, ``metric · attack · ε=…`` for iterations and queries (runs of one metric at
+            several ε draw one line against ε, and one line each against the effort).
+
+    Returns:
+        ``{x: frame}`` with columns ``curve``, ``metric``, ``attack``, ``<x>``, ``flip_rate``,
+        ``flipped``, ``samples`` (the ✓ triplets) and ``source`` (the column behind ``x``).
+    """
+    rows = _agree_rows(table)
+    n = len(rows)
+    eps = keys.get("eps")
+    name = f"{keys.get('metric.name')} · {keys.get('attack.name')}"
+    label = {CURVE: name, "metric": keys.get("metric.name"), "attack": keys.get("attack.name")}
+    flipped = rows["flipped"].astype(bool).to_numpy() if n else np.zeros(0, bool)
+    out: dict[str, pd.DataFrame] = {}
+    col = minimal_eps_column(table)
+    if col is not None:
+        found = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+        reached = np.isfinite(found)
+        xs = _grid(found[reached], 0.0, eps)
+        flips = np.array([(reached & (found <= x)).sum() for x in xs])
+        out["eps"] = _curve(label, "eps", xs, flips, n, col)
+        return out
+    if eps is not None:
+        out["eps"] = _curve(label, "eps", np.array([eps]), np.array([flipped.sum()]), n, "flipped")
+    if eps is not None:
+        label = {**label, CURVE: f"{name} · ε={eps:g}"}
+    for x in ("iterations", "queries"):
+        if x not in rows or not n:
+            continue
+        effort = pd.to_numeric(rows[x], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(effort).any() or np.nanmax(effort) <= 0:
+            continue  # no effort counted: not an iterative or black-box attack
+        xs = _grid(effort[flipped & np.isfinite(effort)], 0.0, float(np.nanmax(effort)))
+        flips = np.array([(flipped & (effort <= k)).sum() for k in xs])
+        out[x] = _curve(label, x, xs, flips, n, x)
+    return out
+
+
+def log_curves(logger: NullLogger, curves: dict[str, pd.DataFrame], prefix: str = "curves") -> None:
+    """Log each curve as a table with W&B's line-plot preset: ``<prefix>/<x>``."""
+    for x, frame in curves.items():
+        logger.log_curve(f"{prefix}/{x}", frame, x, "flip_rate", CURVE_TITLES.get(x, x))
+
+
+def leaderboard_row(table: pd.DataFrame, keys: dict[str, Any]) -> dict[str, Any]:
+    """One row of the leaderboard: a run's ✓ triplets (metric × attack × ε).
+
+    The flip rate with its 95% Wilson interval, the flip rate after saving as 8-bit images,
+    the mean RMSE of the flips between the 8-bit images (the paper's RMSE, [0, 255]), the
+    median minimal ε where the attack measures it (``inf``: most never flipped) and the
+    median certified ℓ2 radius of ``attack=certify`` (column ``radius``).
+    """
+    rows = _agree_rows(table)
+    stats = flip_stats(rows) if len(rows) else {}
+    n = len(rows)
+    out = {
+        "dataset": keys.get("dataset.name"),
+        "resolution": keys.get("resolution.size"),
+        "metric": keys.get("metric.name"),
+        "attack": keys.get("attack.name"),
+        "threat_model": keys.get("threat_model"),
+        "eps": keys.get("eps"),
+        "samples": n,
+        "flipped": int(stats.get("flipped", 0)),
+        "flip_rate": stats["flipped"] / n if n else float("nan"),
+        "flip_rate_ci_low": stats["ci_low_pct"] / 100 if n else float("nan"),
+        "flip_rate_ci_high": stats["ci_high_pct"] / 100 if n else float("nan"),
+        "flip_rate_uint8": stats["flipped_uint8"] / n if n else float("nan"),
+        "rmse_flipped_mean": float(stats["rmse_mean"]) if n else float("nan"),
+    }
+    col = minimal_eps_column(table)
+    if col is not None:
+        found = pd.to_numeric(rows[col], errors="coerce").fillna(np.inf).to_numpy(dtype=float)
+        out["median_min_eps"] = float(np.median(found)) if n else float("nan")
+    if "radius" in table:
+        radius = pd.to_numeric(rows["radius"], errors="coerce")
+        out["certified_radius_median"] = float(radius.median()) if n else float("nan")
+    return out
+
+
+def leaderboard(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Leaderboard rows ranked per dataset × resolution × attack × ε: ``rank`` 1 is the
+    metric with the lowest flip rate (the most robust)."""
+    frame = pd.DataFrame(rows)
+    if not len(frame):
+        return frame
+    by = ["dataset", "resolution", "attack", "eps"]
+    keyed = frame[by].map(str)  # None and NaN are keys too
+    frame.insert(0, "rank", frame.groupby([keyed[c] for c in by])["flip_rate"].rank(method="min"))
+    frame["rank"] = frame["rank"].astype("Int64")
+    order = {f"_{c}": keyed[c] for c in ("dataset", "resolution", "attack")}
+    return (
+        frame.assign(**order)
+        .sort_values([*order, "eps", "rank", "metric"], na_position="last")
+        .drop(columns=list(order))
+        .reset_index(drop=True)
+    )

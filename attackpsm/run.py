@@ -24,7 +24,7 @@ from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.config import build
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
-from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
+from attackpsm.loggers import NullLogger, ShardProgress, flat_keys, run_keys, shard_run_id
 from attackpsm.preflight import check_run
 from attackpsm.results import summarize, summary_markdown
 from attackpsm.storage import (
@@ -99,7 +99,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         build(cfg.logger, _partial_=True)(  # the run's config is data, not something to instantiate
             group=group,
             name=f"{group}/shard{cfg.shard.index}of{cfg.shard.count}",
-            run_config=OmegaConf.to_container(cfg, resolve=True),
+            # the flat keys aggregate runs carry too; partial until this shard finishes
+            run_config={
+                **OmegaConf.to_container(cfg, resolve=True),
+                **run_keys(identity),
+                "complete": False,
+                "finished": False,
+            },
             id=shard_run_id(run_dir, cfg.shard.index, cfg.shard.count),
         )
         if cfg.get("logger") and cfg.logger.get("_target_")
@@ -172,7 +178,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
-        progress.finish(results)  # this shard's distributions and images
+        # this shard's distributions, images and robustness curves
+        progress.finish(results, keys=flat_keys(identity))
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
             table1 = clean_accuracy(table, metric.name)
             print(clean_accuracy_markdown(table1))
@@ -181,6 +188,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.log_summary(numbers)
         logger.log_table("summary", summary)
         logger.log_table("triplets", table)
+        # complete: the run's numbers cover every triplet of its configuration (one shard);
+        # a shard of several stays partial, the aggregate run of the merge is complete
+        logger.set_config({"complete": cfg.shard.count == 1, "finished": True})
         return {**numbers, "run_dir": str(run_dir)}
     finally:
         lease.release()

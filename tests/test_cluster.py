@@ -301,11 +301,15 @@ def test_local_sweep_merges_groups_wandb_and_reruns_for_free(tmp_path):
         assert (d / "summary.md").exists()
         assert_same_triplets(table, reference_results(tmp_path, [*small(), f"metric={metric}"]))
 
-    # one W&B run per shard plus one aggregate, grouped by run identity
+    # one W&B run per shard plus one aggregate, grouped by run identity, and one sweep run
     runs = offline_runs(logs)
     groups = defaultdict(Counter)
     for r in runs:
         groups[r["group"]][r["job_type"]] += 1
+    sweep_runs = {g: c for g, c in groups.items() if "sweep" in c}
+    assert list(sweep_runs.values()) == [Counter(sweep=1)]
+    for group in sweep_runs:
+        del groups[group]
     assert groups == {str(d.relative_to(results)): Counter(shard=2, aggregate=1) for d in dirs}
 
     # the sweep's own summary: both configurations
@@ -504,7 +508,8 @@ def test_slurm_sweep_matches_single_process_and_reruns_for_free(slurm, tmp_path)
     # W&B offline runs: per configuration, its 2 shards and 1 aggregate share one group
     groups = defaultdict(Counter)
     for r in offline_runs(logs):
-        groups[r["group"]][r["job_type"]] += 1
+        if r["job_type"] != "sweep":  # the sweep's own run: curves and leaderboard
+            groups[r["group"]][r["job_type"]] += 1
     assert groups == {str(d.relative_to(results)): Counter(shard=2, aggregate=1) for d in dirs}
     print(f"\nSLURM sweep of 8 array tasks: {wall:.0f} s wall")
 

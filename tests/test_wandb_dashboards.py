@@ -163,6 +163,24 @@ def test_summary_splits_every_headline_number(shard):
     assert summary["flip_rate"] == pytest.approx(flipped.mean())
 
 
+def test_single_shard_run_is_complete_and_logs_its_curves(shard):
+    """A configuration of one shard: its run is the whole run, complete once finished, with
+    the flat keys and its robustness curves (read by W&B's own reader)."""
+    from attackpsm.loggers import RUN_KEYS
+
+    table, path = shard
+    state = wandb_offline.leet(path, summary=True)
+    config = wandb_offline.flat(state["config"])
+    assert set(RUN_KEYS) <= set(config) and (config["complete"], config["finished"]) == (True, True)
+    assert (config["eps"], config["threat_model"], config["metric.name"]) == (0.02, "linf", "l2")
+    good = agree(table)
+    curve = table_file(path, state["summary"], "curves/eps_table")
+    assert curve[["eps", "flip_rate"]].values.tolist() == [
+        [0.02, pytest.approx(good["flipped"].astype(bool).mean())]
+    ]
+    assert "curves/iterations_table" in state["summary"]
+
+
 def test_resumed_shard_continues_its_run_without_duplicated_steps(
     cfg_factory, tmp_path, monkeypatch
 ):
@@ -273,7 +291,10 @@ def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path,
     assert dashboard.main([*args, "--offline"]) == 0
     assert "--apply" in capsys.readouterr().out
     spec = json.loads(spec_file.read_text())
-    assert spec["groups"] == sorted("/".join(d.parts[-4:]) for d in run_dirs)
+    from attackpsm.loggers import sweep_group
+
+    runs = sorted("/".join(d.parts[-4:]) for d in run_dirs)
+    assert spec["groups"] == sorted([*runs, sweep_group(runs)])
     panels = {p["title"]: p for s in spec["sections"] for p in s["panels"]}
     assert panels["flip_rate by metric × attack × resolution"]["metrics"] == [
         "flip_rate",
@@ -374,8 +395,16 @@ def test_dashboard_without_network_writes_the_specification(tmp_path, monkeypatc
     assert (spec["entity"], spec["project"], spec["groups"]) == ("e", "p", [])
     assert dashboard.main(["--apply", str(out)]) == 0  # still offline: says so, sends nothing
     assert "not reachable" in capsys.readouterr().out
+    # no --entity: W&B's own default when applied; the file lands in the results directory
+    monkeypatch.setenv("ATTACKPSM_RESULTS", str(tmp_path / "results"))
+    assert dashboard.main(["--project", "p"]) == 0
+    spec = json.loads((tmp_path / "results" / "dashboard.json").read_text())
+    assert spec["entity"] is None and spec["filters"] == {"complete": True}
+    assert dashboard.main(["--include-partial", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["filters"] == {}
     with pytest.raises(SystemExit):
-        dashboard.main(["--project", "p"])  # neither --entity nor --apply
+        dashboard.main(["--sweep", str(tmp_path / "missing")])  # names the missing directory
+    assert "missing: no such directory" in capsys.readouterr().err
 
 
 def test_bench_measures_the_logging_overhead(tmp_path):
@@ -388,3 +417,300 @@ def test_bench_measures_the_logging_overhead(tmp_path):
     assert [len(result["seconds"][k]) for k in ("none", "wandb_offline")] == [1, 1]
     ratio = result["median_wandb_offline_s"] / result["median_none_s"]
     assert result["ratio"] == pytest.approx(ratio) and result["ratio"] > 0
+
+
+# --- robustness curves, flat keys, the sweep run and its workspace ---------------------------
+
+SWEEP_EPS = (0.005, 0.02)
+
+
+def agree(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["human_agrees"].astype("boolean").fillna(False).astype(bool)]
+
+
+def table_file(path: Path, summary: dict, key: str) -> pd.DataFrame:
+    """A table a run logged, from the file its summary entry names."""
+    entry = summary[key]
+    assert entry["_type"] == "table-file", entry
+    data = json.loads((path.parent / "files" / entry["path"]).read_text())
+    return pd.DataFrame(data["data"], columns=data["columns"])
+
+
+@pytest.fixture(scope="module")
+def offline_sweep(tmp_path_factory):
+    """``python -m attackpsm -m``: two metrics x two ε, two shards each, logged offline;
+    every run file read by W&B's own reader: {path: (records, summary)}."""
+    import os
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    for var in ("ATTACKPSM_RESULTS", "ATTACKPSM_LOGS"):
+        env.pop(var, None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "attackpsm",
+        "-m",
+        *ARGS[:2],
+        "metric=l2,ssim",
+        f"attack.eps={','.join(map(str, SWEEP_EPS))}",
+        *ARGS[4:6],  # alpha, iterations
+        "dataset.num_triplets=8",
+        "shard.count=2",
+        "resolution.batch_size=4",
+        "device=cpu",
+        "progress=false",
+        f"paths.results_dir={tmp / 'results'}",
+        f"paths.log_dir={tmp / 'logs'}",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    runs = {
+        f: (wandb_offline.leet(f), wandb_offline.leet(f, summary=True))
+        for f in run_files(tmp / "logs")
+    }
+    (sweep_dir,) = (tmp / "logs" / "multiruns").iterdir()
+    return tmp, sweep_dir, runs
+
+
+def run_record(records: list[dict]) -> dict:
+    return next(r["run"] for r in records if r["type"] == "run")
+
+
+@pytest.mark.slow
+def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
+    """Read back from W&B's own run files: every finished run logs its robustness curves
+    (flip rate of ✓ triplets against ε and against PGD's iterations), aggregate runs carry
+    the shards' flat keys and ``complete``, the sweep run overlays one curve per metric and
+    ranks the metrics, and the workspace's first panel plots that curve table."""
+    from attackpsm.loggers import RUN_KEYS
+
+    tmp, sweep_dir, runs = offline_sweep
+    by_type: dict[str, list] = {}
+    for path, (records, _) in runs.items():
+        by_type.setdefault(run_record(records).get("job_type"), []).append(path)
+    assert {k: len(v) for k, v in by_type.items()} == {"shard": 8, "aggregate": 4, "sweep": 1}
+
+    results = {}  # W&B group (the run directory) -> merged results table
+    for run_dir in sorted(p.parent for p in (tmp / "results").rglob("identity.yaml")):
+        results["/".join(run_dir.parts[-4:])] = pd.read_parquet(run_dir / "results.parquet")
+    assert len(results) == 4
+
+    # flat keys: the aggregate run of a configuration carries its shards' values
+    keys_of = {}
+    for path in by_type["shard"]:
+        records, summary = runs[path]
+        config = wandb_offline.flat(summary["config"])
+        assert set(RUN_KEYS) <= set(config), set(RUN_KEYS) - set(config)
+        assert config["complete"] is False  # one shard of two: partial
+        assert config["finished"] is True  # its shard did finish
+        started = run_record(records)["config"]["update"]  # the config it started with
+        assert (started["complete"], started["finished"]) == (False, False)
+        group = run_record(records)["run_group"]
+        keys_of.setdefault(group, []).append({k: config[k] for k in RUN_KEYS if k != "complete"})
+    for path in by_type["aggregate"]:
+        records, summary = runs[path]
+        config = wandb_offline.flat(summary["config"])
+        group = run_record(records)["run_group"]
+        shard_keys = keys_of[group]
+        assert len(shard_keys) == 2 and shard_keys[0] == shard_keys[1]
+        assert {k: config[k] for k in RUN_KEYS if k != "complete"} == shard_keys[0]
+        assert config["complete"] is True
+        assert config["threat_model"] == "linf" and config["eps"] in SWEEP_EPS
+        assert config["version"] == config["identity.version"]
+
+        # its curves: one point against ε, the PGD check index of each flip otherwise
+        good = agree(results[group])
+        flipped = good["flipped"].astype(bool).to_numpy()
+        eps_curve = table_file(path, summary["summary"], "curves/eps_table")
+        assert eps_curve[["eps", "flip_rate", "samples"]].values.tolist() == [
+            [config["eps"], pytest.approx(flipped.mean()), len(good)]
+        ]
+        it = table_file(path, summary["summary"], "curves/iterations_table")
+        iterations = good["iterations"].to_numpy()
+        assert it["iterations"].iloc[0] == 0 and it["iterations"].iloc[-1] == iterations.max()
+        assert set(iterations[flipped]) <= set(it["iterations"])
+        for k, rate in zip(it["iterations"], it["flip_rate"], strict=True):
+            assert rate == pytest.approx((flipped & (iterations <= k)).mean())
+        # the chart preset W&B draws it with
+        visualize = [
+            r["config"]["update"]
+            for r in records
+            if r["type"] == "config" and "_wandb.visualize.curves/eps" in r["config"]["update"]
+        ]
+        chart = visualize[0]["_wandb.visualize.curves/eps"]["panel_config"]
+        assert chart["panelDefId"] == "wandb/line/v0"
+
+    # the sweep run: one curve per metric through both ε, and the leaderboard
+    (path,) = by_type["sweep"]
+    records, summary = runs[path]
+    sweep_group = run_record(records)["run_group"]
+    assert wandb_offline.flat(summary["config"])["complete"] is True
+    curves = table_file(path, summary["summary"], "sweep/curves/eps_table")
+    expected = {}
+    for group, table in results.items():
+        metric = group.split("/")[1]
+        eps = next(
+            wandb_offline.flat(runs[p][1]["config"])["eps"]
+            for p in by_type["aggregate"]
+            if run_record(runs[p][0])["run_group"] == group
+        )
+        expected.setdefault(metric, []).append((eps, agree(table)["flipped"].astype(bool).mean()))
+    assert sorted(curves["curve"].unique()) == ["l2", "ssim"]
+    for metric, points in expected.items():
+        line = curves[curves["curve"] == metric]
+        assert line["eps"].tolist() == list(SWEEP_EPS)
+        assert line["flip_rate"].tolist() == pytest.approx([r for _, r in sorted(points)])
+    board = table_file(path, summary["summary"], "sweep/leaderboard")
+    assert len(board) == 4 and set(board["metric"]) == {"l2", "ssim"}
+    for _, row in board.iterrows():
+        assert row["flip_rate_ci_low"] <= row["flip_rate"] <= row["flip_rate_ci_high"]
+        same = board[board["eps"] == row["eps"]]
+        assert row["rank"] == 1 + (same["flip_rate"] < row["flip_rate"]).sum()
+        point = curves[(curves["curve"] == row["metric"]) & (curves["eps"] == row["eps"])]
+        assert point["flip_rate"].tolist() == [pytest.approx(row["flip_rate"])]
+    chart = next(
+        r["config"]["update"]["_wandb.visualize.sweep/curves/eps"]["panel_config"]
+        for r in records
+        if r["type"] == "config" and "_wandb.visualize.sweep/curves/eps" in r["config"]["update"]
+    )
+
+    # the workspace: written into the sweep directory, no entity needed offline
+    assert dashboard.main(["--sweep", str(sweep_dir), "--offline"]) == 0
+    assert "--apply" in capsys.readouterr().out
+    spec = json.loads((sweep_dir / "dashboard.json").read_text())
+    assert spec["entity"] is None and spec["filters"] == {"complete": True}
+    first = spec["sections"][0]["panels"]
+    assert first[0]["type"] == "curve" and first[0]["table"] == "sweep/curves/eps_table"
+    assert {k: first[0][k] for k in ("x", "y", "stroke")} == chart["fieldSettings"]
+    assert first[0]["table"] in summary["summary"]  # the table it plots is the sweep run's
+    assert {first[0]["x"], first[0]["y"], first[0]["stroke"]} <= set(curves.columns)
+    assert first[1]["type"] == "table" and first[1]["table"] == "sweep/leaderboard"
+    # the runs it shows: the aggregates and the sweep run, no shard run (all partial here)
+    shown = [
+        p
+        for p, (recs, s) in runs.items()
+        if run_record(recs)["run_group"] in spec["groups"]
+        and all(wandb_offline.flat(s["config"]).get(k) == v for k, v in spec["filters"].items())
+    ]
+    assert sorted(shown) == sorted(by_type["aggregate"] + by_type["sweep"])
+    assert sweep_group in spec["groups"]
+    names = [s["name"] for s in spec["sections"]]
+    assert names[1:4] == ["Live progress (x: triplets done)", "Distributions", "Example images"]
+
+    pytest.importorskip("wandb_workspaces")
+    import wandb_workspaces.reports.v2 as wr
+
+    workspace = dashboard.build_workspace({**spec, "entity": "team"})
+    panel = workspace.sections[0].panels[0]
+    assert isinstance(panel, wr.CustomChart) and panel.chart_name == "wandb/line/v0"
+    assert panel.query == {"summaryTable": {"tableKey": "sweep/curves/eps_table"}}
+    assert isinstance(workspace.sections[0].panels[1], wr.WeavePanelSummaryTable)
+    assert workspace._to_model() is not None
+
+
+def test_curves_take_any_minimal_eps_column():
+    """A per-triplet minimal ε (``eps_star``, ``min_eps``, FGSM's ``eps_found``; NaN or inf:
+    never flipped) gives the flip rate of the ✓ triplets at every ε where it changes."""
+    from attackpsm.loggers import leaderboard, leaderboard_row, robustness_curves
+
+    table = pd.DataFrame(
+        {
+            "human_agrees": pd.array([True, True, True, True, False], dtype="boolean"),
+            "flipped": [True, True, False, True, True],
+            "flipped_uint8": [True, False, False, False, True],
+            "iterations": [3, 5, 30, 8, 1],
+            "rmse_uint8": [1.0, 2.0, 9.0, 3.0, 9.0],
+            "psnr_uint8": [40.0] * 5,
+            "linf": [0.01] * 5,
+            **{f"pct_px_gt_{t}_float": [0.0] * 5 for t in ("0.001", "0.01", "0.03")},
+        }
+    )
+    keys = {"metric.name": "lpips_alex", "attack.name": "min_eps", "eps": 0.1}
+    # ✓ rows: minimal ε 0.004, 0.012, never, 0.012; the ✗ row (0.001) is not counted
+    for column, never in (("min_eps", np.inf), ("eps_star", np.inf), ("eps_found", np.nan)):
+        curves = robustness_curves(
+            table.assign(**{column: [0.004, 0.012, never, 0.012, 0.001]}), keys
+        )
+        assert list(curves) == ["eps"]  # its iterations are a search's, not a curve
+        eps = curves["eps"]
+        assert eps["eps"].tolist() == [0.0, 0.004, 0.012, 0.1]
+        assert eps["flip_rate"].tolist() == [0.0, 0.25, 0.75, 0.75]
+        assert set(eps["source"]) == {column}
+    both = table.assign(min_eps=[0.5] * 5, eps_star=[0.004, 0.012, np.inf, 0.012, 0.001])
+    assert set(robustness_curves(both, keys)["eps"]["source"]) == {"eps_star"}
+    # without one: the flip rate at the run's ε, and against the iterations
+    fixed = robustness_curves(table, {**keys, "attack.name": "pgd", "eps": 0.03})
+    assert fixed["eps"][["eps", "flip_rate"]].values.tolist() == [[0.03, 0.75]]
+    it = fixed["iterations"]
+    assert it["iterations"].tolist() == [0, 3, 5, 8, 30]
+    assert it["flip_rate"].tolist() == [0.0, 0.25, 0.5, 0.75, 0.75]
+    assert set(it["curve"]) == {"lpips_alex · pgd · ε=0.03"}
+    # the leaderboard row: ✓ triplets, Wilson interval, RMSE of the flips, median radius
+    row = leaderboard_row(
+        table.assign(min_eps=[0.004, 0.012, np.inf, 0.012, 0.001]),
+        {**keys, "dataset.name": "bapps", "resolution.size": 64},
+    )
+    assert (row["samples"], row["flipped"], row["flip_rate"]) == (4, 3, 0.75)
+    assert row["flip_rate_ci_low"] < 0.75 < row["flip_rate_ci_high"]
+    assert row["rmse_flipped_mean"] == pytest.approx(2.0)
+    assert row["median_min_eps"] == pytest.approx(0.012)
+    worse = {**row, "metric": "l2", "flip_rate": 0.9}
+    other = {**row, "metric": "l2", "attack": "onepixel", "eps": None, "resolution": None}
+    ranked = leaderboard([worse, other, row])  # ranked within attack × ε (None is one too)
+    assert ranked[["rank", "metric", "attack"]].values.tolist() == [
+        [1, "lpips_alex", "min_eps"],
+        [2, "l2", "min_eps"],
+        [1, "l2", "onepixel"],
+    ]
+
+
+@pytest.mark.slow
+def test_fgsm_scan_curve_through_merge_and_its_sweep_run(cfg_factory, tmp_path, capsys):
+    """FGSM's scan (Alg. 3) measures each triplet's first flipping ε: its run's curve has a
+    point at every such ε. ``python -m attackpsm.cluster merge --wandb-dir`` logs the
+    aggregate and the sweep run once; the dashboard of that results directory shows both."""
+    from attackpsm.cluster.__main__ import main as merge
+
+    args = ["logger=wandb", "logger.mode=offline", "metric=l2", "attack=fgsm"]
+    out = run(cfg_factory([*args, "attack.max_eps=0.02", "dataset.num_triplets=12"]))
+    table = pd.read_parquet(Path(out["run_dir"]) / "results.parquet")
+    good = agree(table)
+    found = good["eps_found"].to_numpy(dtype=float)
+    assert np.isfinite(found).any() and np.isnan(found).any()  # flips and survivors
+
+    def expected(curve: pd.DataFrame) -> None:
+        xs = sorted({0.0, 0.02, *found[np.isfinite(found)].tolist()})
+        assert curve["eps"].tolist() == pytest.approx(xs)
+        for x, rate in zip(curve["eps"], curve["flip_rate"], strict=True):
+            assert rate == pytest.approx((found <= x + 1e-12).mean())
+        assert set(curve["source"]) == {"eps_found"}
+
+    (shard_file,) = run_files(tmp_path / "logs")
+    state = wandb_offline.leet(shard_file, summary=True)
+    expected(table_file(shard_file, state["summary"], "curves/eps_table"))
+    assert "curves/iterations_table" not in state["summary"]  # the scan's steps are ε
+
+    results, logs = tmp_path / "results", tmp_path / "logs"
+    assert merge(["merge", str(results), "--wandb-dir", str(logs)]) == 0
+    files = run_files(logs)
+    kinds = {f: run_record(wandb_offline.leet(f))["job_type"] for f in files}
+    assert sorted(kinds.values()) == ["aggregate", "shard", "sweep"]
+    (sweep_file,) = [f for f, k in kinds.items() if k == "sweep"]
+    state = wandb_offline.leet(sweep_file, summary=True)
+    curve = table_file(sweep_file, state["summary"], "sweep/curves/eps_table")
+    expected(curve)
+    assert set(curve["curve"]) == {"l2"}
+    board = table_file(sweep_file, state["summary"], "sweep/leaderboard")
+    assert board["median_min_eps"].tolist() == [
+        pytest.approx(float(np.median(np.nan_to_num(found, nan=np.inf))))
+    ]
+    assert merge(["merge", str(results), "--wandb-dir", str(logs)]) == 0
+    assert run_files(logs) == files  # merged and logged already: nothing new
+
+    assert dashboard.main(["--sweep", str(results), "--offline"]) == 0
+    spec = json.loads((results / "dashboard.json").read_text())
+    assert run_record(wandb_offline.leet(sweep_file))["run_group"] in spec["groups"]
+    capsys.readouterr()

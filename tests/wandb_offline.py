@@ -104,3 +104,37 @@ def metric_definitions(path: str | Path) -> dict[str, dict]:
                 "summary_last": m.summary.last,
             }
     return out
+
+
+# --- W&B's own reader ---------------------------------------------------------------------------
+
+
+def leet(path: str | Path, summary: bool = False) -> list[dict] | dict:
+    """A run file read by W&B's own reader, ``wandb leet inspect --json``: the records (one
+    JSON object each) or, with ``summary``, the run's final state, summary and config."""
+    import shutil
+    import subprocess
+    import sys
+
+    wandb_cli = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
+    cmd = [wandb_cli, "leet", "inspect", "--json", *(["--summary"] if summary else []), str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:  # e.g. a wandb without `leet inspect` (0.31.0 has it)
+        import wandb
+
+        raise RuntimeError(f"{' '.join(cmd)} (wandb {wandb.__version__}): {proc.stderr[-2000:]}")
+    out = proc.stdout
+    if summary:
+        return json.loads(out)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def flat(config: dict, prefix: str = "") -> dict:
+    """Nested config as W&B's run table shows it: dotted keys."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -78,7 +78,7 @@ def log_aggregate(
     """
     from hydra.utils import instantiate
 
-    from attackpsm.loggers import log_results
+    from attackpsm.loggers import aggregate_config, flat_keys, log_results
 
     run_dir = Path(run_dir)
     if not logger_spec or not logger_spec.get("_target_") or logger_spec.get("mode") == "disabled":
@@ -106,12 +106,15 @@ def log_aggregate(
     try:
         if getattr(logger, "run", None) is None:
             return False
-        logger.run.config.update(
-            {"identity": read_identity(run_dir), "run_dir": str(run_dir)}, allow_val_change=True
+        identity = read_identity(run_dir)
+        # the shards' config groups and flat keys (grouping, ε axis), complete: True
+        logger.set_config(
+            {**aggregate_config(identity), "identity": identity, "run_dir": str(run_dir)}
         )
         counts = shard_counts(run_dir)
         logger.log_summary({**headline(table, len(errors)), "shards": counts[0] if counts else 1})
-        log_results(logger, table)  # ✓/✗ and subset summary, histograms
+        # ✓/✗ and subset summary, histograms, robustness curves
+        log_results(logger, table, flat_keys(identity))
         _log_report_figures(logger, run_dir)
         if summary_path.exists():
             logger.log_table("summary", pd.read_csv(summary_path))
@@ -120,6 +123,112 @@ def log_aggregate(
     finally:
         logger.finish()
     records[destination] = {"results_sha256": digest, "run_id": run_id}
+    write_text_atomic(record_path, json.dumps(records, indent=1, sort_keys=True))
+    return True
+
+
+SWEEP_RECORD = "wandb-sweeps.json"  # W&B sweep runs already logged, in the results directory
+
+
+def sweep_tables(run_dirs: list[Path]) -> dict[str, pd.DataFrame]:
+    """The tables of a sweep's W&B run: robustness curves of every merged run, one line per
+    metric (per metric · attack when the sweep holds several attacks; against iterations
+    and queries also per ε when it holds several), and the leaderboard
+    (:func:`attackpsm.loggers.leaderboard`)."""
+    from attackpsm.loggers import CURVE, flat_keys, leaderboard, leaderboard_row, robustness_curves
+
+    loaded = []
+    for run_dir in run_dirs:
+        results = load_results(run_dir)
+        if results is not None:
+            loaded.append((flat_keys(read_identity(run_dir)), results[0]))
+    attacks = len({k["attack.name"] for k, _ in loaded}) > 1
+    budgets = len({k["eps"] for k, _ in loaded}) > 1
+    curves: dict[str, list[pd.DataFrame]] = {}
+    for keys, table in loaded:
+        label = f"{keys['metric.name']} · {keys['attack.name']}" if attacks else keys["metric.name"]
+        for x, frame in robustness_curves(table, keys).items():
+            effort = x != "eps" and budgets and keys["eps"] is not None
+            frame[CURVE] = f"{label} · ε={keys['eps']:g}" if effort else label
+            curves.setdefault(x, []).append(frame)
+    out = {
+        f"curves/{x}": pd.concat(frames, ignore_index=True).sort_values([CURVE, x], kind="stable")
+        for x, frames in curves.items()
+    }
+    out["leaderboard"] = leaderboard([leaderboard_row(t, k) for k, t in loaded])
+    return out
+
+
+def log_sweep(
+    sweep_dir: Path,
+    finished: list[tuple[dict[str, Any], RunStatus]],
+    logger_spec: dict[str, Any] | None = None,
+) -> bool:
+    """Log one W&B run (job type ``sweep``) that sums up a sweep: the robustness curves of
+    its merged runs on one panel per x axis (``sweep/curves/<x>``) and the leaderboard
+    table (``sweep/leaderboard``); the first section of ``python -m attackpsm.dashboard
+    --sweep`` plots them. Its W&B group is named by the sweep's runs
+    (:func:`attackpsm.loggers.sweep_group`); it is logged once per content and W&B
+    destination (``wandb-sweeps.json`` in the results directory): a re-run of a finished
+    sweep logs nothing. Returns True when it logged.
+    """
+    from hydra.utils import instantiate
+
+    from attackpsm.loggers import CURVE_TITLES, sweep_group
+
+    if logger_spec is None:
+        logger_spec = next((rec["logger"] for rec, _ in finished if rec.get("logger")), None)
+    if not logger_spec or not logger_spec.get("_target_") or logger_spec.get("mode") == "disabled":
+        return False
+    run_dirs = sorted({status.run_dir for _, status in finished if status.merged})
+    if not run_dirs:
+        return False
+    sweep_dir = Path(sweep_dir)
+    group = sweep_group(  # the runs the dashboard finds for this sweep (their identity.yaml)
+        [
+            "/".join(Path(rec["run_dir"]).parts[-4:])
+            for rec, _ in finished
+            if (Path(rec["run_dir"]) / "identity.yaml").exists()
+        ]
+    )
+    tables = sweep_tables(run_dirs)
+    destination = json.dumps(
+        {k: logger_spec.get(k) for k in ("_target_", "mode", "project", "entity", "dir")},
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(
+        "".join(f"{k}\n{v.to_csv(index=False)}" for k, v in sorted(tables.items())).encode()
+    ).hexdigest()
+    results_dir = next((rec["results_dir"] for rec, _ in finished if rec.get("results_dir")), None)
+    record_path = Path(results_dir or sweep_dir) / SWEEP_RECORD
+    records = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if records.get(destination, {}).get(group, {}).get("tables_sha256") == digest:
+        return False
+    name = f"sweep {sweep_dir.resolve()}"
+    logger = instantiate(logger_spec, group=group, name=name, job_type="sweep")
+    try:
+        if getattr(logger, "run", None) is None:
+            return False
+        board = tables.pop("leaderboard")
+        logger.set_config(
+            {
+                "sweep_dir": str(sweep_dir.resolve()),
+                "runs": len(run_dirs),
+                "metrics": sorted({str(m) for m in board.get("metric", [])}),
+                "complete": True,
+                "finished": True,
+            }
+        )
+        for key, frame in tables.items():
+            x = key.split("/", 1)[1]
+            logger.log_curve(f"sweep/{key}", frame, x, "flip_rate", CURVE_TITLES.get(x, x))
+        logger.log_table("sweep/leaderboard", board)
+        run_id = logger.run.id
+    finally:
+        logger.finish()
+    records.setdefault(destination, {})[group] = {"tables_sha256": digest, "run_id": run_id}
+    record_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(record_path, json.dumps(records, indent=1, sort_keys=True))
     return True
 
@@ -317,6 +426,10 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         finished = finish_runs(sweep_records(sweep_dir))
         table = write_sweep_summary(sweep_dir, finished)
+        try:  # a window, never a failure
+            log_sweep(sweep_dir, finished)
+        except Exception as exc:
+            log.warning("no W&B sweep run for %s: %s", sweep_dir, exc)
         print(f"\nSweep {sweep_dir}: {len(finished)} runs")
         for line in status_lines(finished):
             print(f"  {line}")

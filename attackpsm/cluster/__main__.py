@@ -2,7 +2,8 @@
 
 After a sweep that failed or was killed, this does what :class:`attackpsm.cluster.SweepCallback`
 does at the end of a sweep: merge every run's shards, write the per-run and sweep-wide summary
-tables and log one W&B aggregate run per finished run identity (docs/cluster.md)::
+tables, log one W&B aggregate run per finished run identity and one W&B sweep run per path
+(robustness curves and leaderboard, :func:`attackpsm.cluster.log_sweep`; docs/cluster.md)::
 
     python -m attackpsm.cluster merge logs/multiruns/<date>    # a sweep directory
     python -m attackpsm.cluster merge results                   # every run under a results dir
@@ -21,6 +22,7 @@ from typing import Any
 from attackpsm.cluster import (
     RECORDS,
     finish_runs,
+    log_sweep,
     status_lines,
     sweep_records,
     write_sweep_summary,
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = args.paths or [Path(os.environ.get("ATTACKPSM_RESULTS", "results"))]
     records = []
+    found_in: dict[Path, set[str]] = {}
     for path in paths:
         if not path.exists():
             parser.error(f"{path} does not exist")
@@ -109,9 +112,17 @@ def main(argv: list[str] | None = None) -> int:
             for rec in found:
                 rec["logger"] = rec.get("logger") or spec
         records += found
+        found_in[path] = {rec["run_dir"] for rec in found}
     finished = finish_runs(records, wandb=not args.no_wandb)
     for line in status_lines(finished):
         print(line)
+    if not args.no_wandb:  # one W&B sweep run per path: its curves and leaderboard
+        for path, run_dirs in found_in.items():
+            mine = [(rec, s) for rec, s in finished if rec["run_dir"] in run_dirs]
+            try:
+                log_sweep(path, mine)
+            except Exception as exc:  # a window, never a failure
+                print(f"no W&B sweep run for {path}: {exc}", file=sys.stderr)
     if args.summary:
         write_sweep_summary(args.summary, finished)
     incomplete = [s for _, s in finished if not s.merged]

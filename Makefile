@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1  # test-only, see pyproject.toml
+	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4 eagerpy==0.30.0 GitPython==3.1.43 gitdb==4.0.11 smmap==5.0.1  # test-only, see pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install attackpsm with its dependencies

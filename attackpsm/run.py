@@ -26,7 +26,7 @@ from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
 from attackpsm.preflight import check_run
-from attackpsm.results import summarize, summary_markdown
+from attackpsm.results import eps_star_markdown, eps_star_summary, summarize, summary_markdown
 from attackpsm.storage import (
     ShardStore,
     build_dataset,
@@ -172,6 +172,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
+        if "eps_star" in table.columns:  # minimum-norm attacks: the distribution of ε*
+            eps_star = eps_star_summary(table, cfg.metric.name, cfg.attack.name)
+            print(eps_star_markdown(eps_star))
+            logger.log_table("eps_star", eps_star)
         progress.finish(results)  # this shard's distributions and images
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
             table1 = clean_accuracy(table, metric.name)

@@ -71,7 +71,9 @@ def test_unknown_check_names_the_valid_ones(tmp_path):
 
 @pytest.mark.slow
 def test_masked_dists_is_flagged_and_lpips_passes_every_check(tmp_path):
-    masked = main([*SMALL, "metric=dists", "metric.require_grad=false", f"paths.results_dir={tmp_path}"])
+    masked = main(
+        [*SMALL, "metric=dists", "metric.require_grad=false", f"paths.results_dir={tmp_path}"]
+    )
     assert masked == 1
     (report,) = (tmp_path / "diagnostics" / "synthetic-res32").glob("dists-*.json")
     data = json.loads(report.read_text())
@@ -84,9 +86,19 @@ def test_masked_dists_is_flagged_and_lpips_passes_every_check(tmp_path):
 def test_the_command_exits_0_when_every_check_passes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "attackpsm.diagnose", "metric=lpips_alex", *SMALL,
-         f"paths.results_dir={tmp_path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "attackpsm.diagnose",
+            "metric=lpips_alex",
+            *SMALL,
+            f"paths.results_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("gradient", "unbounded", "monotone", "blackbox", "randomness"):

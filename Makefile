@@ -64,15 +64,22 @@ report: weights ## Paper tables and figures of a results or sweep dir: make repo
 
 # every metric that runs offline; the attacks of the stronger evaluation
 LEADERBOARD_METRICS ?= l2,ssim,ms_ssim,cw_ssim,fsimc,gmsd,vif,haarpsi,mdsi,lpips_alex,lpips_vgg,dists,stlpips_alex,stlpips_vgg,elpips_vgg
-LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,square_l2,min_eps,autoattack
+LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,square_l2,min_eps,autoattack,fmn
 LEADERBOARD_ARGS ?= dataset=synthetic dataset.num_triplets=64 resolution=64
 # certified-l2 rows: randomized smoothing of these metrics at this sigma ([-1, 1] scale)
 CERTIFY_METRICS ?= lpips_alex,dists,ssim
 CERTIFY_SIGMA ?= 0.02
+# gradient-masking diagnostics of these metrics (python -m attackpsm.diagnose); exit 1 =
+# flagged, shown in the leaderboard and the cards, not a failure of the target
+DIAGNOSE_METRICS ?= $(LEADERBOARD_METRICS)
+DIAGNOSE_ARGS ?=
 
-leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks into $(RESULTS), then <dir>/leaderboard/*.json + leaderboard.md
+leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks, diagnose each metric, then <dir>/leaderboard/*.json, cards/ + leaderboard.md
 	$(PY) -m attackpsm -m logger=none progress=false metric=$(LEADERBOARD_METRICS) attack=$(LEADERBOARD_ATTACKS) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	$(PY) -m attackpsm -m logger=none progress=false metric=smoothed metric.base=$(CERTIFY_METRICS) metric.sigma=$(CERTIFY_SIGMA) attack=certify,min_eps_smoothed paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
+	for m in $$(echo $(DIAGNOSE_METRICS) | tr , ' '); do \
+		$(PY) -m attackpsm.diagnose metric=$$m paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS) || [ $$? -eq 1 ] || exit 1; \
+	done
 	$(PY) -m attackpsm.leaderboard $(RESULTS)
 
 lint: install ## Ruff lint and format check, and the import layers of the package (pyproject.toml)

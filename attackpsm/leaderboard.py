@@ -35,6 +35,7 @@ import pandas as pd
 from attackpsm.attacks.min_eps import median_radius, robustness_curve
 from attackpsm.cards import card_path, entry_from_card, read_cards, write_card
 from attackpsm.report.load import Run, load_runs
+from attackpsm.results import quantile
 from attackpsm.twoafc import accuracy, agreement
 
 PAPER_BUDGET = 0.03  # ℓ∞ ε of PGD in the paper, on the [-1, 1] scale
@@ -231,9 +232,9 @@ def eps_star_distribution(run: Run) -> dict[str, Any]:
     return {
         "triplets": len(radii),
         "found": int(np.isfinite(radii).sum()),
-        "q25": _finite_or_inf(float(np.quantile(radii, 0.25))),
-        "median": _finite_or_inf(float(np.quantile(radii, 0.5))),
-        "q75": _finite_or_inf(float(np.quantile(radii, 0.75))),
+        "q25": _finite_or_inf(quantile(radii, 0.25)),
+        "median": _finite_or_inf(quantile(radii, 0.5)),
+        "q75": _finite_or_inf(quantile(radii, 0.75)),
         "robustness_curve": {
             str(b): float(v)
             for b, v in zip(

@@ -133,6 +133,22 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 EPS_STAR_QUANTILES = (0.25, 0.5, 0.75)
 
 
+def quantile(values: Any, q: float) -> float:
+    """``numpy.quantile``'s linear interpolation, with ``inf`` entries ("never flipped")
+    kept as ``inf`` instead of ``inf - inf = nan``; ``nan`` for no values."""
+    v = np.sort(np.asarray(values, dtype=float))
+    if not len(v):
+        return float("nan")
+    pos = q * (len(v) - 1)
+    lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+    t = pos - lo
+    if t == 0 or v[lo] == v[hi]:
+        return float(v[lo])
+    if np.isinf(v[hi]):
+        return float("inf")
+    return float(v[lo] + t * (v[hi] - v[lo]))
+
+
 def eps_star_summary(results: pd.DataFrame, metric: str, attack: str) -> pd.DataFrame:
     """The distribution of ``eps_star`` (smallest flipping perturbation per triplet) per
     ✓/✗ row: triplets, how many got a finite ε*, its quartiles (``inf`` where at least
@@ -148,12 +164,7 @@ def eps_star_summary(results: pd.DataFrame, metric: str, attack: str) -> pd.Data
                 "agrees": label,
                 "samples": len(values),
                 "found": len(finite),
-                **{
-                    f"eps_star_q{int(q * 100)}": float(np.quantile(values, q))
-                    if len(values)
-                    else float("nan")
-                    for q in EPS_STAR_QUANTILES
-                },
+                **{f"eps_star_q{int(q * 100)}": quantile(values, q) for q in EPS_STAR_QUANTILES},
                 "eps_star_mean_found": float(finite.mean()) if len(finite) else float("nan"),
             }
         )

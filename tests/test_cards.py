@@ -41,14 +41,25 @@ def board(tmp_path_factory):
         for name, extra in CHEAP.items():
             cfg = make_cfg(
                 tmp,
-                [f"attack={name}", f"metric={metric}", "dataset.num_triplets=6",
-                 "resolution.size=32", *extra],
+                [
+                    f"attack={name}",
+                    f"metric={metric}",
+                    "dataset.num_triplets=6",
+                    "resolution.size=32",
+                    *extra,
+                ],
             )
             out = run(cfg)
             tables[metric, name] = pd.read_parquet(f"{out['run_dir']}/results.parquet")
     code = diagnose(
-        ["metric=lpips_alex", "device=cpu", "resolution.size=32", "diagnose.num_triplets=6",
-         "diagnose.checks=[gradient,randomness]", f"paths.results_dir={tmp / 'results'}"]
+        [
+            "metric=lpips_alex",
+            "device=cpu",
+            "resolution.size=32",
+            "diagnose.num_triplets=6",
+            "diagnose.checks=[gradient,randomness]",
+            f"paths.results_dir={tmp / 'results'}",
+        ]
     )
     assert code == 0
     md = write_leaderboard(tmp / "results", tmp / "board")
@@ -86,7 +97,10 @@ def test_card_states_the_evaluation(board):
         "fingerprint": card["data"]["fingerprint"],
     }
     assert card["threat_model"] == {
-        "name": "linf", "norm": "linf", "access": "white-box", "target": "prey"
+        "name": "linf",
+        "norm": "linf",
+        "access": "white-box",
+        "target": "prey",
     }
     assert card["eps"] == 0.03
     clean = tables["lpips_alex", "none"]
@@ -117,7 +131,9 @@ def test_leaderboard_shows_eps_star_and_diagnostics(board):
     text = md.read_text()
     assert "ε* median [25%, 75%]" in text and "fmn: " in text
     assert "## Gradient-masking diagnostics" in text
-    row = next(line for line in text.splitlines() if line.startswith("| synthetic·res32 | lpips_alex"))
+    row = next(
+        line for line in text.splitlines() if line.startswith("| synthetic·res32 | lpips_alex")
+    )
     assert "| passed |" in row
 
 

@@ -647,6 +647,7 @@ def write_leaderboard(
     md = out / "leaderboard.md"
     md.write_text(leaderboard_markdown(entries) + diagnostics_markdown(reports))
     certified_figure(entries, out)
+    robustness_figure(runs, out)
     return md
 
 
@@ -686,6 +687,42 @@ def leaderboard_from_cards(folder: str | Path) -> str:
     if not cards:
         raise SystemExit(f"no *.card.json below {folder}")
     return leaderboard_markdown([entry_from_card(c) for c in cards])
+
+
+def robustness_figure(runs: list[Run], out: Path) -> list[Path]:
+    """``<out>/<dataset>-<res>/robustness-<norm>.png``: per metric, the fraction of triplets
+    flipped at each ε (the empirical CDF of its per-triplet minimal budget: ``eps_star`` of
+    ``attack=fmn`` or ``min_eps``), one figure per norm."""
+    from matplotlib.figure import Figure
+
+    from attackpsm.report.figures import save_figure
+
+    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for r in runs:
+        if _cls(r.identity["attack"]) in RADIUS and len(r.results):
+            norm = threat_models(r.identity["attack"])[0]
+            groups[(*_key(r)[:2], norm)].append(r)
+    written: list[Path] = []
+    for (dataset, res, norm), group in sorted(groups.items()):
+        fig = Figure(figsize=(5.5, 3.8))
+        ax = fig.add_subplot()
+        for r in sorted(group, key=lambda r: (_key(r)[2], r.identity["attack"]["name"])):
+            radii = np.sort(_radii(r))
+            finite = radii[np.isfinite(radii)]
+            if not len(finite):
+                continue
+            rate = np.arange(1, len(finite) + 1) / len(radii)
+            ax.step(
+                finite, rate, where="post", label=f"{_key(r)[2]} ({r.identity['attack']['name']})"
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{'ℓ∞' if norm == 'linf' else 'ℓ2'} budget ε ([-1, 1] scale)")
+        ax.set_ylabel("fraction of triplets flipped")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{dataset} · {res} · robustness curve ({norm})")
+        ax.legend(fontsize=7)
+        written += save_figure(fig, out / f"{dataset}-{res}", f"robustness-{norm}")
+    return written
 
 
 def certified_figure(entries: list[dict[str, Any]], out: Path) -> list[Path]:

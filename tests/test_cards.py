@@ -131,6 +131,7 @@ def test_leaderboard_shows_eps_star_and_diagnostics(board):
     text = md.read_text()
     assert "ε* median [25%, 75%]" in text and "fmn: " in text
     assert "## Gradient-masking diagnostics" in text
+    assert (md.parent / "synthetic-res32" / "robustness-linf.png").stat().st_size > 0
     row = next(
         line for line in text.splitlines() if line.startswith("| synthetic·res32 | lpips_alex")
     )

@@ -73,6 +73,9 @@ CERTIFY_SIGMA ?= 0.02
 # flagged, shown in the leaderboard and the cards, not a failure of the target
 DIAGNOSE_METRICS ?= $(LEADERBOARD_METRICS)
 DIAGNOSE_ARGS ?=
+# negative control: DISTS as the DISTS_pytorch package calls it by default (gradient of the
+# pixel stage only) must be flagged; empty = skip it
+DIAGNOSE_CONTROL ?= metric=dists metric.require_grad=false
 
 leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks, diagnose each metric, then <dir>/leaderboard/*.json, cards/ + leaderboard.md
 	$(PY) -m attackpsm -m logger=none progress=false metric=$(LEADERBOARD_METRICS) attack=$(LEADERBOARD_ATTACKS) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
@@ -80,6 +83,7 @@ leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks, diagnos
 	for m in $$(echo $(DIAGNOSE_METRICS) | tr , ' '); do \
 		$(PY) -m attackpsm.diagnose metric=$$m paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS) || [ $$? -eq 1 ] || exit 1; \
 	done
+	$(if $(DIAGNOSE_CONTROL),$(PY) -m attackpsm.diagnose $(DIAGNOSE_CONTROL) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS); test $$? -eq 1 || { echo "negative control not flagged: $(DIAGNOSE_CONTROL)"; exit 1; })
 	$(PY) -m attackpsm.leaderboard $(RESULTS)
 
 lint: install ## Ruff lint and format check, and the import layers of the package (pyproject.toml)

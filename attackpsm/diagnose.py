@@ -33,7 +33,8 @@ checks of the robustness-evaluation checklists:
     agree with the EoT decision at least as often as with independent draws.
 
 Every check prints ``passed`` or ``flagged`` with its numbers; the command exits 0 when
-every check passed, 1 when any was flagged, and writes the report as JSON under
+every check passed, 1 when any was flagged (2 when it could not run: a bad override,
+missing weights, no usable triplet), and writes the report as JSON under
 ``diagnose.out`` (the leaderboard's diagnostics section and robustness cards read it).
 
 References:
@@ -488,16 +489,23 @@ def write_report(report: dict[str, Any], out: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m attackpsm.diagnose [overrides]``: 0 when every check passed, 1 if not."""
+    """``python -m attackpsm.diagnose [overrides]``: 0 when every check passed, 1 when one
+    was flagged, 2 when the diagnostics could not run (the error is printed)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
     if not any(a.split("=", 1)[0].lstrip("+~") == "diagnose" for a in args):
         args = ["+diagnose=default", *args]
-    cfg = compose(["logger=none", *args])
-    checks = list(cfg.diagnose.get("checks") or CHECKS)
-    report = diagnose(cfg, checks)
+    try:
+        cfg = compose(["logger=none", *args])
+        checks = list(cfg.diagnose.get("checks") or CHECKS)
+        report = diagnose(cfg, checks)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 -- exit 2: could not run, never "flagged"
+        if isinstance(error, SystemExit) and not isinstance(error.code, str):
+            raise
+        print(f"diagnose: error: {error}", file=sys.stderr)
+        return 2
     print(report_text(report))
     if cfg.diagnose.get("out"):
         print(f"-> {write_report(report, cfg.diagnose.out)}")

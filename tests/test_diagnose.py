@@ -69,6 +69,14 @@ def test_unknown_check_names_the_valid_ones(tmp_path):
         diagnose(_cfg(tmp_path, "metric=l2"), ["gradients"])
 
 
+def test_an_error_exits_2_never_1(tmp_path, capsys):
+    """1 means "flagged": a run that could not diagnose anything must not read as one."""
+    code = main(["metric=l2", "diagnose.checks=[gradients]", f"paths.results_dir={tmp_path}"])
+    assert code == 2
+    assert "unknown diagnostic(s) ['gradients']" in capsys.readouterr().err
+    assert main(["metric=no_such_metric", f"paths.results_dir={tmp_path}"]) == 2
+
+
 @pytest.mark.slow
 def test_masked_dists_is_flagged_and_lpips_passes_every_check(tmp_path):
     masked = main(

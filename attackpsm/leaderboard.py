@@ -75,7 +75,17 @@ def _black_box(node: dict[str, Any]) -> bool:
 
 
 def threat_models(node: dict[str, Any]) -> list[str]:
-    """The threat models an attack run counts for (``[]``: not a robustness attack)."""
+    """The threat models an attack run counts for (``[]``: not a robustness attack).
+
+    A run with ``attack.target`` other than the prey counts for its own threat models,
+    suffixed with the target (``linf-reference``, ``l2-both``, ...).
+    """
+    target = node.get("target", "prey")
+    names = _threat_models(node)
+    return names if target == "prey" else [f"{t}-{target}" for t in names]
+
+
+def _threat_models(node: dict[str, Any]) -> list[str]:
     cls = _cls(node)
     if cls == "MinEps":
         inner = node.get("attack", {"_target_": "APGD"})
@@ -257,7 +267,11 @@ def build_leaderboard(
     entries = []
     for _, group in sorted(groups.items(), key=lambda kv: kv[0]):
         clean = next((r for r in group if _cls(r.identity["attack"]) == "NoAttack"), None)
-        for threat in ("linf", "linf-blackbox", "l2", "l2-blackbox"):
+        threats = sorted(
+            {t for r in group for t in threat_models(r.identity["attack"])},
+            key=lambda t: (t.split("-")[0] != "linf", t),
+        )
+        for threat in threats:
             members = [r for r in group if threat in threat_models(r.identity["attack"])]
             e = entry(members, threat, clean, budget_l2 if threat.startswith("l2") else budget)
             if e is not None:
@@ -598,9 +612,12 @@ def make_card(
             "norm": "l2" if "l2" in threat else "linf",
             "access": "certified"
             if threat.startswith("certified")
-            else ("black-box" if threat.endswith("blackbox") else "white-box"),
-            # the perturbed image: the prey, the distortion the metric ranks closer (Sec. 3)
-            "target": "prey",
+            else ("black-box" if "blackbox" in threat else "white-box"),
+            # the perturbed image (attack.target): the prey, the distortion the metric ranks
+            # closer (Sec. 3, the default), the reference, or both distortions
+            "target": next(
+                (r.identity["attack"].get("target", "prey") for r in members), "prey"
+            ),
         },
         "eps": e.get("budget"),
         "clean_accuracy": e.get("clean_accuracy"),

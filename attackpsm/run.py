@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.attacks.target import build_attack
 from attackpsm.config import build
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
@@ -64,7 +65,9 @@ def seed_everything(seed: int) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
     check_run(cfg)  # bad values stop here, before any data is read
-    attack = build(cfg.attack)  # parameters only: its bad values stop before the data index
+    # parameters only: its bad values stop before the data index; attack.target picks the
+    # perturbed image (attackpsm.attacks.target)
+    attack = build_attack(cfg.attack)
     seed_everything(cfg.seed)
     dataset: TripletDataset = build_dataset(cfg)  # the index only: pixels load lazily
     fingerprint = dataset.fingerprint()  # results of other data never count as done
@@ -82,6 +85,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no usable triplets")
     identity = run_identity(cfg, fingerprint)
     sink = None
+    if cfg.get("craft") and getattr(attack, "target", "prey") != "prey":
+        raise ValueError("the transfer craft stage saves adversarial preys: use attack.target=prey")
     if cfg.get("craft"):  # transfer benchmark, craft stage: save adversarial PNGs + manifest
         sink = CraftWriter(cfg.craft, identity, reverse=attack.reverse)
 

@@ -69,6 +69,10 @@ LEADERBOARD_ARGS ?= dataset=synthetic dataset.num_triplets=64 resolution=64
 # certified-l2 rows: randomized smoothing of these metrics at this sigma ([-1, 1] scale)
 CERTIFY_METRICS ?= lpips_alex,dists,ssim
 CERTIFY_SIGMA ?= 0.02
+# rows for the other threat-model targets (attack.target): these attacks on these metrics
+# (symmetric ones: attack.target=reference needs f(ref, x) = f(x, ref))
+TARGET_METRICS ?= l2,ssim,lpips_alex,lpips_vgg,dists
+TARGET_ATTACKS ?= apgd
 # gradient-masking diagnostics of these metrics (python -m attackpsm.diagnose); exit 1 =
 # flagged, shown in the leaderboard and the cards, not a failure of the target
 DIAGNOSE_METRICS ?= $(LEADERBOARD_METRICS)
@@ -80,6 +84,7 @@ DIAGNOSE_CONTROL ?= metric=dists metric.require_grad=false
 leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks, diagnose each metric, then <dir>/leaderboard/*.json, cards/ + leaderboard.md
 	$(PY) -m attackpsm -m logger=none progress=false metric=$(LEADERBOARD_METRICS) attack=$(LEADERBOARD_ATTACKS) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	$(PY) -m attackpsm -m logger=none progress=false metric=smoothed metric.base=$(CERTIFY_METRICS) metric.sigma=$(CERTIFY_SIGMA) attack=certify,min_eps_smoothed paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
+	$(PY) -m attackpsm -m logger=none progress=false metric=$(TARGET_METRICS) attack=$(TARGET_ATTACKS) attack.target=reference,both paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	for m in $$(echo $(DIAGNOSE_METRICS) | tr , ' '); do \
 		$(PY) -m attackpsm.diagnose metric=$$m paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS) || [ $$? -eq 1 ] || exit 1; \
 	done

@@ -481,7 +481,7 @@ def _members(runs: list[Run], e: dict[str, Any]) -> list[Run]:
 def passes(run: Run) -> tuple[float | None, float | None]:
     """Mean forward and backward passes of the metric per triplet, where the run's columns
     say: forward = ``queries`` (metric calls) or, for PGD, ``iterations + 1`` checks;
-    backward = the gradient steps (PGD, APGD: ``iterations``; FMN: ``queries - 1``; a
+    backward = the gradient steps (PGD, APGD: ``iterations``; FMN: ``queries·steps/(steps+1)``; a
     black-box attack: 0). ``None`` where the columns do not tell."""
     cls, table = _cls(run.identity["attack"]), run.results
     if not len(table):
@@ -493,8 +493,9 @@ def passes(run: Run) -> tuple[float | None, float | None]:
         backward = float(table["iterations"].mean())
     elif cls == "APGD":
         backward = float(table["iterations"].mean())
-    elif cls == "FMN" and forward is not None:
-        backward = forward - 1
+    elif cls == "FMN" and forward is not None:  # steps + 1 scored points, steps gradients
+        steps = int(run.identity["attack"].get("steps", 100))
+        backward = forward * steps / (steps + 1)
     elif _black_box(run.identity["attack"]):
         backward = 0.0
     return forward, backward
@@ -615,9 +616,7 @@ def make_card(
             else ("black-box" if "blackbox" in threat else "white-box"),
             # the perturbed image (attack.target): the prey, the distortion the metric ranks
             # closer (Sec. 3, the default), the reference, or both distortions
-            "target": next(
-                (r.identity["attack"].get("target", "prey") for r in members), "prey"
-            ),
+            "target": next((r.identity["attack"].get("target", "prey") for r in members), "prey"),
         },
         "eps": e.get("budget"),
         "clean_accuracy": e.get("clean_accuracy"),

@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev,docs]'
 	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1  # test-only, see pyproject.toml
+	$(PY) -m pip install --quiet --no-deps foolbox==3.3.4 eagerpy==0.30.0 GitPython==3.1.43 gitdb==4.0.11 smmap==5.0.1  # test-only, see pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install attackpsm with its dependencies
@@ -63,15 +64,31 @@ report: weights ## Paper tables and figures of a results or sweep dir: make repo
 
 # every metric that runs offline; the attacks of the stronger evaluation
 LEADERBOARD_METRICS ?= l2,ssim,ms_ssim,cw_ssim,fsimc,gmsd,vif,haarpsi,mdsi,lpips_alex,lpips_vgg,dists,stlpips_alex,stlpips_vgg,elpips_vgg
-LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,square_l2,min_eps,autoattack
+LEADERBOARD_ATTACKS ?= none,pgd,apgd,apgd_l2,square,square_l2,min_eps,autoattack,fmn
 LEADERBOARD_ARGS ?= dataset=synthetic dataset.num_triplets=64 resolution=64
 # certified-l2 rows: randomized smoothing of these metrics at this sigma ([-1, 1] scale)
 CERTIFY_METRICS ?= lpips_alex,dists,ssim
 CERTIFY_SIGMA ?= 0.02
+# rows for the other threat-model targets (attack.target): these attacks on these metrics
+# (symmetric ones: attack.target=reference needs f(ref, x) = f(x, ref))
+TARGET_METRICS ?= l2,ssim,lpips_alex,lpips_vgg,dists
+TARGET_ATTACKS ?= apgd
+# gradient-masking diagnostics of these metrics (python -m attackpsm.diagnose); exit 1 =
+# flagged, shown in the leaderboard and the cards, not a failure of the target
+DIAGNOSE_METRICS ?= $(LEADERBOARD_METRICS)
+DIAGNOSE_ARGS ?=
+# negative control: DISTS as the DISTS_pytorch package calls it by default (gradient of the
+# pixel stage only) must be flagged; empty = skip it
+DIAGNOSE_CONTROL ?= metric=dists metric.require_grad=false
 
-leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks into $(RESULTS), then <dir>/leaderboard/*.json + leaderboard.md
+leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks, diagnose each metric, then <dir>/leaderboard/*.json, cards/ + leaderboard.md
 	$(PY) -m attackpsm -m logger=none progress=false metric=$(LEADERBOARD_METRICS) attack=$(LEADERBOARD_ATTACKS) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	$(PY) -m attackpsm -m logger=none progress=false metric=smoothed metric.base=$(CERTIFY_METRICS) metric.sigma=$(CERTIFY_SIGMA) attack=certify,min_eps_smoothed paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
+	$(PY) -m attackpsm -m logger=none progress=false metric=$(TARGET_METRICS) attack=$(TARGET_ATTACKS) attack.target=reference,both paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
+	for m in $$(echo $(DIAGNOSE_METRICS) | tr , ' '); do \
+		$(PY) -m attackpsm.diagnose metric=$$m paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS) || [ $$? -eq 1 ] || exit 1; \
+	done
+	$(if $(DIAGNOSE_CONTROL),$(PY) -m attackpsm.diagnose $(DIAGNOSE_CONTROL) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS); test $$? -eq 1 || { echo "negative control not flagged: $(DIAGNOSE_CONTROL)"; exit 1; })
 	$(PY) -m attackpsm.leaderboard $(RESULTS)
 
 lint: install ## Ruff lint and format check, and the import layers of the package (pyproject.toml)

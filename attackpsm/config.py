@@ -41,10 +41,21 @@ def quote_numeric_choices(arg: str) -> str:
     return f"{match.group(1)}={quoted}"
 
 
+# keys an option file need not list (their default applies when absent): ``key=value`` on
+# the command line adds or overrides them (Hydra's ``++key=value``)
+OPTIONAL_KEYS = ("attack.target",)
+
+
+def add_optional(arg: str) -> str:
+    """``attack.target=reference`` -> ``++attack.target=reference``; anything else unchanged."""
+    return f"++{arg}" if arg.split("=", 1)[0] in OPTIONAL_KEYS and "=" in arg else arg
+
+
 def normalise_argv(args: Sequence[str]) -> list[str]:
-    """Move every ``-m``/``--multirun`` to the front (once) and quote numeric group choices."""
+    """Move every ``-m``/``--multirun`` to the front (once), quote numeric group choices and
+    let :data:`OPTIONAL_KEYS` be set without a ``++``."""
     flags = [a for a in args if a in MULTIRUN_FLAGS]
-    rest = [quote_numeric_choices(a) for a in args if a not in MULTIRUN_FLAGS]
+    rest = [add_optional(quote_numeric_choices(a)) for a in args if a not in MULTIRUN_FLAGS]
     return (["--multirun"] if flags else []) + rest
 
 

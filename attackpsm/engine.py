@@ -21,7 +21,7 @@ from attackpsm.data.base import Batch
 from attackpsm.images import quantize
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
-from attackpsm.twoafc import Prey, choose_prey, human_agrees, rank_flipped
+from attackpsm.twoafc import Prey, choose_prey, human_agrees, target_flipped
 
 log = logging.getLogger("attackpsm")
 
@@ -94,10 +94,18 @@ def attack_batch(
         if getattr(attack, "needs_triplets", False)
         else {}
     )
-    result = attack.run(metric, prepared, prey, s_other, **extra)
-    adv = result.adv.detach()
-    s_adv_uint8, s_other_uint8 = _rescore_uint8(metric, prepared, batch, chosen, adv)
-    stats = perturbation_stats(adv, prey)
+    # attack.target (attackpsm.attacks.target): the prey (the paper), the reference or both
+    target = getattr(attack, "target", "prey")
+    if target == "prey":
+        result = attack.run(metric, prepared, prey, s_other, **extra)
+        adv, clean = result.adv.detach(), prey
+        s_adv_uint8, s_other_uint8 = _rescore_uint8(metric, prepared, batch, chosen, adv)
+    else:
+        other = chosen.others(batch.p0, batch.p1)
+        result, clean = attack.run_target(metric, batch.ref, prepared, prey, other, s_prey, s_other)
+        adv = result.adv.detach()
+        s_adv_uint8, s_other_uint8 = attack.distances_uint8(metric, batch.ref, prey, other, adv)
+    stats = perturbation_stats(adv, clean)
 
     rows = pd.DataFrame(
         {
@@ -115,7 +123,9 @@ def attack_batch(
             "s_adv_uint8": s_adv_uint8.cpu().numpy(),
             # the flip survives saving the images as 8-bit PNGs (the released code decided
             # flips on float tensors but saved 8-bit images)
-            "flipped_uint8": (result.flipped & rank_flipped(s_adv_uint8, s_other_uint8, reverse))
+            "flipped_uint8": (
+                result.flipped & target_flipped(target, s_adv_uint8, s_other_uint8, reverse)
+            )
             .cpu()
             .numpy(),
             "iterations": result.columns.get(
@@ -124,10 +134,11 @@ def attack_batch(
             .cpu()
             .numpy(),
             **{k: v.cpu().numpy() for k, v in stats.items()},
+            "target": target,  # the perturbed image (attack.target), after the base columns
             **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
         }
     )
-    if sink is not None:
+    if sink is not None and target == "prey":  # saved and shown images are preys
         sink(metric, batch, rank, adv, rows)
     # a NaN or a negative distance during the attack: a recorded skip, never a flip
     reasons = contract_violations(s_adv=result.s_adv, s_adv_uint8=s_adv_uint8)

@@ -126,3 +126,62 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     lines.append(f"Perturbation sizes as in the paper: {PAPER_DEFINITIONS}.")
     lines.append(f"Skipped triplets (unreadable or invalid, see errors.parquet): {skipped}")
     return "\n".join(lines) + "\n"
+
+
+# --- minimum-norm attacks (attack=fmn) ----------------------------------------------------
+
+EPS_STAR_QUANTILES = (0.25, 0.5, 0.75)
+
+
+def quantile(values: Any, q: float) -> float:
+    """``numpy.quantile``'s linear interpolation, with ``inf`` entries ("never flipped")
+    kept as ``inf`` instead of ``inf - inf = nan``; ``nan`` for no values."""
+    v = np.sort(np.asarray(values, dtype=float))
+    if not len(v):
+        return float("nan")
+    pos = q * (len(v) - 1)
+    lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+    t = pos - lo
+    if t == 0 or v[lo] == v[hi]:
+        return float(v[lo])
+    if np.isinf(v[hi]):
+        return float("inf")
+    return float(v[lo] + t * (v[hi] - v[lo]))
+
+
+def eps_star_summary(results: pd.DataFrame, metric: str, attack: str) -> pd.DataFrame:
+    """The distribution of ``eps_star`` (smallest flipping perturbation per triplet) per
+    ✓/✗ row: triplets, how many got a finite ε*, its quartiles (``inf`` where at least
+    that fraction has none) and mean over the finite ones."""
+    rows = []
+    for label, part in split_rows(results):
+        values = part["eps_star"].to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        rows.append(
+            {
+                "metric": metric,
+                "attack": attack,
+                "agrees": label,
+                "samples": len(values),
+                "found": len(finite),
+                **{f"eps_star_q{int(q * 100)}": quantile(values, q) for q in EPS_STAR_QUANTILES},
+                "eps_star_mean_found": float(finite.mean()) if len(finite) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def eps_star_markdown(summary: pd.DataFrame) -> str:
+    """Render :func:`eps_star_summary` as a markdown table."""
+    lines = [
+        "| Metric | Attack | Same rank by human & metric | Samples | ε* found "
+        "| ε* 25% | ε* median | ε* 75% | mean ε* (found) |",
+        "|" + "---|" * 9,
+    ]
+    for _, r in summary.iterrows():
+        lines.append(
+            f"| {r.metric} | {r.attack} | {r.agrees} | {r.samples} | {r.found} "
+            f"| {_fmt(r.eps_star_q25, 4)} | {_fmt(r.eps_star_q50, 4)} "
+            f"| {_fmt(r.eps_star_q75, 4)} | {_fmt(r.eps_star_mean_found, 4)} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -21,12 +21,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.attacks.target import build_attack
 from attackpsm.config import build
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, flat_keys, run_keys, shard_run_id
 from attackpsm.preflight import check_run
-from attackpsm.results import summarize, summary_markdown
+from attackpsm.results import eps_star_markdown, eps_star_summary, summarize, summary_markdown
 from attackpsm.storage import (
     ShardStore,
     build_dataset,
@@ -64,7 +65,9 @@ def seed_everything(seed: int) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
     check_run(cfg)  # bad values stop here, before any data is read
-    attack = build(cfg.attack)  # parameters only: its bad values stop before the data index
+    # parameters only: its bad values stop before the data index; attack.target picks the
+    # perturbed image (attackpsm.attacks.target)
+    attack = build_attack(cfg.attack)
     seed_everything(cfg.seed)
     dataset: TripletDataset = build_dataset(cfg)  # the index only: pixels load lazily
     fingerprint = dataset.fingerprint()  # results of other data never count as done
@@ -82,6 +85,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no usable triplets")
     identity = run_identity(cfg, fingerprint)
     sink = None
+    if cfg.get("craft") and getattr(attack, "target", "prey") != "prey":
+        raise ValueError("the transfer craft stage saves adversarial preys: use attack.target=prey")
     if cfg.get("craft"):  # transfer benchmark, craft stage: save adversarial PNGs + manifest
         sink = CraftWriter(cfg.craft, identity, reverse=attack.reverse)
 
@@ -178,6 +183,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
+        if "eps_star" in table.columns:  # minimum-norm attacks: the distribution of ε*
+            eps_star = eps_star_summary(table, cfg.metric.name, cfg.attack.name)
+            print(eps_star_markdown(eps_star))
+            logger.log_table("eps_star", eps_star)
         # this shard's distributions, images and robustness curves
         progress.finish(results, keys=flat_keys(identity))
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)

@@ -104,6 +104,37 @@ def rank_flipped(s_adv: Any, s_other: Any, reverse: bool = False) -> Any:
     return s_adv < s_other if reverse else s_adv > s_other
 
 
+# --- which image is perturbed (the threat model's target) --------------------------------
+
+TARGETS = ("prey", "reference", "both")
+
+
+def check_target(target: Any) -> str:
+    """``target`` if it names a threat-model target, else a clear error naming the valid ones."""
+    if target not in TARGETS:
+        raise ValueError(f"attack.target must be one of {list(TARGETS)}, got {target!r}")
+    return str(target)
+
+
+def target_flipped(target: str, s_prey_adv: Any, s_other_adv: Any, reverse: bool = False) -> Any:
+    """The flip rule of each target, in one place (the prey is always chosen on the clean
+    triplet by :func:`choose_prey`):
+
+    - ``prey`` (the paper, Sec. 3): only ``I_prey`` is perturbed; ``s_other_adv`` is the
+      clean ``s_other``, so this is :func:`rank_flipped` exactly;
+    - ``reference`` (as robust-CLIP-based metric evaluations perturb it): ``I_ref`` is
+      perturbed; both distances are re-measured to the perturbed reference,
+      ``s_prey_adv = f(I_ref', I_prey)`` and ``s_other_adv = f(I_ref', I_other)``;
+    - ``both``: ``I_0`` and ``I_1`` are perturbed jointly (one budget per image),
+      ``s_prey_adv = f(I_ref, I_prey')`` and ``s_other_adv = f(I_ref, I_other')``.
+
+    In every case the rank flips when the prey ends strictly farther than the other image,
+    ``s_prey_adv > s_other_adv`` (``<`` for the reverse attack, Appendix F).
+    """
+    check_target(target)
+    return rank_flipped(s_prey_adv, s_other_adv, reverse)
+
+
 def flip_margin(s_other: torch.Tensor, s_adv: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """Signed distance to the flip: ``s_adv - s_other`` (``s_other - s_adv`` reversed).
 

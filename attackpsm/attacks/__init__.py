@@ -9,7 +9,8 @@ Black-box (metric outputs only):
     :class:`~attackpsm.attacks.onepixel.OnePixel` (Su et al.),
     :class:`~attackpsm.attacks.square.Square` (Andriushchenko et al., ℓ∞/ℓ2).
 Stronger evaluation: :class:`~attackpsm.attacks.eot.EoT` (stochastic metrics),
-    :class:`~attackpsm.attacks.min_eps.MinEps` (per-triplet minimal ε),
+    :class:`~attackpsm.attacks.min_eps.MinEps` (per-triplet minimal ε, bisection),
+    :class:`~attackpsm.attacks.fmn.FMN` (per-triplet minimal ℓ∞/ℓ2 perturbation, FMN),
     :class:`~attackpsm.attacks.cascade.Cascade` (``attack=autoattack``).
 Transfer (no access to the target): :class:`~attackpsm.attacks.saved.SavedAdversarial`.
 No attack: :class:`~attackpsm.attacks.none.NoAttack` (clean accuracy).
@@ -20,6 +21,7 @@ from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.attacks.cascade import Cascade
 from attackpsm.attacks.eot import EoT
 from attackpsm.attacks.fgsm import FGSM
+from attackpsm.attacks.fmn import FMN
 from attackpsm.attacks.min_eps import MinEps
 from attackpsm.attacks.none import NoAttack
 from attackpsm.attacks.onepixel import OnePixel
@@ -32,6 +34,7 @@ from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
 __all__ = [
     "APGD",
     "FGSM",
+    "FMN",
     "PGD",
     "Attack",
     "AttackResult",

@@ -1,0 +1,277 @@
+"""Robustness cards: one self-describing JSON file per leaderboard entry.
+
+In the style of RobustBench's model cards, a card states what was evaluated and how:
+the metric (its config and a checksum of the weights it ran with), the data (dataset,
+split, resolution, fingerprint), the threat model and its ε, the clean 2AFC accuracy, the
+robust accuracy, the attacks with their parameters and forward/backward passes per
+triplet, the gradient-masking diagnostics (:mod:`attackpsm.diagnose`), the certified
+radius where one was computed, the tool version and the date. The numbers of the
+leaderboard entry travel in ``results`` unchanged, so the leaderboard is rebuilt from the
+cards alone (:func:`entry_from_card`; ``python -m attackpsm.leaderboard --from-cards``).
+
+Every card is validated against :data:`CARD_SCHEMA` (JSON Schema, draft 2020-12) before it
+is written and when it is read: with ``jsonschema`` when it is installed, otherwise with
+:func:`explicit_check`, a small check of the same required fields and types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# the keys of a leaderboard entry that a card states at its top level (the rest of the
+# entry travels unchanged in ``results``)
+_TOP = ("dataset", "resolution", "metric", "threat_model")
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_RADIUS = {"anyOf": [{"type": "number", "minimum": 0}, {"const": "inf"}, {"type": "null"}]}
+
+CARD_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "attackpsm robustness card",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "metric",
+        "data",
+        "threat_model",
+        "eps",
+        "clean_accuracy",
+        "robust_accuracy",
+        "attacks",
+        "diagnostics",
+        "certified_radius",
+        "tool",
+        "date",
+        "results",
+    ],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "metric": {
+            "type": "object",
+            "required": ["name", "config", "weights_sha256"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "config": {"type": "object"},
+                "weights_sha256": {
+                    "anyOf": [{"type": "string", "pattern": "^[0-9a-f]{64}$"}, {"type": "null"}]
+                },
+                "weights_note": {"type": "string"},
+            },
+        },
+        "data": {
+            "type": "object",
+            "required": ["dataset", "split", "resolution", "triplets"],
+            "properties": {
+                "dataset": {"type": "string", "minLength": 1},
+                "split": {"type": ["string", "null"]},
+                "resolution": {"type": "string", "pattern": "^res"},
+                "triplets": {"type": "integer", "minimum": 0},
+                "fingerprint": {"type": ["string", "null"]},
+            },
+        },
+        "threat_model": {
+            "type": "object",
+            "required": ["name", "norm", "access", "target"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "norm": {"enum": ["linf", "l2"]},
+                "access": {"enum": ["white-box", "black-box", "certified"]},
+                "target": {"type": "string"},
+            },
+        },
+        "eps": _NUMBER_OR_NULL,
+        "clean_accuracy": {
+            "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]
+        },
+        "robust_accuracy": {
+            "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]
+        },
+        "attacks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "config", "forward_passes", "backward_passes"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "config": {"type": "object"},
+                    "forward_passes": _NUMBER_OR_NULL,
+                    "backward_passes": _NUMBER_OR_NULL,
+                },
+            },
+        },
+        "diagnostics": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["passed", "flags", "checks"],
+                    "properties": {
+                        "passed": {"type": "boolean"},
+                        "flags": {"type": "array", "items": {"type": "string"}},
+                        "checks": {"type": "object"},
+                    },
+                },
+            ]
+        },
+        "certified_radius": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["median", "sigma"],
+                    "properties": {"median": _RADIUS, "sigma": _NUMBER_OR_NULL},
+                },
+            ]
+        },
+        "tool": {
+            "type": "object",
+            "required": ["name", "version"],
+            "properties": {"name": {"const": "attackpsm"}, "version": {"type": "string"}},
+        },
+        "date": {"type": "string", "minLength": 10},
+        "results": {"type": "object"},
+    },
+}
+
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": (int, float),
+    "null": type(None),
+}
+
+
+def config_hash(node: dict[str, Any]) -> str:
+    """8 hex digits naming a metric config (where its weights live excluded, as in a run's
+    identity): the diagnostics of a metric and its cards find each other by it."""
+    keep = {
+        k: v for k, v in node.items() if k not in ("weights_dir", "weights_mirror", "allow_fetch")
+    }
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class CardError(ValueError):
+    """A card that does not follow :data:`CARD_SCHEMA`; the message names the field."""
+
+
+def _type_ok(value: Any, kinds: str | list[str]) -> bool:
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    for kind in kinds:
+        if kind in ("integer", "number") and isinstance(value, bool):
+            continue
+        if isinstance(value, _TYPES[kind]):
+            return True
+    return False
+
+
+def explicit_check(card: Any, schema: dict[str, Any] = CARD_SCHEMA, where: str = "card") -> None:
+    """The subset of JSON Schema that :data:`CARD_SCHEMA` uses (type, required, const,
+    enum, anyOf, minimum, maximum, minLength, properties, items, pattern), checked by hand
+    for installations without ``jsonschema``.
+
+    Raises:
+        CardError: naming the first field that breaks the schema.
+    """
+    import re
+
+    if "anyOf" in schema:
+        errors = []
+        for option in schema["anyOf"]:
+            try:
+                explicit_check(card, option, where)
+                return
+            except CardError as error:
+                errors.append(str(error))
+        raise CardError(f"{where}: matches none of the allowed forms ({'; '.join(errors)})")
+    if "const" in schema and card != schema["const"]:
+        raise CardError(f"{where}: must be {schema['const']!r}, got {card!r}")
+    if "enum" in schema and card not in schema["enum"]:
+        raise CardError(f"{where}: must be one of {schema['enum']}, got {card!r}")
+    if "type" in schema and not _type_ok(card, schema["type"]):
+        raise CardError(f"{where}: must be of type {schema['type']}, got {card!r}")
+    if isinstance(card, (int, float)) and not isinstance(card, bool):
+        if "minimum" in schema and card < schema["minimum"]:
+            raise CardError(f"{where}: must be >= {schema['minimum']}, got {card}")
+        if "maximum" in schema and card > schema["maximum"]:
+            raise CardError(f"{where}: must be <= {schema['maximum']}, got {card}")
+    if isinstance(card, str):
+        if len(card) < schema.get("minLength", 0):
+            raise CardError(f"{where}: must not be empty")
+        if "pattern" in schema and not re.search(schema["pattern"], card):
+            raise CardError(f"{where}: must match {schema['pattern']!r}, got {card!r}")
+    if isinstance(card, dict):
+        for key in schema.get("required", ()):
+            if key not in card:
+                raise CardError(f"{where}: missing required field {key!r}")
+        for key, sub in schema.get("properties", {}).items():
+            if key in card:
+                explicit_check(card[key], sub, f"{where}.{key}")
+    if isinstance(card, list) and "items" in schema:
+        for i, item in enumerate(card):
+            explicit_check(item, schema["items"], f"{where}[{i}]")
+
+
+def validate(card: Any) -> None:
+    """Raise :class:`CardError` unless ``card`` follows :data:`CARD_SCHEMA`."""
+    try:
+        import jsonschema
+    except ImportError:
+        explicit_check(card)
+        return
+    try:
+        jsonschema.validate(card, CARD_SCHEMA)
+    except jsonschema.ValidationError as error:
+        path = "card" + "".join(f"[{p!r}]" for p in error.absolute_path)
+        raise CardError(f"{path}: {error.message}") from None
+
+
+def entry_from_card(card: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard entry a (validated) card was made from."""
+    validate(card)
+    return {
+        "dataset": card["data"]["dataset"],
+        "resolution": card["data"]["resolution"],
+        "metric": card["metric"]["name"],
+        "threat_model": card["threat_model"]["name"],
+        **card["results"],
+    }
+
+
+def card_path(out: str | Path, entry: dict[str, Any]) -> Path:
+    """``<out>/cards/<dataset>-<res>/<metric>.<threat model>.card.json``."""
+    return (
+        Path(out)
+        / "cards"
+        / f"{entry['dataset']}-{entry['resolution']}"
+        / f"{entry['metric']}.{entry['threat_model']}.card.json"
+    )
+
+
+def write_card(card: dict[str, Any], path: str | Path) -> Path:
+    """Validate ``card`` and write it to ``path`` (folders made as needed)."""
+    validate(card)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_cards(folder: str | Path) -> list[dict[str, Any]]:
+    """Every ``*.card.json`` below ``folder``, validated (sorted by path)."""
+    cards = []
+    for path in sorted(Path(folder).rglob("*.card.json")):
+        card = json.loads(path.read_text())
+        try:
+            validate(card)
+        except CardError as error:
+            raise CardError(f"{path}: {error}") from None
+        cards.append(card)
+    return cards

@@ -172,6 +172,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
         )
         print(text or summary.to_string(index=False))
+        stalled = int(table["stalled"].astype(bool).sum()) if "stalled" in table else 0
+        if stalled:
+            log.warning(
+                "%d of %d triplets stalled: %s ended at the prey without a flip (column "
+                "`stalled` of %s); they count as not flipped, not as robust",
+                stalled,
+                len(table),
+                cfg.attack.name,
+                run_dir / "results.parquet",
+            )
         progress.finish(results)  # this shard's distributions and images
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)
             table1 = clean_accuracy(table, metric.name)

@@ -118,3 +118,39 @@ def test_run_warns_and_counts_stalled_triplets(cfg_factory, caplog):
     assert any("4 of 4 triplets stalled" in r.getMessage() for r in caplog.records)
     text = (Path(out["run_dir"]) / "summary.md").read_text()
     assert "Stalled triplets" in text
+
+
+@pytest.mark.parametrize("max_iterations", [1, 4, 30])
+def test_stepwise_lbfgs_follows_the_threaded_scipy_runs(lpips_rand, max_iterations, monkeypatch):
+    """The batched L-BFGS without threads (scipy's ``setulb`` stepped in one loop) gives the
+    iterates, evaluation counts, statuses and traces of one ``scipy.optimize.minimize`` per
+    problem (the threaded driver), on stAdv's own objective."""
+    from attackpsm.attacks import lbfgs
+
+    if lbfgs._setulb() is None:
+        pytest.skip("this scipy has no step-wise L-BFGS-B")
+    calls = {}
+    original = lbfgs.minimize
+
+    def capture(fg, x0, max_iterations, **kwargs):  # stAdv's objective, kept for the drivers
+        calls["args"] = (fg, x0, max_iterations, kwargs["history"], kwargs["max_line_search"])
+        return original(fg, x0, max_iterations, **kwargs)
+
+    monkeypatch.setattr(lbfgs, "minimize", capture)
+    batch = synthetic_batch(6, seed=5)
+    prepared = lpips_rand.prepare(batch.ref)
+    with torch.no_grad():
+        d0, d1 = lpips_rand.score(prepared, batch.p0), lpips_rand.score(prepared, batch.p1)
+    prey = torch.where((d1 < d0)[:, None, None, None], batch.p1, batch.p0)
+    StAdv(max_iterations=max_iterations).optimize_flow(
+        lpips_rand, prepared, prey, torch.maximum(d0, d1)
+    )
+    monkeypatch.undo()
+    fg, x0, its, history, ls = calls["args"]
+    direct = lbfgs.minimize(fg, x0, its, history, ls, threads=False)
+    threaded = lbfgs.minimize(fg, x0, its, history, ls, threads=True)
+    assert torch.equal(direct.x, threaded.x)
+    for name in ("loss", "iterations", "evaluations", "status"):
+        assert torch.equal(getattr(direct, name), getattr(threaded, name)), name
+    assert direct.trace == threaded.trace
+    assert (direct.x != 0).any()  # the problems moved

@@ -280,9 +280,18 @@ def _channels_last(batch: Batch) -> Batch:
 
 
 def measure(
-    w: Workload, device: torch.device, reference_limit: int, tol: float, passes: int = 1
+    w: Workload,
+    device: torch.device,
+    reference_limit: int,
+    tol: float,
+    passes: int = 1,
+    profile: int = 0,
 ) -> Row:
-    """One workload's row: each side timed ``passes`` times, alternately; the fastest counts."""
+    """One workload's row: each side timed ``passes`` times, alternately; the fastest counts.
+
+    ``profile > 0``: afterwards one more pass of each side under :mod:`cProfile`, and the
+    ``profile`` functions with the most time of their own printed for each side.
+    """
     unknown = sorted(set(w.options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown bench options {unknown}; valid: {list(OPTIONS)}")
@@ -336,6 +345,10 @@ def measure(
         reference_peak = max(reference_peak, _peak_mib(device))
         if engine_rows is None:
             engine_rows, decisions = rows_now, decisions_now
+    if profile > 0:
+        for side, fn in (("engine", engine_pass), ("loop", reference_pass)):
+            print(f"[bench] {w.label}: profile of the {side}", flush=True)
+            _profile(fn, profile)
     import pandas as pd
 
     engine = pd.concat(engine_rows, ignore_index=True)
@@ -371,6 +384,16 @@ def measure(
         float(engine["flipped"].mean()),
         notes,
     )
+
+
+def _profile(fn: Callable[[], Any], top: int) -> None:
+    """Run ``fn`` under cProfile; print the ``top`` functions by their own time."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(fn)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
 def _head(batch: Batch, n: int) -> Batch:
@@ -884,6 +907,14 @@ def main(argv: list[str] | None = None) -> int:
         help="measure the W&B logging overhead instead: one job with logger=none vs "
         f"logger=wandb offline (default job: {' '.join(LOGGING_RUN)}; overrides replace it)",
     )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each workload, profile one more pass of each side (cProfile) and print "
+        "the N functions with the most time of their own",
+    )
     p.add_argument("--repeats", type=int, default=3, help="--logging: runs of each side")
     p.add_argument(
         "--certify",
@@ -980,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for w in workloads:
         print(f"[bench] {w.label}: {w.triplets} triplets, batch {w.batch_size} ...", flush=True)
-        rows.append(measure(w, device, limit, args.tol, args.passes))
+        rows.append(measure(w, device, limit, args.tol, args.passes, args.profile))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     table = format_table(rows) if rows else ""
     extra = None

@@ -39,9 +39,9 @@ def test_warning_row_when_an_engine_is_slower_than_its_loop():
     )
 
 
-def test_stadv_engine_matches_its_loop_over_alternating_passes(lpips_alex):
+def test_stadv_engine_matches_its_loop_over_alternating_passes(lpips_alex, capsys):
     """stAdv: two alternating timed passes per side, same decisions, the note set only
-    when the engine is the slower side."""
+    when the engine is the slower side; ``profile`` prints both sides' profiles."""
     import torch
 
     from attackpsm.bench import SLOWER
@@ -49,6 +49,10 @@ def test_stadv_engine_matches_its_loop_over_alternating_passes(lpips_alex):
     w = Workload(
         "stadv", "lpips_alex", 32, "stadv", {"max_iterations": 5}, triplets=3, batch_size=3
     )
-    row = measure(w, torch.device("cpu"), reference_limit=3, tol=1e-3, passes=2)
+    row = measure(w, torch.device("cpu"), reference_limit=3, tol=1e-3, passes=2, profile=5)
     assert row.agree + row.disagree_within_tol == 3 and row.disagree == 0
     assert (SLOWER in row.notes) == (row.engine_per_s < row.reference_per_s)
+    out = capsys.readouterr().out
+    engine, loop = out.split("profile of the loop")
+    assert "profile of the engine" in engine and "function calls" in engine
+    assert "function calls" in loop

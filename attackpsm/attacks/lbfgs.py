@@ -7,11 +7,15 @@ strong Wolfe conditions, which keeps the flow small where a plain backtracking s
 jumps to huge flows. Running the triplets as one big problem (``torch.optim.LBFGS`` on the
 batch) would instead couple them through shared inner products and line searches.
 
-So each problem runs its own, unmodified scipy L-BFGS-B in a lightweight thread; whenever
-it asks for a function value the thread waits, and once every live problem has asked, the
-main thread evaluates all requested points in one batched call of ``fg`` (the metric's
-forward and backward pass on the GPU) and hands each problem its value and gradient.
-Every problem follows exactly the iterates it would follow alone.
+So each problem runs its own, unmodified scipy L-BFGS-B: the loop of
+``scipy.optimize.minimize(method="L-BFGS-B")`` around scipy's reverse-communication step
+``setulb``, one state per problem, stepped in this thread until the problem asks for a
+function value. Once every live problem has asked, all requested points are evaluated in
+one batched call of ``fg`` (the metric's forward and backward pass on the GPU) and each
+problem gets its value and gradient. Every problem follows exactly the iterates it would
+follow alone. Where scipy (< 1.15) has no such step, each problem runs
+``scipy.optimize.minimize`` in a thread of its own that waits for the batched evaluation:
+the same iterates, with a thread hand-off per problem and evaluation.
 
 ``fg`` may also say *stop* for a point (stAdv: the rank flipped). A problem stops when an
 accepted iterate is such a point: its variables never change again (Alg. 2: the loss is 0

@@ -176,7 +176,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if stalled:
             log.warning(
                 "%d of %d triplets stalled: %s ended at the prey without a flip (column "
-                "`stalled` of %s); they count as not flipped, not as robust",
+                "`stalled` of %s): counted as not flipped, they are no evidence of robustness",
                 stalled,
                 len(table),
                 cfg.attack.name,

@@ -188,9 +188,10 @@ class StAdv(Attack):
 
         At ``reference_size`` pixels a side this is Eq. 4 as written. At another size
         ``L_flow`` is taken on the flow in units of :meth:`flow_unit` and ``L_rank`` weighted
-        by :meth:`rank_weight`: each pixel's share of the loss and of its gradient, which
-        scipy's stopping tests read, stays what it is at the paper's size, so the same
-        triplets move and flip at 64, 256 and 512 px.
+        by :meth:`rank_weight`, so that the balance of the two terms and the size of the
+        gradient that scipy's tolerances (``gtol``, ``ftol``) test keep the scale they have
+        at the paper's size. With Eq. 4 in pixels, L-BFGS stops at or next to its zero
+        start at 256 px and above, without a flip.
         """
         h, w = flow.shape[-2:]
         unit = self.flow_unit(h, w)

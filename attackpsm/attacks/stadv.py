@@ -120,11 +120,11 @@ class StAdv(Attack):
         history: L-BFGS memory (10, scipy's default).
         max_line_search: line-search evaluations per iteration (20, scipy's default).
         reference_size: the image side at which ``α`` and ``β`` are the paper's (64, the
-            size of its experiments). At ``H x W`` the flow is optimised in units of
-            ``sqrt(HW)/64`` pixels and ``L_rank`` weighted by ``α·HW/64²``
-            (:meth:`loss`), so that the same triplets move and flip at every size; at 64 px
-            nothing changes. ``None``: Eq. 4 in pixels at every size (at 256 px most
-            triplets then stop at a zero flow).
+            size of its experiments). At ``H x W`` above it the flow is optimised in units
+            of ``sqrt(HW)/64`` pixels and ``L_rank`` weighted by ``α·HW/64²``
+            (:meth:`loss`), so that the same triplets move and flip at 256 and 512 px as at
+            64 px; at 64 px and below nothing changes. ``None``: Eq. 4 in pixels at every
+            size (at 256 px most triplets then stop at a zero flow).
 
     Example:
         >>> result = StAdv(alpha=50, beta=0.05).run(metric, metric.prepare(ref), prey, s_other)
@@ -164,18 +164,23 @@ class StAdv(Attack):
         self.reference_size = None if reference_size is None else int(reference_size)
 
     def flow_unit(self, height: int, width: int) -> float:
-        """Pixels per unit of the optimised flow: ``sqrt(HW) / reference_size``.
+        """Pixels per unit of the optimised flow: ``max(1, sqrt(HW) / reference_size)``.
 
-        L-BFGS works on the flow in units of ``1/reference_size`` of the image side (a
-        pixel at the paper's 64x64), so a step of the variable moves the image by the same
-        fraction at every size; 1 at ``reference_size`` (and with ``reference_size=None``).
+        Above ``reference_size`` pixels a side L-BFGS works on the flow in units of
+        ``1/reference_size`` of the image side (a pixel at the paper's 64x64), so a step of
+        the variable moves the image by the same fraction at every size. At or below it
+        (and with ``reference_size=None``) the unit is one pixel and the loss is Eq. 4 as
+        written: there each pixel's gradient is at least as large as at 64 px and L-BFGS
+        moves without help (at 32 px scaling down flipped 2 of 6 calibrated triplets where
+        Eq. 4 flips 4, as many as at 64 px).
         """
         if self.reference_size is None:
             return 1.0
-        return math.sqrt(height * width) / float(self.reference_size)
+        return max(1.0, math.sqrt(height * width) / float(self.reference_size))
 
     def rank_weight(self, height: int, width: int) -> float:
-        """The weight of ``L_rank`` at ``height x width``: ``α · HW / reference_size²``.
+        """The weight of ``L_rank`` at ``height x width``: ``α · flow_unit²`` (``α · HW /
+        reference_size²`` above ``reference_size``, ``α`` at or below it).
 
         ``L_flow`` (Eq. 5) sums over the ``HW`` pixels while ``L_rank`` (Eq. 6) is one
         number per image; weighting ``L_rank`` by the pixel count keeps the two terms in the

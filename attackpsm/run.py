@@ -187,6 +187,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             eps_star = eps_star_summary(table, cfg.metric.name, cfg.attack.name)
             print(eps_star_markdown(eps_star))
             logger.log_table("eps_star", eps_star)
+        stalled = int(table["stalled"].astype(bool).sum()) if "stalled" in table else 0
+        if stalled:
+            log.warning(
+                "%d of %d triplets stalled: %s ended at the prey without a flip (column "
+                "`stalled` of %s): counted as not flipped, they are no evidence of robustness",
+                stalled,
+                len(table),
+                cfg.attack.name,
+                run_dir / "results.parquet",
+            )
         # this shard's distributions, images and robustness curves
         progress.finish(results, keys=flat_keys(identity))
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)

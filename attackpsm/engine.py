@@ -125,6 +125,8 @@ def attack_batch(
             .numpy(),
             **{k: v.cpu().numpy() for k, v in stats.items()},
             **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
+            # the digest of the files the row was computed from (attackpsm.data.digests)
+            **({"data_digest": batch.data_digest} if batch.data_digest is not None else {}),
         }
     )
     if sink is not None:

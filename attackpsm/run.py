@@ -9,12 +9,15 @@ first batch without a valid checkpoint, and one process at a time writes a shard
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.config import build
 from attackpsm.data.base import TripletDataset, collate, shard_records
+from attackpsm.data.workers import die_with_parent
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, shard_run_id
 from attackpsm.preflight import check_run
@@ -61,6 +65,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def zero_usable(cfg: DictConfig, run_dir: Path, errors: pd.DataFrame) -> ValueError:
+    """The error of a run whose every triplet was skipped (raised by every re-run too)."""
+    reasons = errors["reason"].value_counts().head(3).to_dict() if len(errors) else {}
+    return ValueError(
+        f"dataset {cfg.dataset.name!r} yielded zero usable triplets: all {len(errors)} "
+        f"were skipped (most common reasons: {reasons}; every one is listed in "
+        f"{run_dir / 'errors.parquet'})"
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
     check_run(cfg)  # bad values stop here, before any data is read
@@ -70,6 +84,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fingerprint = dataset.fingerprint()  # results of other data never count as done
     done = finished_shard(cfg, fingerprint)  # finished work: no compute, no files, no W&B run
     if done is not None:
+        merged = Path(done["run_dir"]) / "results.parquet"
+        if done["samples"] == 0 and merged.exists():  # never "finished" with nothing usable
+            raise zero_usable(
+                cfg, Path(done["run_dir"]), pd.read_parquet(merged.with_name("errors.parquet"))
+            )
         return done
     device = resolve_device(cfg.device)
     # build everything before any work, so bad parameters fail fast
@@ -120,7 +139,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if cfg.dataset.get("cache"):  # decoded 8-bit triplets, converted on the device
                 from attackpsm.data.cache import CachedBatches, ensure_cache
 
-                cache = ensure_cache(dataset, cfg.paths.cache_dir, progress=cfg.progress)
+                cache = ensure_cache(
+                    dataset,
+                    cfg.paths.cache_dir,
+                    progress=cfg.progress,
+                    ids=[r.triplet_id for r in records],  # their checksums verified first
+                )
                 loader = CachedBatches(
                     cache, records, cfg.resolution.batch_size, device, spans=batches
                 )
@@ -135,6 +159,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     pin_memory=device.type == "cuda",
                     persistent_workers=False,
                     prefetch_factor=4 if cfg.num_workers > 0 else None,
+                    # the workers exit as soon as this process dies, even by SIGKILL
+                    worker_init_fn=functools.partial(die_with_parent, os.getpid()),
                 )
             bar = tqdm(
                 loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress
@@ -159,12 +185,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         scope = "all shards" if merged is not None else f"shard {cfg.shard.index}/{cfg.shard.count}"
         table, errs_all = merged if merged is not None else (results, errors)
         if merged is not None and len(table) == 0:
-            reasons = errs_all["reason"].value_counts().head(3).to_dict() if len(errs_all) else {}
-            raise ValueError(
-                f"dataset {cfg.dataset.name!r} yielded zero usable triplets: all {len(errs_all)} "
-                f"were skipped (most common reasons: {reasons}; every one is listed in "
-                f"{run_dir / 'errors.parquet'})"
-            )
+            raise zero_usable(cfg, run_dir, errs_all)
         # the config names (pgd10, fgsm003, ...) tell variants of one attack class apart
         summary = summarize(table, cfg.metric.name, cfg.attack.name, skipped=len(errs_all))
         text = summary_markdown(summary) if merged is not None else None

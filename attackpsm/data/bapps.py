@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from attackpsm.data.base import TripletRecord, as_names
-from attackpsm.data.files import DiskTriplets
+from attackpsm.data.files import MAX_PIXELS, DiskTriplets
 
 log = logging.getLogger("attackpsm")
 
@@ -83,8 +83,10 @@ class BAPPS(DiskTriplets):
         subsets: list[str] | None = None,
         filter: str = "unanimous",
         quantize: bool = True,
+        max_pixels: int | None = MAX_PIXELS,
+        follow_symlinks: bool = False,
     ):
-        super().__init__(size, root, quantize)
+        super().__init__(size, root, quantize, max_pixels, follow_symlinks)
         if split not in SUBSETS:
             raise ValueError(f"bapps split must be one of {sorted(SUBSETS)}, got {split!r}")
         if filter not in FILTERS:

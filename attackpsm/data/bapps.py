@@ -38,11 +38,18 @@ FILTERS = ("unanimous", "all")
 IMAGE_DIRS = ("ref", "p0", "p1")
 
 
+def _listed(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a symlink loop: listed, and a recorded skip naming it when loaded
+        return True
+
+
 def _stems(folder: Path, suffix: str) -> set[str]:
     if not folder.is_dir():
         return set()
     with os.scandir(folder) as it:
-        return {e.name[: -len(suffix)] for e in it if e.name.endswith(suffix) and e.is_file()}
+        return {e.name[: -len(suffix)] for e in it if e.name.endswith(suffix) and _listed(e)}
 
 
 def read_judge(path: Path) -> float:

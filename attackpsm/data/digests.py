@@ -100,12 +100,12 @@ class DigestMemo:
         Raises:
             OSError: the file cannot be opened or read (missing, unreadable, I/O error).
         """
+        entry = self.entries.get(key)
+        if entry is not None and entry[:5] == _stat_key(os.stat(path)):
+            return entry[5]  # unchanged since it was hashed: not read again
         with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
+            st = os.fstat(fh.fileno())  # of the very file read
             stat = _stat_key(st)
-            entry = self.entries.get(key)
-            if entry is not None and entry[:5] == stat:
-                return entry[5]
             started = time.time_ns()
             h = hashlib.blake2b(digest_size=16)
             while chunk := fh.read(_READ):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,8 @@ class FileTriplets(TripletDataset):
     def file_digests(self) -> dict[str, str]:
         digests = getattr(self, "_digests", None)
         if digests is None:
-            digests = file_digests(self.root, self.records, self.follow_symlinks)
+            self._resolver = Resolver(self.root, self.follow_symlinks)  # kept for the loads
+            digests = file_digests(self.root, self.records, self.follow_symlinks, self._resolver)
             self._digests = digests
         return digests
 
@@ -152,8 +154,10 @@ class FileTriplets(TripletDataset):
         if expected == OUTSIDE:
             raise ImageError(f"{role} {rel}: {outside_link_reason(self.root)}")
         try:
-            path = resolve_inside(self.root, rel, self.follow_symlinks)
-            data = path.read_bytes()
+            resolver = getattr(self, "_resolver", None)
+            if resolver is None:
+                resolver = self._resolver = Resolver(self.root, self.follow_symlinks)
+            data = resolver(rel).read_bytes()
         except ImageError as exc:
             raise ImageError(f"{role} {rel}: {exc}") from exc
         except OSError as exc:
@@ -237,30 +241,54 @@ def outside_link_reason(root: Path) -> str:
     )
 
 
-def resolve_inside(root: Path, rel: str, follow_symlinks: bool) -> Path:
-    """``root/rel`` with its symbolic links resolved.
+class Resolver:
+    """Resolves ``root/rel`` to the real file, refusing loops and (unless ``follow_symlinks``)
+    links that leave ``root``.
 
-    Raises:
-        ImageError: a symlink loop, or (unless ``follow_symlinks``) a link leading outside
-            ``root``: properties of the data.
-        OSError: the file is missing or cannot be reached.
+    The real path of each folder is looked up once (a dataset has few folders and many
+    files); the file itself is checked every time.
     """
-    path = Path(root) / rel
-    try:
-        real = os.path.realpath(path, strict=True)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP or "loop" in str(exc).lower():
-            raise ImageError("symlink loop") from exc
-        raise
-    if not follow_symlinks:
-        top = os.path.realpath(root)
-        if os.path.commonpath([top, real]) != top:
-            raise ImageError(outside_link_reason(Path(root)))
-    return Path(real)
+
+    def __init__(self, root: Path, follow_symlinks: bool):
+        self.root, self.follow = Path(root), follow_symlinks
+        self.top = os.path.realpath(root)
+        self.folders: dict[str, str] = {}
+
+    def __call__(self, rel: str) -> Path:
+        """The real path of ``root/rel``.
+
+        Raises:
+            ImageError: a symlink loop, or a link leading outside ``root`` (not followed):
+                properties of the data.
+            OSError: the file is missing or cannot be reached.
+        """
+        folder, name = os.path.split(os.path.join(self.root, rel))
+        try:
+            real_folder = self.folders.get(folder)
+            if real_folder is None:
+                real_folder = self.folders[folder] = os.path.realpath(folder, strict=True)
+            real = os.path.join(real_folder, name)
+            if stat.S_ISLNK(os.lstat(real).st_mode):
+                real = os.path.realpath(real, strict=True)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ImageError("symlink loop") from exc
+            raise
+        if not self.follow and os.path.commonpath([self.top, real]) != self.top:
+            raise ImageError(outside_link_reason(self.root))
+        return Path(real)
+
+
+def resolve_inside(root: Path, rel: str, follow_symlinks: bool) -> Path:
+    """``root/rel`` with its symbolic links resolved (see :class:`Resolver`)."""
+    return Resolver(root, follow_symlinks)(rel)
 
 
 def file_digests(
-    root: Path, records: list[TripletRecord], follow_symlinks: bool = False
+    root: Path,
+    records: list[TripletRecord],
+    follow_symlinks: bool = False,
+    resolve: Resolver | None = None,
 ) -> dict[str, str]:
     """The digest of every file ``records`` name under ``root``, or why it is not read.
 
@@ -269,6 +297,7 @@ def file_digests(
     :data:`OUTSIDE`); its triplet is then a recorded skip.
     """
     memo = DigestMemo(root)
+    resolve = resolve or Resolver(root, follow_symlinks)
     out: dict[str, str] = {}
     for r in records:
         if r.error is not None:
@@ -277,7 +306,7 @@ def file_digests(
             if rel in out or outside_root(rel):
                 continue
             try:
-                out[rel] = memo.digest(resolve_inside(root, rel, follow_symlinks), rel)
+                out[rel] = memo.digest(resolve(rel), rel)
             except ImageError as exc:
                 out[rel] = LOOP if "loop" in str(exc) else OUTSIDE
             except (FileNotFoundError, NotADirectoryError):

@@ -75,6 +75,27 @@ def zero_usable(cfg: DictConfig, run_dir: Path, errors: pd.DataFrame) -> ValueEr
     )
 
 
+def check_row_digests(dataset: TripletDataset, results: pd.DataFrame, run_dir: Path) -> None:
+    """Every row must carry the digest of the files the run's fingerprint covers.
+
+    Raises:
+        ValueError: naming the rows computed from other bytes (they are never merged).
+    """
+    if "data_digest" not in results:
+        return
+    expected = dataset.row_digests()
+    bad = [
+        t
+        for t, d in zip(results["triplet_id"], results["data_digest"], strict=True)
+        if t in expected and expected[t] != d
+    ]
+    if bad:
+        raise ValueError(
+            f"{run_dir}: {len(bad)} rows were computed from other bytes than this run's data "
+            f"fingerprint covers (first: {bad[:5]}); move the shard's parts out and re-run it"
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
     check_run(cfg)  # bad values stop here, before any data is read
@@ -178,6 +199,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     bar.set_postfix(flip_rate=f"{flips / total:.1%}")
             lease.check()
             results, errors = store.finalize()
+            check_row_digests(dataset, results, run_dir)
         lease.release()  # merging is safe without it (every writer writes the same files)
         merged = merge_shards(run_dir, cfg.shard.count)
         if sink is not None and merged is not None:

@@ -5,7 +5,6 @@ processes, and a run that gives the same per-triplet table bit for bit as the PN
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess

@@ -278,7 +278,11 @@ def test_symlinks_leaving_the_root_are_refused_unless_allowed(tmp_path):
 
     refused = run(bapps_cfg(tmp_path / "a", root))
     errors = pd.read_parquet(Path(refused["run_dir"]) / "errors.parquet")
-    assert sorted(errors["triplet_id"]) == ["val/cnn/000001", "val/deblur/000000", "val/deblur/000001"]
+    assert sorted(errors["triplet_id"]) == [
+        "val/cnn/000001",
+        "val/deblur/000000",
+        "val/deblur/000001",
+    ]
     assert errors["reason"].str.contains("leads outside the dataset root").all()
     assert errors["reason"].str.contains("dataset.follow_symlinks=true").all()
     assert refused["samples"] == 2
@@ -375,3 +379,20 @@ def test_killed_cache_build_leaves_no_workers(tmp_path):
     for p in alive:  # clean up before failing
         os.kill(p, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def test_rows_of_other_bytes_are_never_merged(tmp_path):
+    root = make_bapps(tmp_path / "bapps", {"cnn": [0.0, 1.0, 1.0]}, size=SIZE)
+    cfg = bapps_cfg(tmp_path, root, "resolution.batch_size=1")
+    first = run(cfg)
+    run_dir = Path(first["run_dir"])
+    part = sorted(run_dir.glob("shard-*.parts/part-*.parquet"))[1]
+    frame = pd.read_parquet(part)
+    frame["data_digest"] = digest_bytes(b"other bytes")  # a row of some other data
+    frame.to_parquet(part, index=False)
+    for name in ("results.parquet", "errors.parquet"):
+        (run_dir / name).unlink()
+    for shard in run_dir.glob("shard-*-of-*.parquet"):
+        shard.unlink()
+    with pytest.raises(ValueError, match=r"1 rows were computed from other bytes.*val/cnn/000001"):
+        run(cfg)

@@ -151,6 +151,11 @@ class TripletDataset(Dataset):
         self._fingerprint = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
         return self._fingerprint
 
+    def row_digests(self) -> dict[str, str]:
+        """Per triplet id, the ``data_digest`` its row must carry: the digest of its files as
+        the fingerprint covers them (only triplets whose files were all read)."""
+        return {}
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Triplets kept per subset and those already known to be unusable (``errors``)."""
         out: dict[str, dict[str, int]] = {}

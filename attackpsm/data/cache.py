@@ -100,7 +100,7 @@ def index_fingerprint(dataset: TripletDataset) -> str:
     """Hash of what the cached images depend on.
 
     The dataset's own fingerprint (:meth:`TripletDataset.fingerprint`: records, labels, and
-    every file's path, size and modification time) with the dataset's options, the
+    the digest of every file's bytes) with the dataset's options, the
     resolution, the 8-bit rounding and the package version (which fixes the decoding and
     resizing code).
     """

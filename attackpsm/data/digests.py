@@ -94,14 +94,16 @@ class DigestMemo:
                 if isinstance(v, list) and len(v) == 6 and isinstance(v[5], str)
             }
 
-    def digest(self, path: str | os.PathLike, key: str) -> str:
+    def digest(self, path: str | os.PathLike, key: str, st: os.stat_result | None = None) -> str:
         """The digest of the file at ``path`` (memoised under ``key``, its path in the root).
+
+        ``st``: the file's ``stat`` when the caller has it (saves a system call).
 
         Raises:
             OSError: the file cannot be opened or read (missing, unreadable, I/O error).
         """
         entry = self.entries.get(key)
-        if entry is not None and entry[:5] == _stat_key(os.stat(path)):
+        if entry is not None and entry[:5] == _stat_key(st or os.stat(path)):
             return entry[5]  # unchanged since it was hashed: not read again
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())  # of the very file read

@@ -39,6 +39,7 @@ ROLES = ("ref", "p0", "p1")
 MAX_PIXELS = 25_000_000
 # digest markers of files that are not read (the reason the triplet is skipped)
 MISSING, LOOP, OUTSIDE = "missing", "symlink-loop", "outside-root"
+MARKERS = (MISSING, LOOP, OUTSIDE)
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -56,8 +57,8 @@ def outside_root(rel: str | os.PathLike) -> bool:
     index files (CSV rows, manifests) must not make a loader read anywhere else. Checked
     on the text of the path, before the file system is touched.
     """
-    path = Path(rel)
-    if path.is_absolute() or path.drive:
+    rel = os.fspath(rel)
+    if os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
         return True
     norm = os.path.normpath(rel)
     return norm == os.pardir or norm.startswith(os.pardir + os.sep)
@@ -123,6 +124,15 @@ class FileTriplets(TripletDataset):
             digests = file_digests(self.root, self.records, self.follow_symlinks, self._resolver)
             self._digests = digests
         return digests
+
+    def row_digests(self) -> dict[str, str]:
+        digests = self.file_digests()
+        out = {}
+        for r in self.records:
+            parts = [digests.get(rel) for rel in r.files or ()]
+            if r.error is None and parts and all(p and p not in MARKERS for p in parts):
+                out[r.triplet_id] = combine(parts)
+        return out
 
     def load_triplet(
         self, record: TripletRecord
@@ -251,7 +261,9 @@ class Resolver:
 
     def __init__(self, root: Path, follow_symlinks: bool):
         self.root, self.follow = Path(root), follow_symlinks
+        self.root_text = os.fspath(root)
         self.top = os.path.realpath(root)
+        self.inside = os.path.join(self.top, "")  # with the separator: not a mere prefix
         self.folders: dict[str, str] = {}
 
     def __call__(self, rel: str) -> Path:
@@ -262,21 +274,28 @@ class Resolver:
                 properties of the data.
             OSError: the file is missing or cannot be reached.
         """
-        folder, name = os.path.split(os.path.join(self.root, rel))
+        return Path(self.stat(rel)[0])
+
+    def stat(self, rel: str) -> tuple[str, os.stat_result]:
+        """:meth:`__call__` as a string, with the file's ``stat`` (one system call when
+        the file itself is no link)."""
+        folder, name = os.path.split(os.path.join(self.root_text, rel))
         try:
             real_folder = self.folders.get(folder)
             if real_folder is None:
                 real_folder = self.folders[folder] = os.path.realpath(folder, strict=True)
             real = os.path.join(real_folder, name)
-            if stat.S_ISLNK(os.lstat(real).st_mode):
+            st = os.lstat(real)
+            if stat.S_ISLNK(st.st_mode):
                 real = os.path.realpath(real, strict=True)
+                st = os.stat(real)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise ImageError("symlink loop") from exc
             raise
-        if not self.follow and os.path.commonpath([self.top, real]) != self.top:
+        if not self.follow and real != self.top and not real.startswith(self.inside):
             raise ImageError(outside_link_reason(self.root))
-        return Path(real)
+        return real, st
 
 
 def resolve_inside(root: Path, rel: str, follow_symlinks: bool) -> Path:
@@ -306,7 +325,8 @@ def file_digests(
             if rel in out or outside_root(rel):
                 continue
             try:
-                out[rel] = memo.digest(resolve(rel), rel)
+                real, st = resolve.stat(rel)
+                out[rel] = memo.digest(real, rel, st)
             except ImageError as exc:
                 out[rel] = LOOP if "loop" in str(exc) else OUTSIDE
             except (FileNotFoundError, NotADirectoryError):

@@ -107,9 +107,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if done is not None:
         merged = Path(done["run_dir"]) / "results.parquet"
         if done["samples"] == 0 and merged.exists():  # never "finished" with nothing usable
-            raise zero_usable(
-                cfg, Path(done["run_dir"]), pd.read_parquet(merged.with_name("errors.parquet"))
-            )
+            skipped = merged.with_name("errors.parquet")
+            errors = pd.read_parquet(skipped) if skipped.exists() else pd.DataFrame()
+            raise zero_usable(cfg, Path(done["run_dir"]), errors)
         return done
     device = resolve_device(cfg.device)
     # build everything before any work, so bad parameters fail fast

@@ -396,3 +396,14 @@ def test_rows_of_other_bytes_are_never_merged(tmp_path):
         shard.unlink()
     with pytest.raises(ValueError, match=r"1 rows were computed from other bytes.*val/cnn/000001"):
         run(cfg)
+
+
+def test_out_of_memory_in_a_run_is_never_recorded(tmp_path):
+    """``resolution.size=100000``: refused up front or failing its batch, every time; never
+    a table of out-of-memory skips that a re-run then takes as finished."""
+    root = make_bapps(tmp_path / "bapps", {"cnn": [0.0, 1.0]}, size=SIZE)
+    cfg = bapps_cfg(tmp_path, root, "resolution.size=100000")
+    for _ in range(2):
+        with pytest.raises((DataUnavailable, ValueError), match="memory|resolution"):
+            run(cfg)
+    assert not list((tmp_path / "results").rglob("*.parquet"))  # no part, no skip, no table

@@ -407,3 +407,13 @@ def test_out_of_memory_in_a_run_is_never_recorded(tmp_path):
         with pytest.raises((DataUnavailable, ValueError), match="memory|resolution"):
             run(cfg)
     assert not list((tmp_path / "results").rglob("*.parquet"))  # no part, no skip, no table
+
+
+def test_oversized_file_is_refused_without_reading_it(tmp_path):
+    root = make_bapps(tmp_path / "bapps", {"cnn": [0.0, 1.0]}, size=SIZE)
+    big = bapps_path(root, "cnn", "ref", 1)
+    with open(big, "r+b") as fh:  # a sparse 2 GB file: its bytes are never read
+        fh.truncate(2 << 30)
+    data = BAPPS(size=SIZE, root=root, max_pixels=1_000_000)
+    assert "error" not in data[0]
+    assert "file of 2147483648 bytes, larger than any image" in data[1]["error"]

@@ -38,8 +38,13 @@ ROLES = ("ref", "p0", "p1")
 # 25 M pixels decode to 75 MB of 8-bit RGB, 300 MB as floats per image.
 MAX_PIXELS = 25_000_000
 # digest markers of files that are not read (the reason the triplet is skipped)
-MISSING, LOOP, OUTSIDE = "missing", "symlink-loop", "outside-root"
-MARKERS = (MISSING, LOOP, OUTSIDE)
+MISSING, LOOP, OUTSIDE, TOO_LARGE = "missing", "symlink-loop", "outside-root", "too-large"
+MARKERS = (MISSING, LOOP, OUTSIDE, TOO_LARGE)
+
+
+def is_digest(value: str | None) -> bool:
+    """Whether a :func:`file_digests` value is a digest (not a marker of an unread file)."""
+    return bool(value) and value.split(":", 1)[0] not in MARKERS
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -109,6 +114,16 @@ def read_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
     return decode_rgb(Path(path).read_bytes(), max_pixels)
 
 
+def too_large_reason(size: int | str, max_pixels: int | None) -> str:
+    return f"file of {size} bytes, larger than any image within dataset.max_pixels={max_pixels}"
+
+
+def max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest file an image within ``max_pixels`` can be: 8 bytes a pixel (more than an
+    uncompressed 8-bit RGBA PNG with its filter bytes) plus 1 MiB of metadata."""
+    return None if max_pixels is None else 8 * max_pixels + (1 << 20)
+
+
 class FileTriplets(TripletDataset):
     """A triplet set whose records carry ``files`` relative to ``self.root``, read with the
     checks of this module (set ``root``, ``max_pixels`` and ``follow_symlinks``)."""
@@ -121,7 +136,9 @@ class FileTriplets(TripletDataset):
         digests = getattr(self, "_digests", None)
         if digests is None:
             self._resolver = Resolver(self.root, self.follow_symlinks)  # kept for the loads
-            digests = file_digests(self.root, self.records, self.follow_symlinks, self._resolver)
+            digests = file_digests(
+                self.root, self.records, self.follow_symlinks, self._resolver, self.max_pixels
+            )
             self._digests = digests
         return digests
 
@@ -130,7 +147,7 @@ class FileTriplets(TripletDataset):
         out = {}
         for r in self.records:
             parts = [digests.get(rel) for rel in r.files or ()]
-            if r.error is None and parts and all(p and p not in MARKERS for p in parts):
+            if r.error is None and parts and all(is_digest(p) for p in parts):
                 out[r.triplet_id] = combine(parts)
         return out
 
@@ -163,11 +180,19 @@ class FileTriplets(TripletDataset):
             raise ImageError(f"{role} {rel}: symlink loop")
         if expected == OUTSIDE:
             raise ImageError(f"{role} {rel}: {outside_link_reason(self.root)}")
+        if expected is not None and expected.startswith(TOO_LARGE + ":"):
+            size = expected.split(":", 1)[1]
+            raise ImageError(f"{role} {rel}: {too_large_reason(size, self.max_pixels)}")
+        limit = max_file_bytes(self.max_pixels)
         try:
             resolver = getattr(self, "_resolver", None)
             if resolver is None:
                 resolver = self._resolver = Resolver(self.root, self.follow_symlinks)
-            data = resolver(rel).read_bytes()
+            real, st = resolver.stat(rel)
+            if limit is not None and st.st_size > limit:  # never read it into memory
+                raise ImageError(too_large_reason(st.st_size, self.max_pixels))
+            with open(real, "rb") as fh:
+                data = fh.read()
         except ImageError as exc:
             raise ImageError(f"{role} {rel}: {exc}") from exc
         except OSError as exc:
@@ -308,15 +333,19 @@ def file_digests(
     records: list[TripletRecord],
     follow_symlinks: bool = False,
     resolve: Resolver | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> dict[str, str]:
     """The digest of every file ``records`` name under ``root``, or why it is not read.
 
-    A file missing, unreadable, in a symlink loop or (unless ``follow_symlinks``) reached
-    through a link leaving ``root`` gets a marker instead (:data:`MISSING`, :data:`LOOP`,
-    :data:`OUTSIDE`); its triplet is then a recorded skip.
+    A file missing, in a symlink loop, (unless ``follow_symlinks``) reached through a link
+    leaving ``root``, or larger than any image within ``max_pixels`` gets a marker instead
+    (:data:`MISSING`, :data:`LOOP`, :data:`OUTSIDE`, ``too-large:<bytes>``) and is not read;
+    its triplet is then a recorded skip. Any other read error raises
+    :class:`~attackpsm.data.base.DataUnavailable`.
     """
     memo = DigestMemo(root)
     resolve = resolve or Resolver(root, follow_symlinks)
+    limit = max_file_bytes(max_pixels)
     out: dict[str, str] = {}
     for r in records:
         if r.error is not None:
@@ -326,6 +355,9 @@ def file_digests(
                 continue
             try:
                 real, st = resolve.stat(rel)
+                if limit is not None and st.st_size > limit:  # not read: a recorded skip
+                    out[rel] = f"{TOO_LARGE}:{st.st_size}"
+                    continue
                 out[rel] = memo.digest(real, rel, st)
             except ImageError as exc:
                 out[rel] = LOOP if "loop" in str(exc) else OUTSIDE

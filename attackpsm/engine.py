@@ -153,6 +153,8 @@ def attack_batch(
             **{k: v.cpu().numpy() for k, v in stats.items()},
             "target": target,  # the perturbed image (attack.target), after the base columns
             **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
+            # the digest of the files the row was computed from (attackpsm.data.digests)
+            **({"data_digest": batch.data_digest} if batch.data_digest is not None else {}),
         }
     )
     if sink is not None and target == "prey":  # saved and shown images are preys

@@ -124,6 +124,7 @@ class Certify(Attack):
     """
 
     name = "certify"
+    can_stall = False
     white_box = False
     columns = ("p_lower", "radius", "abstained", "samples", "p_hat")
     needs_triplets = True  # each triplet's noise comes from a generator seeded by its id

@@ -28,6 +28,22 @@ log = logging.getLogger("attackpsm")
 # The metric contract (docs/metrics.md): a distance is finite and >= 0. Rounding may
 # leave a true zero slightly below 0; anything lower is a broken metric, never a flip.
 NEGATIVE_TOLERANCE = 1e-6
+# An unflipped attack whose image stayed within half an 8-bit level (1/255 on the [-1, 1]
+# scale) of the prey everywhere ended where it started: ``stalled``, which says nothing
+# about robustness.
+STALL_LINF = 1.0 / 255.0
+
+
+def stalled(attack: Attack, flipped: torch.Tensor, linf: torch.Tensor) -> torch.Tensor:
+    """Per triplet: the attack ended at its starting image without a flip.
+
+    True where the rank did not flip and ``max |adv - prey| < 1/255`` (no value moved by
+    half an 8-bit step: rounded to 8 bits, the image is the prey's); always False for
+    attacks that return the prey on purpose (:attr:`attackpsm.attacks.base.Attack.can_stall`).
+    """
+    if not getattr(attack, "can_stall", True):
+        return torch.zeros_like(flipped, dtype=torch.bool)
+    return ~flipped.bool() & (linf.to(flipped.device) < STALL_LINF)
 
 
 def contract_violations(**scores: torch.Tensor) -> list[str | None]:
@@ -128,6 +144,7 @@ def attack_batch(
             )
             .cpu()
             .numpy(),
+            "stalled": stalled(attack, result.flipped, stats["linf"]).cpu().numpy(),
             "iterations": result.columns.get(
                 "iterations", torch.zeros(len(batch), dtype=torch.long)
             )
@@ -136,6 +153,8 @@ def attack_batch(
             **{k: v.cpu().numpy() for k, v in stats.items()},
             "target": target,  # the perturbed image (attack.target), after the base columns
             **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
+            # the digest of the files the row was computed from (attackpsm.data.digests)
+            **({"data_digest": batch.data_digest} if batch.data_digest is not None else {}),
         }
     )
     if sink is not None and target == "prey":  # saved and shown images are preys

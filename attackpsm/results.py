@@ -55,6 +55,7 @@ SUMMARY_COLUMNS = [
     "psnr_float_mean",
     "psnr_float_std",
     *[pct_column(t, "uint8") for t in THRESHOLDS],
+    "stalled",
     "skipped",
 ]
 
@@ -68,7 +69,9 @@ def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0)
     (:data:`attackpsm.stats.PAPER_COLUMNS`: RMSE/PSNR between the 8-bit images, % pixels on
     the float δ); ``rmse_float_*``, ``psnr_float_*`` and ``pct_px_gt_<t>_uint8`` are the
     other way round. ``mean_eps`` is the mean ε at the first flip for attacks that search
-    ε (FGSM; column ``eps_found``), empty otherwise.
+    ε (FGSM; column ``eps_found``), empty otherwise. ``stalled`` counts the triplets whose
+    attack ended at its starting image without a flip (:func:`attackpsm.engine.stalled`;
+    empty for tables written before the column existed).
     """
     rows = [
         {
@@ -76,6 +79,7 @@ def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0)
             "attack": attack,
             "agrees": label,
             **flip_stats(part, both_ways=True),
+            "stalled": int(part["stalled"].astype(bool).sum()) if "stalled" in part else np.nan,
             "skipped": skipped,
         }
         for label, part in split_rows(results)
@@ -124,6 +128,12 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     skipped = int(summary["skipped"].max()) if len(summary) else 0
     lines.append("")
     lines.append(f"Perturbation sizes as in the paper: {PAPER_DEFINITIONS}.")
+    if "stalled" in summary and summary["stalled"].notna().any():
+        counts = ", ".join(f"{r.agrees} {_fmt(r.stalled, 0)}" for _, r in summary.iterrows())
+        lines.append(
+            "Stalled triplets (the attack ended at the prey without a flip; counted as not "
+            f"flipped, column `stalled`): {counts}"
+        )
     lines.append(f"Skipped triplets (unreadable or invalid, see errors.parquet): {skipped}")
     return "\n".join(lines) + "\n"
 

@@ -9,12 +9,15 @@ first batch without a valid checkpoint, and one process at a time writes a shard
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -24,6 +27,7 @@ from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.attacks.target import build_attack
 from attackpsm.config import build
 from attackpsm.data.base import TripletDataset, collate, shard_records
+from attackpsm.data.workers import die_with_parent
 from attackpsm.engine import FittingBatches
 from attackpsm.loggers import NullLogger, ShardProgress, flat_keys, run_keys, shard_run_id
 from attackpsm.preflight import check_run
@@ -62,6 +66,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def zero_usable(cfg: DictConfig, run_dir: Path, errors: pd.DataFrame) -> ValueError:
+    """The error of a run whose every triplet was skipped (raised by every re-run too)."""
+    reasons = errors["reason"].value_counts().head(3).to_dict() if len(errors) else {}
+    return ValueError(
+        f"dataset {cfg.dataset.name!r} yielded zero usable triplets: all {len(errors)} "
+        f"were skipped (most common reasons: {reasons}; every one is listed in "
+        f"{run_dir / 'errors.parquet'})"
+    )
+
+
+def check_row_digests(dataset: TripletDataset, results: pd.DataFrame, run_dir: Path) -> None:
+    """Every row must carry the digest of the files the run's fingerprint covers.
+
+    Raises:
+        ValueError: naming the rows computed from other bytes (they are never merged).
+    """
+    if "data_digest" not in results:
+        return
+    expected = dataset.row_digests()
+    bad = [
+        t
+        for t, d in zip(results["triplet_id"], results["data_digest"], strict=True)
+        if t in expected and expected[t] != d
+    ]
+    if bad:
+        raise ValueError(
+            f"{run_dir}: {len(bad)} rows were computed from other bytes than this run's data "
+            f"fingerprint covers (first: {bad[:5]}); move the shard's parts out and re-run it"
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
     check_run(cfg)  # bad values stop here, before any data is read
@@ -73,6 +108,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fingerprint = dataset.fingerprint()  # results of other data never count as done
     done = finished_shard(cfg, fingerprint)  # finished work: no compute, no files, no W&B run
     if done is not None:
+        merged = Path(done["run_dir"]) / "results.parquet"
+        if done["samples"] == 0 and merged.exists():  # never "finished" with nothing usable
+            skipped = merged.with_name("errors.parquet")
+            errors = pd.read_parquet(skipped) if skipped.exists() else pd.DataFrame()
+            raise zero_usable(cfg, Path(done["run_dir"]), errors)
         return done
     device = resolve_device(cfg.device)
     # build everything before any work, so bad parameters fail fast
@@ -131,7 +171,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if cfg.dataset.get("cache"):  # decoded 8-bit triplets, converted on the device
                 from attackpsm.data.cache import CachedBatches, ensure_cache
 
-                cache = ensure_cache(dataset, cfg.paths.cache_dir, progress=cfg.progress)
+                cache = ensure_cache(
+                    dataset,
+                    cfg.paths.cache_dir,
+                    progress=cfg.progress,
+                    ids=[r.triplet_id for r in records],  # their checksums verified first
+                )
                 loader = CachedBatches(
                     cache, records, cfg.resolution.batch_size, device, spans=batches
                 )
@@ -146,6 +191,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     pin_memory=device.type == "cuda",
                     persistent_workers=False,
                     prefetch_factor=4 if cfg.num_workers > 0 else None,
+                    # the workers exit as soon as this process dies, even by SIGKILL
+                    worker_init_fn=functools.partial(die_with_parent, os.getpid()),
                 )
             bar = tqdm(
                 loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress
@@ -163,6 +210,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     bar.set_postfix(flip_rate=f"{flips / total:.1%}")
             lease.check()
             results, errors = store.finalize()
+            check_row_digests(dataset, results, run_dir)
         lease.release()  # merging is safe without it (every writer writes the same files)
         merged = merge_shards(run_dir, cfg.shard.count)
         if sink is not None and merged is not None:
@@ -170,12 +218,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         scope = "all shards" if merged is not None else f"shard {cfg.shard.index}/{cfg.shard.count}"
         table, errs_all = merged if merged is not None else (results, errors)
         if merged is not None and len(table) == 0:
-            reasons = errs_all["reason"].value_counts().head(3).to_dict() if len(errs_all) else {}
-            raise ValueError(
-                f"dataset {cfg.dataset.name!r} yielded zero usable triplets: all {len(errs_all)} "
-                f"were skipped (most common reasons: {reasons}; every one is listed in "
-                f"{run_dir / 'errors.parquet'})"
-            )
+            raise zero_usable(cfg, run_dir, errs_all)
         # the config names (pgd10, fgsm003, ...) tell variants of one attack class apart
         summary = summarize(table, cfg.metric.name, cfg.attack.name, skipped=len(errs_all))
         text = summary_markdown(summary) if merged is not None else None
@@ -187,6 +230,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             eps_star = eps_star_summary(table, cfg.metric.name, cfg.attack.name)
             print(eps_star_markdown(eps_star))
             logger.log_table("eps_star", eps_star)
+        stalled = int(table["stalled"].astype(bool).sum()) if "stalled" in table else 0
+        if stalled:
+            log.warning(
+                "%d of %d triplets stalled: %s ended at the prey without a flip (column "
+                "`stalled` of %s): counted as not flipped, they are no evidence of robustness",
+                stalled,
+                len(table),
+                cfg.attack.name,
+                run_dir / "results.parquet",
+            )
         # this shard's distributions, images and robustness curves
         progress.finish(results, keys=flat_keys(identity))
         if attack.name == "none":  # the clean metric: 2AFC score and accuracy (Table 1)

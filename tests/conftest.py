@@ -31,6 +31,15 @@ def make_cfg(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _file_digest_memo(tmp_path_factory):
+    """The memo of dataset file digests (attackpsm.data.digests) in a temporary folder,
+    for this process and the processes the tests start."""
+    import os
+
+    os.environ["ATTACKPSM_DIGESTS"] = str(tmp_path_factory.mktemp("digests"))
+
+
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda overrides=None: make_cfg(tmp_path, overrides)

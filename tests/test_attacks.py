@@ -307,7 +307,7 @@ def test_stadv_stops_each_triplet_at_its_flip(lpips_rand, batch):
     stopped = opt.status == lbfgs.STOPPED
     assert stopped.any()
     n, _, h, w = prey.shape
-    flow = opt.x.view(n, 2, h, w)
+    flow = opt.x.view(n, 2, h, w) * attack.flow_unit(h, w)  # the variable's unit, in pixels
     with torch.no_grad():
         s = lpips_rand.score(prepared, warp(prey, flow))
     assert (s[stopped] > s_other[stopped]).all()

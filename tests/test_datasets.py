@@ -247,6 +247,7 @@ def test_resolution_group_sizes():
 def test_streaming_loader_with_workers_holds_no_pixels(tmp_path):
     root = make_clic(tmp_path / "clic", [0, 1] * 6, size=96, n_sources=3)
     ds = CLIC(root=root, size=64)
+    ds.fingerprint()  # the files' digests, which every load checks against
     before = len(pickle.dumps(ds))
     loader = DataLoader(ds, batch_size=4, num_workers=2, prefetch_factor=2, collate_fn=collate)
     batches = list(loader)

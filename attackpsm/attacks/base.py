@@ -70,6 +70,10 @@ class Attack:
         needs_triplets: :meth:`run` takes a ``triplets`` keyword (:class:`Triplets`): which
             triplets the preys belong to (``attack=saved`` reads each one's saved image,
             ``attack=certify`` seeds each one's noise). Most attacks need only the prey.
+        can_stall: the returned image is where the attack's search ended, so an unflipped
+            image that never left the prey means the search stalled (the engine's
+            ``stalled`` column). False where the prey is returned on purpose (``none``,
+            ``certify``, ``min_eps``'s unflipped triplets, ``saved``'s missing images).
     """
 
     name = "attack"
@@ -77,6 +81,7 @@ class Attack:
     columns: tuple[str, ...] = ()
     reverse = False
     needs_triplets = False
+    can_stall = True
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor

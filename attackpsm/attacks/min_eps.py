@@ -39,6 +39,7 @@ class MinEps(Attack):
     """
 
     name = "min_eps"
+    can_stall = False
     columns = ("iterations", "min_eps", "queries")
 
     def __init__(self, attack: Attack | None = None, eps_max: float = 0.1, tol: float = 0.001):

@@ -15,6 +15,7 @@ class NoAttack(Attack):
 
     name = "none"
     white_box = False
+    can_stall = False
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor

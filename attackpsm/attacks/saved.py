@@ -46,6 +46,7 @@ class SavedAdversarial(Attack):
     """
 
     name = "saved"
+    can_stall = False
     white_box = False
     columns = ("transferred",)
     needs_triplets = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from attackpsm.stats import perturbation_stats
 from attackpsm.twoafc import rank_flipped
 
 VARIANTS = ("paper", "official")
+REFERENCE_SIZE = 64  # the paper's image side (Sec. 4): alpha and beta are its weights there
 FLOW_EPS = 1e-8  # keeps the flow loss differentiable at zero flow (Xiao et al.'s code)
 
 
@@ -117,6 +119,12 @@ class StAdv(Attack):
         variant: ``paper`` or ``official``.
         history: L-BFGS memory (10, scipy's default).
         max_line_search: line-search evaluations per iteration (20, scipy's default).
+        reference_size: the image side at which ``α`` and ``β`` are the paper's (64, the
+            size of its experiments). At ``H x W`` above it the flow is optimised in units
+            of ``sqrt(HW)/64`` pixels and ``L_rank`` weighted by ``α·HW/64²``
+            (:meth:`loss`), so that the same triplets move and flip at 256 and 512 px as at
+            64 px; at 64 px and below nothing changes. ``None``: Eq. 4 in pixels at every
+            size (at 256 px most triplets then stop at a zero flow).
 
     Example:
         >>> result = StAdv(alpha=50, beta=0.05).run(metric, metric.prepare(ref), prey, s_other)
@@ -134,6 +142,7 @@ class StAdv(Attack):
         variant: str = "paper",
         history: int = 10,
         max_line_search: int = 20,
+        reference_size: int | None = REFERENCE_SIZE,
     ):
         if variant not in VARIANTS:
             raise ValueError(f"stAdv variant must be one of {list(VARIANTS)}, got {variant!r}")
@@ -144,32 +153,73 @@ class StAdv(Attack):
         check_int("max_iterations", max_iterations, minimum=0)
         check_int("history", history, minimum=1)
         check_int("max_line_search", max_line_search, minimum=1)
+        if reference_size is not None:
+            check_int("reference_size", reference_size, minimum=1)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.max_iterations = int(max_iterations)
         self.variant = variant
         self.history = int(history)
         self.max_line_search = int(max_line_search)
+        self.reference_size = None if reference_size is None else int(reference_size)
+
+    def flow_unit(self, height: int, width: int) -> float:
+        """Pixels per unit of the optimised flow: ``max(1, sqrt(HW) / reference_size)``.
+
+        Above ``reference_size`` pixels a side L-BFGS works on the flow in units of
+        ``1/reference_size`` of the image side (a pixel at the paper's 64x64), so a step of
+        the variable moves the image by the same fraction at every size. At or below it
+        (and with ``reference_size=None``) the unit is one pixel and the loss is Eq. 4 as
+        written: there each pixel's gradient is at least as large as at 64 px and L-BFGS
+        moves without help (at 32 px scaling down flipped 2 of 6 calibrated triplets where
+        Eq. 4 flips 4, as many as at 64 px).
+        """
+        if self.reference_size is None:
+            return 1.0
+        return max(1.0, math.sqrt(height * width) / float(self.reference_size))
+
+    def rank_weight(self, height: int, width: int) -> float:
+        """The weight of ``L_rank`` at ``height x width``: ``α · flow_unit²`` (``α · HW /
+        reference_size²`` above ``reference_size``, ``α`` at or below it).
+
+        ``L_flow`` (Eq. 5) sums over the ``HW`` pixels while ``L_rank`` (Eq. 6) is one
+        number per image; weighting ``L_rank`` by the pixel count keeps the two terms in the
+        proportion they have at ``reference_size`` pixels a side, where it is ``α``.
+        """
+        return self.alpha * self.flow_unit(height, width) ** 2
 
     def loss(self, flow: torch.Tensor, s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
-        """Eq. 4 per sample (before the "0 once flipped" rule)."""
-        return self.alpha * rank_term(s_other, s_adv, self.variant) + self.beta * flow_loss(
-            flow, self.variant
+        """Eq. 4 per sample (before the "0 once flipped" rule) for a flow in pixels.
+
+        At ``reference_size`` pixels a side this is Eq. 4 as written. At another size
+        ``L_flow`` is taken on the flow in units of :meth:`flow_unit` and ``L_rank`` weighted
+        by :meth:`rank_weight`, so that the balance of the two terms and the size of the
+        gradient that scipy's tolerances (``gtol``, ``ftol``) test keep the scale they have
+        at the paper's size. With Eq. 4 in pixels, L-BFGS stops at or next to its zero
+        start at 256 px and above, without a flip.
+        """
+        h, w = flow.shape[-2:]
+        unit = self.flow_unit(h, w)
+        return self.rank_weight(h, w) * rank_term(s_other, s_adv, self.variant) + self.beta * (
+            flow_loss(flow / unit, self.variant)
         )
 
     def optimize_flow(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
     ) -> lbfgs.LBFGSResult:
-        """Run L-BFGS on the flows; ``result.x`` holds the flows, shape ``(N, 2·H·W)``."""
+        """Run L-BFGS on the flows; ``result.x`` holds them ``(N, 2·H·W)`` in units of
+        :meth:`flow_unit` pixels."""
         n, _, h, w = prey.shape
         prey = prey.detach()
+        unit = self.flow_unit(h, w)
 
         def fg(x: torch.Tensor, rows: torch.Tensor):
-            flow = x.view(-1, 2, h, w).detach().requires_grad_(True)
+            x = x.view(-1, 2, h, w).detach().requires_grad_(True)
             with torch.enable_grad():
+                flow = x * unit
                 s = metric.score(select(prepared_ref, rows), warp(prey[rows], flow))
                 loss = self.loss(flow, s_other[rows], s)
-                (grad,) = torch.autograd.grad(loss.sum(), flow)
+                (grad,) = torch.autograd.grad(loss.sum(), x)
             flipped = rank_flipped(s.detach(), s_other[rows], self.reverse)
             loss = torch.where(flipped, torch.zeros_like(loss), loss)  # Alg. 2, line 7
             return loss.detach(), grad.flatten(1), flipped
@@ -184,7 +234,7 @@ class StAdv(Attack):
     ) -> AttackResult:
         n, _, h, w = prey.shape
         opt = self.optimize_flow(metric, prepared_ref, prey, s_other)
-        flow = opt.x.view(n, 2, h, w)
+        flow = opt.x.view(n, 2, h, w) * self.flow_unit(h, w)
         with torch.no_grad():
             adv = warp(prey, flow)
             s_adv = metric.score(prepared_ref, adv)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from attackpsm.data.base import TripletRecord, as_names
-from attackpsm.data.files import DiskTriplets
+from attackpsm.data.files import MAX_PIXELS, DiskTriplets
 
 log = logging.getLogger("attackpsm")
 
@@ -38,11 +38,18 @@ FILTERS = ("unanimous", "all")
 IMAGE_DIRS = ("ref", "p0", "p1")
 
 
+def _listed(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a symlink loop: listed, and a recorded skip naming it when loaded
+        return True
+
+
 def _stems(folder: Path, suffix: str) -> set[str]:
     if not folder.is_dir():
         return set()
     with os.scandir(folder) as it:
-        return {e.name[: -len(suffix)] for e in it if e.name.endswith(suffix) and e.is_file()}
+        return {e.name[: -len(suffix)] for e in it if e.name.endswith(suffix) and _listed(e)}
 
 
 def read_judge(path: Path) -> float:
@@ -83,8 +90,10 @@ class BAPPS(DiskTriplets):
         subsets: list[str] | None = None,
         filter: str = "unanimous",
         quantize: bool = True,
+        max_pixels: int | None = MAX_PIXELS,
+        follow_symlinks: bool = False,
     ):
-        super().__init__(size, root, quantize)
+        super().__init__(size, root, quantize, max_pixels, follow_symlinks)
         if split not in SUBSETS:
             raise ValueError(f"bapps split must be one of {sorted(SUBSETS)}, got {split!r}")
         if filter not in FILTERS:

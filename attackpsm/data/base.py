@@ -10,16 +10,19 @@ resizes the 8-bit PNGs with PIL and gives the metric 8-bit images): after the re
 three images are rounded to the nearest of the 256 levels (:func:`attackpsm.images.quantize`).
 ``dataset.quantize=false`` keeps the resized floats.
 
-A triplet that cannot be loaded (missing or corrupt file, wrong shape, bad judge) is not
-an exception: ``__getitem__`` returns it as an error row, :func:`collate` keeps it apart,
-and the run records it in its errors table and goes on.
+A triplet whose *data* cannot be used (an undecodable file, a wrong shape or mode, a bad
+judge, a path outside the root, too many pixels) is not an exception: ``__getitem__``
+returns it as an error row, :func:`collate` keeps it apart, and the run records it in its
+errors table and goes on. Anything else -- a file that cannot be read right now (moved
+away, unreadable, an I/O error), an out-of-memory error, a file whose bytes changed since
+the run's fingerprint was taken -- raises :class:`DataUnavailable`: the batch fails, nothing
+of it is recorded, and a re-run retries it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -52,6 +55,21 @@ def as_names(value: Any, what: str) -> list[str] | None:
         if all(isinstance(v, str) for v in names):
             return names
     raise ValueError(f"{what} must be a name or a list of names, got {value!r}")
+
+
+class DataError(ValueError):
+    """A property of a triplet's data (undecodable, wrong size, ...): a recorded skip."""
+
+
+class DataUnavailable(RuntimeError):
+    """A triplet could not be loaded *now* (a file missing, unreadable or changed, an I/O or
+    out-of-memory error): never a recorded skip; the batch fails and a re-run retries it."""
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
 
 @dataclass(frozen=True)
@@ -101,32 +119,42 @@ class TripletDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def file_digests(self) -> dict[str, str]:
+        """The content digest of every file the records name (``{}``: no files).
+
+        Datasets read from disk override it (:class:`~attackpsm.data.files.DiskTriplets`).
+        """
+        return {}
+
     def fingerprint(self) -> str:
-        """A cheap hash of the index, part of a run's identity: the data the results are of.
+        """A hash of the data, part of a run's identity: the data the results are of.
 
         Covers every record's id, subset, label and known error and, for records read from
-        disk, each file's path, size and modification time (``stat`` only: no pixel is read;
-        a file shared by several triplets is looked at once). Changed, added or removed data
-        gives a new fingerprint, so results of other data are never reused or merged in.
-        A dataset without files (the synthetic set) is fingerprinted by its ids and labels;
-        its generator parameters are part of the run identity already.
+        disk, the digest of each file's *bytes* (:meth:`file_digests`, memoised per file so
+        an unchanged dataset is not read again, see :mod:`attackpsm.data.digests`). Changed,
+        added or removed data gives a new fingerprint, so results of other data are never
+        reused or merged in. A dataset without files (the synthetic set) is fingerprinted by
+        its ids and labels; its generator parameters are part of the run identity already.
+
+        Computed once per dataset object: the files a run then reads are checked against
+        the digests it covers (a file edited during the run fails its batch).
         """
-        root = str(getattr(self, "root", None) or "")
-        stats: dict[str, str] = {}
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None:
+            return cached
+        digests = self.file_digests()
         lines = []
         for r in sorted(self.records, key=lambda r: r.triplet_id):
             line = [repr((r.triplet_id, r.subset, r.judge, r.error))]
-            for rel in r.files or ():
-                if rel not in stats:
-                    try:
-                        st = os.stat(os.path.join(root, rel))
-                        stats[rel] = f"{rel}:{st.st_size}:{st.st_mtime_ns}"
-                    except OSError:
-                        stats[rel] = f"{rel}:missing"
-                line.append(stats[rel])
+            line.extend(f"{rel}:{digests.get(rel, 'unlisted')}" for rel in r.files or ())
             lines.append("|".join(line))
-        digest = hashlib.sha256("\n".join(lines).encode())
-        return digest.hexdigest()[:16]
+        self._fingerprint = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+        return self._fingerprint
+
+    def row_digests(self) -> dict[str, str]:
+        """Per triplet id, the ``data_digest`` its row must carry: the digest of its files as
+        the fingerprint covers them (only triplets whose files were all read)."""
+        return {}
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Triplets kept per subset and those already known to be unusable (``errors``)."""
@@ -135,6 +163,13 @@ class TripletDataset(Dataset):
             c = out.setdefault(r.subset, {"triplets": 0, "errors": 0})
             c["errors" if r.error is not None else "triplets"] += 1
         return out
+
+    def load_triplet(
+        self, record: TripletRecord
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], str | None]:
+        """:meth:`load_images` and the digest of the files they were decoded from
+        (``None``: the dataset reads no files)."""
+        return self.load_images(record), None
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
@@ -145,21 +180,39 @@ class TripletDataset(Dataset):
         try:
             judge = record.judge
             if judge is not None and not (0.0 <= judge <= 1.0 and math.isfinite(judge)):
-                raise ValueError(f"judge {judge} outside [0, 1]")
-            ref, p0, p1 = self.load_images(record)
+                raise DataError(f"judge {judge} outside [0, 1]")
+            (ref, p0, p1), digest = self.load_triplet(record)
             shapes = {tuple(t.shape) for t in (ref, p0, p1)}
             if len(shapes) != 1:
-                raise ValueError(f"mismatched image sizes in triplet: {sorted(shapes)}")
+                raise DataError(f"mismatched image sizes in triplet: {sorted(shapes)}")
             if ref.dim() != 3 or ref.shape[0] != 3:
-                raise ValueError(f"expected 3xHxW RGB images, got {tuple(ref.shape)}")
+                raise DataError(f"expected 3xHxW RGB images, got {tuple(ref.shape)}")
+        except DataError as exc:  # a property of the data: recorded and skipped
+            item["error"] = f"{type(exc).__name__}: {exc}"
+            return item
+        except DataUnavailable:
+            raise
+        except Exception as exc:  # not the data's fault: the batch fails, a re-run retries
+            raise self.unavailable(record, exc) from exc
+        try:
             images = resize(torch.stack([ref, p0, p1]), self.size)
             if self.quantize:
                 images = quantize(images)
-        except Exception as exc:  # recorded and skipped, never fatal
-            item["error"] = f"{type(exc).__name__}: {exc}"
-            return item
+        except Exception as exc:  # e.g. out of memory at a huge resolution: never a skip
+            raise self.unavailable(record, exc) from exc
         item.update(ref=images[0], p0=images[1], p1=images[2], judge=judge)
+        if digest is not None:
+            item["data_digest"] = digest
         return item
+
+    def unavailable(self, record: TripletRecord, exc: BaseException) -> DataUnavailable:
+        """The error of a triplet that failed for a reason other than its data."""
+        what = "out of memory" if _out_of_memory(exc) else "could not be loaded"
+        hint = " (a smaller resolution.size needs less)" if _out_of_memory(exc) else ""
+        return DataUnavailable(
+            f"triplet {record.triplet_id}: {what}{hint}: {type(exc).__name__}: {exc}. "
+            "Not recorded as a skip: the batch fails and a re-run retries it"
+        )
 
 
 @dataclass
@@ -173,6 +226,8 @@ class Batch:
     p0: torch.Tensor
     p1: torch.Tensor
     errors: list[dict[str, str]]
+    # per triplet, the digest of the files its images were decoded from (None: no files)
+    data_digest: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.triplet_id)
@@ -194,6 +249,13 @@ class Batch:
             ids = [self.triplet_id[i] for i in positions]
             subsets = [self.subset[i] for i in positions]
             index = torch.as_tensor(positions, dtype=torch.long)
+        digests = None
+        if self.data_digest is not None:
+            digests = (
+                self.data_digest[index]
+                if isinstance(index, slice)
+                else [self.data_digest[i] for i in positions]
+            )
         return Batch(
             ids,
             subsets,
@@ -202,6 +264,7 @@ class Batch:
             self.p0[index],
             self.p1[index],
             list(errors or []),
+            digests,
         )
 
 
@@ -224,6 +287,7 @@ def collate(items: list[dict[str, Any]]) -> Batch:
         torch.stack([it["p0"] for it in good]),
         torch.stack([it["p1"] for it in good]),
         errors,
+        [it.get("data_digest") for it in good] if any("data_digest" in it for it in good) else None,
     )
 
 

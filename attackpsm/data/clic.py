@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 from attackpsm.data.base import TripletRecord
-from attackpsm.data.files import DiskTriplets, outside_root_reason
+from attackpsm.data.files import MAX_PIXELS, DiskTriplets, outside_root_reason
 
 log = logging.getLogger("attackpsm")
 
@@ -69,8 +69,10 @@ class CLIC(DiskTriplets):
         root: str | os.PathLike | None = None,
         csv: str | None = None,
         quantize: bool = True,
+        max_pixels: int | None = MAX_PIXELS,
+        follow_symlinks: bool = False,
     ):
-        super().__init__(size, root, quantize)
+        super().__init__(size, root, quantize, max_pixels, follow_symlinks)
         if csv is None:
             found = [c for c in CSV_CANDIDATES if (self.root / c).is_file()]
             if not found:

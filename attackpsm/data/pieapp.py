@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from attackpsm.data.base import TripletRecord
-from attackpsm.data.files import DiskTriplets, outside_root_reason
+from attackpsm.data.files import MAX_PIXELS, DiskTriplets, outside_root_reason
 
 log = logging.getLogger("attackpsm")
 
@@ -70,8 +70,10 @@ class PieAPP(DiskTriplets):
         split: str = "test",
         threshold: float | None = 0.85,
         quantize: bool = True,
+        max_pixels: int | None = MAX_PIXELS,
+        follow_symlinks: bool = False,
     ):
-        super().__init__(size, root, quantize)
+        super().__init__(size, root, quantize, max_pixels, follow_symlinks)
         if split not in SPLITS:
             raise ValueError(f"pieapp split must be one of {list(SPLITS)}, got {split!r}")
         if threshold is not None and not 0.5 <= threshold < 1.0:

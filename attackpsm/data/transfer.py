@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from attackpsm.data.base import TripletDataset, TripletRecord
-from attackpsm.data.files import outside_root
+from attackpsm.data.base import TripletRecord
+from attackpsm.data.files import FileTriplets, outside_root
 from attackpsm.images import from_uint8
 
 MANIFEST = "manifest.parquet"
@@ -126,7 +126,7 @@ def craft_command(
     return "python -m attackpsm.craft " + " ".join(shlex.quote(a) for a in args)
 
 
-class TransferTriplets(TripletDataset):
+class TransferTriplets(FileTriplets):
     """``dataset=transfer``: the saved triplets of a craft, filtered for transfer.
 
     Reads crafts only; a missing one raises :class:`CraftMissing` naming the exact
@@ -208,10 +208,7 @@ class TransferTriplets(TripletDataset):
             error = None
             if outside_root(str(r.dir)):  # a manifest row must not point outside its craft
                 error = f"path outside the crafted directory {self.column_dir}: {r.dir}"
-            self.records.append(TripletRecord(r.triplet_id, r.subset, judge, error=error))
-
-    def load_images(self, record: TripletRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if outside_root(str(self._dirs[record.triplet_id])):
-            raise ValueError(f"path outside the crafted directory: {self._dirs[record.triplet_id]}")
-        folder = self.column_dir / self._dirs[record.triplet_id]
-        return tuple(load_png(folder / f"{side}.png") for side in ("ref", "p0", "p1"))
+            files = tuple(f"{r.dir}/{side}.png" for side in ("ref", "p0", "p1"))
+            self.records.append(TripletRecord(r.triplet_id, r.subset, judge, files, error))
+        # read like every dataset on disk: checked against the fingerprint's digests
+        self.root = self.column_dir

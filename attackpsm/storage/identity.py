@@ -2,8 +2,8 @@
 
 The identity is the dataset, metric and attack configurations, the resolution, the seed,
 the package version and the *data fingerprint* (:meth:`TripletDataset.fingerprint
-<attackpsm.data.base.TripletDataset.fingerprint>`: ids, labels, file sizes and modification
-times). Its hash names the run directory, so a run on changed data gets a directory of its
+<attackpsm.data.base.TripletDataset.fingerprint>`: ids, labels and the digest of every
+file's bytes). Its hash names the run directory, so a run on changed data gets a directory of its
 own and never reuses, or merges with, results of the old data.
 """
 

@@ -165,6 +165,7 @@ def headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
         "skipped": skipped,
         "flip_rate": float(flipped.mean()) if n else nan,
         "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else nan,
+        "stalled": int(table["stalled"].astype(bool).sum()) if n and "stalled" in table else 0,
         "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else nan,
         "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean())
         if flipped.any()

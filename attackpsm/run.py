@@ -257,7 +257,12 @@ def run_command(overrides: Sequence[str] = ()) -> pd.DataFrame:
     Example:
         >>> import attackpsm
         >>> table = attackpsm.run(["metric=l2", "attack=fgsm", "dataset.num_triplets=4",
-        ...                        "logger=none", "progress=false"])
+        ...                        "logger=none", "progress=false"])  # doctest: +ELLIPSIS
+        <BLANKLINE>
+        synthetic · l2 · fgsm · res 64 (all shards) -> /.../results/synthetic/l2/fgsm/res64-...
+        | Metric | Attack | Same rank by human & metric | Samples | #Flipped | ...
+        >>> len(table), table.attrs["headline"]["samples"]
+        (4, 4)
         >>> sorted(table["triplet_id"]) == sorted(set(table["triplet_id"]))
         True
     """

@@ -1,0 +1,152 @@
+"""What the command line says: one-line messages for bad input, --help, Ctrl-C and resuming."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "attackpsm", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The error a user sees: exit status 2, one line, no traceback before it."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    return lines[0]
+
+
+PGD_KEYS = "eps (float), alpha (float), max_iterations (int), early_stop (bool)"
+BAD_INPUTS = [
+    (["attack.eps=abc"], ["attack.eps='abc'", "expected float", PGD_KEYS]),
+    (["attack.epsilon=0.01"], ["attack.epsilon=0.01", "no key 'epsilon'", "attack.eps?", PGD_KEYS]),
+    (["+attack.epsilon=0.01"], ["attack.epsilon=0.01", "no key 'epsilon'", PGD_KEYS]),
+    (["attack.compile=true"], ["+attack.compile="]),
+    (
+        ["-m", "attack=pgd,square", "attack.alpha=0.01"],
+        ["attack.alpha=0.01", "'square'", "attack=pgd,square", "no key 'alpha'"],
+    ),
+    (["metric=ms_ssim_iqa"], ["ms_ssim_iqa", "161 px", "resolution=256"]),
+    (["attack.eps=-0.1"], ["eps must be >= 0"]),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INPUTS, ids=lambda a: " ".join(a)[:40])
+def test_bad_input_is_one_line_naming_key_value_and_valid_keys(tmp_path, args, expected):
+    proc = cli(
+        *args,
+        "logger=none",
+        f"paths.results_dir={tmp_path}/r",
+        f"paths.log_dir={tmp_path}/l",
+        cwd=tmp_path,
+    )
+    line = one_line_error(proc)
+    for part in expected:
+        assert part in line, line
+    assert not list(tmp_path.glob("r/**/*.parquet"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_machine_says_what_to_use(tmp_path):
+    proc = cli("device=cuda", "logger=none", f"paths.results_dir={tmp_path}/r", cwd=tmp_path)
+    line = one_line_error(proc)
+    assert "device=cuda" in line and "device=cpu" in line
+
+
+def test_help_lists_groups_options_examples_and_launchers(tmp_path):
+    proc = cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for text in ("attack:", "lpips_alex*", "pgd*", "stadv", "hydra/launcher", "local", "slurm"):
+        assert text in out
+    assert "python -m attackpsm -m" in out and "Examples:" in out
+
+
+def test_any_integer_resolution_runs(tmp_path):
+    proc = cli(
+        "metric=l2",
+        "attack=fgsm",
+        "resolution=40",
+        "dataset.num_triplets=2",
+        "logger=none",
+        "progress=false",
+        f"paths.results_dir={tmp_path}/r",
+        f"paths.log_dir={tmp_path}/l",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = tmp_path.glob("r/synthetic/l2/fgsm/res40-*")
+    assert f"-> {run_dir.resolve()}" in proc.stdout  # the absolute path is printed
+    from attackpsm.storage import read_identity
+
+    assert read_identity(run_dir)["resolution"] == 40
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_finished_batches_and_the_same_command_resumes(tmp_path):
+    """SIGINT to a real run: one line with what was saved and the resume command; the
+    re-run finishes with every triplet exactly once and keeps the saved batches."""
+    args = [
+        "metric=lpips_alex",
+        "attack=pgd",
+        "dataset.num_triplets=24",
+        "resolution.batch_size=2",
+        "logger=none",
+        f"paths.results_dir={tmp_path}/r",
+        f"paths.log_dir={tmp_path}/l",
+    ]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attackpsm", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("r/**/part-*.parquet")):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no batch finished in 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    parts = sorted(tmp_path.glob("r/**/part-*.parquet"))
+    saved = sum(len(pd.read_parquet(p)) for p in parts)
+    assert last.startswith(f"Interrupted: {saved} of 24 triplets saved in /"), last
+    assert 0 < saved < 24
+    assert "run the same command to resume: python -m attackpsm metric=lpips_alex" in last
+    stamps = {p: p.stat().st_mtime_ns for p in parts}
+
+    rerun = cli(*args, "progress=false", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    (results,) = tmp_path.glob("r/**/results.parquet")
+    table = pd.read_parquet(results)
+    assert len(table) == 24 and table["triplet_id"].is_unique
+    assert {p: p.stat().st_mtime_ns for p in parts if p.exists()} == {
+        p: s for p, s in stamps.items() if p.exists()
+    }  # the saved batches were not computed again

@@ -136,6 +136,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     run_dir = run_dir_for(cfg, fingerprint)
     run_dir.mkdir(parents=True, exist_ok=True)
+    log.info(  # the job's log (Hydra's <job dir>/app.log; submitit's _log.err) says what runs
+        "%s · %s · %s · res %s, shard %d/%d on %s -> %s",
+        cfg.dataset.name,
+        cfg.metric.name,
+        cfg.attack.name,
+        cfg.resolution.size or "native",
+        cfg.shard.index,
+        cfg.shard.count,
+        device,
+        run_dir.resolve(),
+    )
     write_identity(run_dir, identity)
     store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
     # one writer per shard: a second one waits for it (bounded), then reuses or refuses
@@ -236,6 +247,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(clean_accuracy_markdown(table1))
             logger.log_table("table1", table1)
         numbers = headline(table, len(errs_all))
+        log.info("%s: %s", scope, ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
         logger.log_summary(numbers)
         logger.log_table("summary", summary)
         logger.log_table("triplets", table)

@@ -130,8 +130,10 @@ def main(cfg: DictConfig) -> float | None:
     try:
         out = run(cfg)
     except ConfigError as exc:
-        if _in_sweep():  # the sweep records the failed job with its overrides
-            raise
+        if _in_sweep():  # Hydra names the job by its overrides, then prints this line alone
+            from hydra.errors import CompactHydraException
+
+            raise CompactHydraException(error_line(exc)) from None
         print(error_line(exc), file=sys.stderr)
         sys.exit(2)
     return out.get("flip_rate")

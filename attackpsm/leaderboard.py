@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     md = write_leaderboard(args.results, args.out, args.budget, args.budget_l2)
     print(md.read_text())
-    print(f"-> {md}")
+    print(f"-> {md.absolute()}")
 
 
 if __name__ == "__main__":

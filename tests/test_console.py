@@ -150,3 +150,51 @@ def test_ctrl_c_saves_finished_batches_and_the_same_command_resumes(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in parts if p.exists()} == {
         p: s for p, s in stamps.items() if p.exists()
     }  # the saved batches were not computed again
+
+
+def test_a_sweep_names_the_job_that_cannot_run(tmp_path):
+    proc = cli(
+        "-m",
+        "metric=ms_ssim_iqa",
+        "attack=fgsm,pgd",
+        "logger=none",
+        f"paths.results_dir={tmp_path}/r",
+        f"paths.log_dir={tmp_path}/l",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "Error executing job with overrides:" in proc.stderr
+    assert "'metric=ms_ssim_iqa', 'attack=fgsm'" in proc.stderr
+    assert "Error: resolution.size=64 is below" in proc.stderr
+
+
+@pytest.mark.slow
+def test_make_notebook_executes_the_analysis_on_a_results_dir(cfg_factory, tmp_path):
+    """`make notebook` with what `make install` provides (nbclient's `jupyter execute`)."""
+    import shutil
+
+    from attackpsm.run import run
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    for overrides in (["metric=l2", "attack=pgd"], ["metric=l2", "attack=none"]):
+        run(cfg_factory([*overrides, "dataset.num_triplets=8"]))
+    results = tmp_path / "results"
+    venv = Path(sys.executable).parent.parent
+    proc = subprocess.run(
+        ["make", "-o", "weights", "notebook", f"VENV={venv}", f"RESULTS={results}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import nbformat
+
+    nb = nbformat.read(results / "analysis.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert outputs and not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "2 runs below" in text
+    assert f"-> {results}/analysis.ipynb" in proc.stdout

@@ -103,6 +103,8 @@ def interrupted_line(exc: KeyboardInterrupt, args: Sequence[str]) -> str:
     saved = getattr(exc, "saved", None)
     if saved is not None:
         what = f"{saved} of {exc.total} triplets saved in {exc.run_dir}"
+        if any(a in ("-m", "--multirun") for a in args):
+            what += " (and every finished job of the sweep)"
     else:
         what = "finished batches and jobs are saved"
     return f"Interrupted: {what}; run the same command to resume: {resume_command(args)}"

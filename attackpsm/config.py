@@ -234,6 +234,15 @@ def check_overrides(args: Sequence[str]) -> None:
         )
     except Exception:  # noqa: BLE001 - Hydra's own parser reports a malformed override
         return
+    try:
+        _check_group_keys(parsed)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - anything else (a glob sweep, ...) is Hydra's to report
+        return
+
+
+def _check_group_keys(parsed: list[Any]) -> None:
     groups = {g for g in ("attack", "metric", "dataset", "resolution", "logger") if option_names(g)}
     groups.add("experiment")
     choices: dict[str, list[str]] = {}

@@ -367,7 +367,7 @@ def write_leaderboard(
 ) -> Path:
     """Load the runs below ``path``, write the JSON entries and ``leaderboard.md`` to ``out``."""
     out = Path(out) if out is not None else Path(path) / "leaderboard"
-    entries = build_leaderboard(load_runs(path), budget, budget_l2)
+    entries = build_leaderboard(load_runs(path, progress=True), budget, budget_l2)
     if not entries:
         raise SystemExit(f"no attack runs below {path}")
     for e in entries:

@@ -198,3 +198,35 @@ def test_make_notebook_executes_the_analysis_on_a_results_dir(cfg_factory, tmp_p
     text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "2 runs below" in text
     assert f"-> {results}/analysis.ipynb" in proc.stdout
+
+
+@pytest.mark.slow
+def test_local_sweep_shows_its_jobs_and_ends_with_a_summary(tmp_path):
+    """hydra/launcher=local: the jobs' log folder and a jobs bar while they run; at the end
+    the jobs computed / reused / unfinished and where the tables and logs are, absolute."""
+    args = [
+        "-m",
+        "metric=l2,ssim",
+        "attack=fgsm",
+        "hydra/launcher=local",
+        "dataset.num_triplets=2",
+        "logger=none",
+        f"paths.results_dir={tmp_path}/r",
+        f"paths.log_dir={tmp_path}/l",
+    ]
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = first.stdout + first.stderr
+    (sweep,) = (tmp_path / "l" / "multiruns").iterdir()
+    assert f"2 jobs submitted; their logs: {sweep}/.submitit/<job id>/" in out
+    assert "jobs: 100%" in out and "2/2" in out
+    assert "Jobs: 2 -- 2 computed, 0 reused (finished before), 0 failed or unfinished" in out
+    assert f"Tables: {sweep}/summary.csv (every run)" in out
+    assert len(list(sweep.glob(".submitit/*/*_log.err"))) == 2
+
+    time.sleep(1.1)  # a new sweep directory (Hydra names it by the second)
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Jobs: 2 -- 0 computed, 2 reused (finished before), 0 failed or unfinished" in (
+        again.stdout + again.stderr
+    )

@@ -108,7 +108,7 @@ def build_report(
 
     source = Path(source)
     out = Path(out) if out is not None else source / "report"
-    runs = load_runs(source)
+    runs = load_runs(source, progress=progress)
     if not runs:
         raise FileNotFoundError(
             f"no runs with results below {source} (expected <dataset>/<metric>/<attack>/res*/identity.yaml)"

@@ -25,12 +25,14 @@ __all__ = ["MULTIRUN_FLAGS", "main", "normalise_argv", "quote_numeric_choices"]
 
 def main() -> None:
     args = sys.argv[1:]
-    from attackpsm.app import error_line, help_text, interrupted_line
+    from attackpsm.app import interrupted_line
 
-    if any(a in ("-h", "--help") for a in args):
-        print(help_text())
-        return
     try:
+        from attackpsm.app import error_line, help_text
+
+        if any(a in ("-h", "--help") for a in args):
+            print(help_text())
+            return
         try:
             register_sizes(args)
             check_overrides(args)

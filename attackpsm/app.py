@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def help_text() -> str:
         default = defaults.get(group)
         shown = ", ".join(f"{o}*" if str(o) == str(default) else o for o in options)
         lines.append(f"  {group}: {what}")
-        lines.append(f"      {shown}")
+        lines.append(textwrap.fill(shown, 96, initial_indent=" " * 6, subsequent_indent=" " * 6))
     lines += [
         "  (* = default. The keys of an option: python -m attackpsm attack=pgd --cfg job)",
         "",

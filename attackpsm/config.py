@@ -213,7 +213,8 @@ def check_node(node: DictConfig, group: str) -> None:
 def option_names(group: str) -> list[str]:
     """The options of a config group: the ``conf/<group>/*.yaml`` file names."""
     folder = Path(CONFIG_DIR) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    names = [p.stem for p in folder.glob("*.yaml")] if folder.is_dir() else []
+    return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
 
 
 def check_overrides(args: Sequence[str]) -> None:

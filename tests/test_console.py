@@ -134,6 +134,7 @@ def test_ctrl_c_saves_finished_batches_and_the_same_command_resumes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
+    assert "metric_calls=" in err  # the bar moved inside the batches, not only between them
     last = err.strip().splitlines()[-1]
     parts = sorted(tmp_path.glob("r/**/part-*.parquet"))
     saved = sum(len(pd.read_parquet(p)) for p in parts)
@@ -230,3 +231,26 @@ def test_local_sweep_shows_its_jobs_and_ends_with_a_summary(tmp_path):
     assert "Jobs: 2 -- 0 computed, 2 reused (finished before), 0 failed or unfinished" in (
         again.stdout + again.stderr
     )
+
+
+def test_progress_moves_inside_a_batch():
+    """The bar shows the metric's evaluations while a batch is attacked (stAdv or One-pixel
+    can spend minutes in one batch), at most once a second."""
+    import io
+
+    from tqdm import tqdm
+
+    from attackpsm.metrics.classic import L2
+    from attackpsm.run import MetricCalls
+
+    stream = io.StringIO()
+    bar = tqdm(total=1, file=stream, desc="l2 pgd", unit="batch", mininterval=0)
+    metric = L2()
+    calls = MetricCalls(metric, bar)
+    x = torch.zeros(2, 3, 8, 8)
+    prepared = metric.prepare(x)
+    for _ in range(3):
+        metric.score(prepared, x)
+        time.sleep(0.6)
+    assert calls.calls == 3
+    assert "metric_calls=" in stream.getvalue() and bar.n == 0

@@ -254,3 +254,11 @@ def test_progress_moves_inside_a_batch():
         time.sleep(0.6)
     assert calls.calls == 3
     assert "metric_calls=" in stream.getvalue() and bar.n == 0
+
+
+def test_generated_sizes_take_the_batch_size_of_the_next_file():
+    from attackpsm.config import compose
+
+    assert dict(compose(["resolution=128"]).resolution) == {"size": 128, "batch_size": 16}
+    assert dict(compose(["resolution=64"]).resolution) == {"size": 64, "batch_size": 64}
+    assert dict(compose(["resolution=1024"]).resolution) == {"size": 1024, "batch_size": 2}

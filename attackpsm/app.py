@@ -132,11 +132,32 @@ def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     try:
         out = run(cfg)
-    except ConfigError as exc:
+    except Exception as exc:
+        message, status = user_error(exc)
+        if message is None:
+            raise
         if _in_sweep():  # Hydra names the job by its overrides, then prints this line alone
             from hydra.errors import CompactHydraException
 
-            raise CompactHydraException(error_line(exc)) from None
-        print(error_line(exc), file=sys.stderr)
-        sys.exit(2)
+            raise CompactHydraException(message) from None
+        print(message, file=sys.stderr)
+        sys.exit(status)
     return out.get("flip_rate")
+
+
+def user_error(exc: BaseException) -> tuple[str | None, int]:
+    """The one line and exit status for an error whose message is its fix; ``None``: other.
+
+    Configuration errors exit 2; data or weights not on this machine exit 1 (their
+    messages name the command that fetches them, or the expected layout).
+    """
+    from attackpsm.data.files import DatasetLayoutError
+    from attackpsm.data.transfer import CraftMissing
+    from attackpsm.metrics.weights import WeightsUnavailable
+
+    if isinstance(exc, ConfigError):
+        return error_line(exc), 2
+    cause = exc.__cause__ if type(exc).__name__ == "InstantiationException" else exc
+    if isinstance(cause, WeightsUnavailable | DatasetLayoutError | CraftMissing):
+        return f"Error: {cause}", 1
+    return None, 1

@@ -262,3 +262,30 @@ def test_generated_sizes_take_the_batch_size_of_the_next_file():
     assert dict(compose(["resolution=128"]).resolution) == {"size": 128, "batch_size": 16}
     assert dict(compose(["resolution=64"]).resolution) == {"size": 64, "batch_size": 64}
     assert dict(compose(["resolution=1024"]).resolution) == {"size": 1024, "batch_size": 2}
+
+
+def test_missing_data_or_weights_is_one_line_naming_the_fetch(tmp_path):
+    common = ["logger=none", f"paths.results_dir={tmp_path}/r", f"paths.log_dir={tmp_path}/l"]
+    proc = cli("dataset=bapps", f"dataset.root={tmp_path}/none", *common, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Expected layout" in lines[0] and "make data-bapps" in lines[0]
+
+    env = {
+        **os.environ,
+        "ATTACKPSM_WEIGHTS": str(tmp_path / "empty"),
+        "ATTACKPSM_ALLOW_FETCH": "false",
+        "ATTACKPSM_WEIGHTS_MIRROR": "",
+    }
+    env.pop("ATTACKPSM_WEIGHTS_MIRROR")
+    proc = subprocess.run(
+        [sys.executable, "-m", "attackpsm", "metric=lpips_alex", *common],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "make weights" in lines[0], proc.stderr[-2000:]

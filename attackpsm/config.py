@@ -156,8 +156,9 @@ def accepts(annotation: Any, value: Any) -> bool | None:
         return value is None
     if annotation is bool:
         return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is int:  # a whole float (3.0) passes, as the attacks' own checks allow
+        whole = isinstance(value, float) and value.is_integer()
+        return whole or (isinstance(value, int) and not isinstance(value, bool))
     if annotation is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if annotation is str:

@@ -247,7 +247,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(clean_accuracy_markdown(table1))
             logger.log_table("table1", table1)
         numbers = headline(table, len(errs_all))
-        log.info("%s: %s", scope, ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()))
+        log.info(
+            "%s: %s",
+            scope,
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, int | float) else f"{k}={v}"
+                for k, v in numbers.items()
+            ),
+        )
         logger.log_summary(numbers)
         logger.log_table("summary", summary)
         logger.log_table("triplets", table)

@@ -289,3 +289,19 @@ def test_missing_data_or_weights_is_one_line_naming_the_fetch(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "make weights" in lines[0], proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_report_says_each_stage_and_where_it_wrote(cfg_factory, tmp_path, capsys):
+    """The report regenerates example grids (an attack each): it says so, with a bar."""
+    from attackpsm.report.build import build_report
+    from attackpsm.run import run
+
+    run(cfg_factory(["metric=l2", "attack=fgsm", "dataset.num_triplets=4", "resolution.size=32"]))
+    capsys.readouterr()
+    report = build_report(tmp_path / "results", examples=2, wandb_mode=None)
+    err = capsys.readouterr().err
+    assert f"report: 1 runs below {(tmp_path / 'results').absolute()}" in err
+    assert "report: example grids of 1 runs (2 triplets each, attacked again)" in err
+    assert "example grids: 100%" in err
+    assert f"report: written to {report.out.absolute()}" in err

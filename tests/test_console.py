@@ -222,7 +222,7 @@ def test_local_sweep_shows_its_jobs_and_ends_with_a_summary(tmp_path):
     assert f"2 jobs submitted; their logs: {sweep}/.submitit/<job id>/" in out
     assert "jobs: 100%" in out and "2/2" in out
     assert "Jobs: 2 -- 2 computed, 0 reused (finished before), 0 failed or unfinished" in out
-    assert f"Tables: {sweep}/summary.csv (every run)" in out
+    assert f"Tables: {sweep}/summary.csv (every run's rows), {sweep}/status.md" in out
     assert len(list(sweep.glob(".submitit/*/*_log.err"))) == 2
 
     time.sleep(1.1)  # a new sweep directory (Hydra names it by the second)
@@ -305,3 +305,22 @@ def test_report_says_each_stage_and_where_it_wrote(cfg_factory, tmp_path, capsys
     assert "report: example grids of 1 runs (2 triplets each, attacked again)" in err
     assert "example grids: 100%" in err
     assert f"report: written to {report.out.absolute()}" in err
+
+
+def test_flip_rate_grid_of_a_large_sweep_pools_agree_and_disagree_rows():
+    from attackpsm.cluster import flip_rate_grid
+
+    table = pd.DataFrame(
+        {
+            "dataset": ["synthetic"] * 4,
+            "resolution": [64] * 4,
+            "metric": ["l2", "l2", "l2", "l2"],
+            "attack": ["pgd", "pgd", "fgsm", "fgsm"],
+            "agrees": ["✓", "✗", "✓", "✗"],
+            "samples": [3, 1, 4, 0],
+            "flipped": [1, 1, 2, 0],
+        }
+    )
+    grid = flip_rate_grid(table)
+    assert grid.loc[("synthetic", 64, "l2"), "pgd"] == 50.0  # (1 + 1) / (3 + 1)
+    assert grid.loc[("synthetic", 64, "l2"), "fgsm"] == 50.0  # 2 / 4

@@ -265,6 +265,18 @@ def write_sweep_summary(
     return table
 
 
+def flip_rate_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's flip rates (%, ✓ and ✗ together) as one grid: a row per dataset,
+    resolution and metric, a column per attack -- a large sweep's results on one screen."""
+    keys = ["dataset", "resolution", "metric", "attack"]
+    sums = table.groupby(keys, dropna=False)[["flipped", "samples"]].sum()
+    rate = (100.0 * sums["flipped"] / sums["samples"].where(sums["samples"] > 0)).round(1)
+    return rate.unstack("attack")
+
+
+SCREEN_RUNS = 8  # runs listed one per line, with their Table-2 rows, at the end of a sweep
+
+
 def job_counts(sweep_dir: Path, records: list[dict[str, Any]]) -> dict[str, int]:
     """Jobs of a sweep: ``computed`` here, ``reused`` (finished before the sweep started),
     ``unfinished`` (failed, interrupted or still running); from the job records and the
@@ -297,8 +309,8 @@ def sweep_footer(sweep_dir: Path, records: list[dict[str, Any]]) -> list[str]:
         f"Jobs: {c['jobs']} -- {c['computed']} computed, {c['reused']} reused (finished "
         f"before), {c['unfinished']} failed or unfinished"
         + (" (run the same command again to finish them)" if c["unfinished"] else ""),
-        f"Tables: {sweep_dir / 'summary.csv'} (every run), {sweep_dir / 'status.md'}; "
-        "each run's results.parquet in the run directories above",
+        f"Tables: {sweep_dir / 'summary.csv'} (every run's rows), {sweep_dir / 'status.md'} "
+        "(every run directory; each holds its results.parquet)",
     ]
     submitit = sweep_dir / ".submitit"
     logs = f"{submitit}/<job id>/" if submitit.exists() else f"{sweep_dir}/<job number>/"
@@ -361,9 +373,19 @@ class SweepCallback(Callback):
         finished = finish_runs(records)
         table = write_sweep_summary(sweep_dir, finished)
         print(f"\nSweep {sweep_dir.absolute()}: {len(finished)} runs")
-        for line in status_lines(finished):
+        lines = status_lines(finished)
+        # one screen: a large sweep lists only the runs that are not done (all: status.md)
+        many = len(lines) > SCREEN_RUNS
+        shown = [line for (_, s), line in zip(finished, lines, strict=True) if not s.merged]
+        for line in shown if many else lines:
             print(f"  {line}")
-        if len(table):
+        if many:
+            done = sum(s.merged for _, s in finished)
+            print(f"  ... {done} runs done (each listed in {sweep_dir.absolute() / 'status.md'})")
+        if len(table) and many:
+            print("\nFlip rate (%), all triplets:")
+            print(flip_rate_grid(table).to_string())
+        if len(table) and not many:
             cols = [
                 "dataset",
                 "metric",

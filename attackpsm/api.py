@@ -89,8 +89,10 @@ def attack(name: str, **overrides: Any) -> Attack:
         >>> attackpsm.attack("pgd", eps=0.01).eps
         0.01
     """
+    from attackpsm.attacks.target import build_attack
+
     cfg = _node("attack", name, overrides)
-    return build(cfg.attack)
+    return build_attack(cfg.attack)  # `target=reference` / `both` as on the command line
 
 
 def dataset(

@@ -201,7 +201,7 @@ def check_node(node: DictConfig, group: str) -> None:
         return
     option = node.get("name", "?")
     for key in node:
-        if key in _NOT_ARGUMENTS or str(key).startswith("_"):
+        if key in _NOT_ARGUMENTS or str(key).startswith("_") or f"{group}.{key}" in OPTIONAL_KEYS:
             continue
         value = OmegaConf.to_container(node, resolve=False)[key]
         if key not in params:
@@ -269,6 +269,8 @@ def _check_group_keys(parsed: list[Any]) -> None:
     for o in parsed:
         group, _, key = o.key_or_group.partition(".")
         if group == "experiment" or group not in groups or not key or "." in key or o.is_delete():
+            continue
+        if o.key_or_group in OPTIONAL_KEYS:  # not a parameter of the option: checked when built
             continue
         if group not in choices and "experiment" in choices:
             continue  # the experiment picks the option: checked after composition

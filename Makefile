@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install weights run calibrate test test-slow test-cluster test-all lint format docs bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle
+.PHONY: help install weights run calibrate test test-slow test-cluster test-all lint format docs bench bench-certify bench-logging clean data-bapps data-pieapp report leaderboard gpu-bundle notebook
 DATA ?= data
 RESULTS ?= results
 REPORT_ARGS ?=
@@ -61,6 +61,12 @@ gpu-bundle: weights ## Wheels and weights in .gpu/ for an offline GPU machine; t
 
 report: weights ## Paper tables and figures of a results or sweep dir: make report RESULTS=results (writes <dir>/report)
 	$(PY) -m attackpsm.report $(RESULTS) $(REPORT_ARGS)
+
+notebook: weights ## Execute notebooks/analysis.ipynb on $(RESULTS): a copy with its outputs in $(RESULTS)/analysis.ipynb
+	@test -d "$(RESULTS)" || { echo "no $(RESULTS)/ yet: make run (or a sweep) writes it; or make notebook RESULTS=dir"; exit 1; }
+	cp notebooks/analysis.ipynb "$(RESULTS)/analysis.ipynb"
+	ATTACKPSM_RESULTS="$(abspath $(RESULTS))" $(VENV)/bin/jupyter execute --inplace "$(RESULTS)/analysis.ipynb"
+	@echo "-> $(abspath $(RESULTS))/analysis.ipynb (open it in any notebook viewer; the stored notebook stays without outputs)"
 
 # every metric that runs offline; the attacks of the stronger evaluation
 LEADERBOARD_METRICS ?= l2,ssim,ms_ssim,cw_ssim,fsimc,gmsd,vif,haarpsi,mdsi,lpips_alex,lpips_vgg,dists,stlpips_alex,stlpips_vgg,elpips_vgg

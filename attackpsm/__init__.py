@@ -21,3 +21,20 @@ import os
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.4.0"
+
+# The Python API (attackpsm/api.py), imported on first use so that `import attackpsm` stays
+# light: attackpsm.metric("lpips_alex"), attackpsm.attack("pgd", eps=0.01),
+# attackpsm.evaluate(metric, attack, ref, p0, p1), attackpsm.dataset("synthetic"), and
+# attackpsm.run([...overrides]) -- the module attackpsm.run is callable for that.
+_API = ("metric", "attack", "dataset", "evaluate")
+__all__ = ["__version__", "run", *_API]
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _API:
+        return getattr(importlib.import_module("attackpsm.api"), name)
+    if name == "run":
+        return importlib.import_module("attackpsm.run")
+    raise AttributeError(f"module 'attackpsm' has no attribute {name!r}")

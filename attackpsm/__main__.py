@@ -1,23 +1,51 @@
 """``python -m attackpsm [overrides] [-m] [overrides]``.
 
 The command line is normalised first (:func:`attackpsm.config.normalise_argv`: ``-m``
-anywhere, ``resolution=64`` as a group choice), then handed to the Hydra app.
+anywhere, ``resolution=64`` as a group choice, any ``resolution=N`` as a generated option),
+its group keys are checked (:func:`attackpsm.config.check_overrides`), then it is handed to
+the Hydra app. A configuration error prints one line and exits 2; Ctrl-C prints one line
+(what was saved, the command that resumes) and exits 130.
 """
 
 from __future__ import annotations
 
 import sys
 
-from attackpsm.config import MULTIRUN_FLAGS, normalise_argv, quote_numeric_choices
+from attackpsm.config import (
+    MULTIRUN_FLAGS,
+    ConfigError,
+    check_overrides,
+    normalise_argv,
+    quote_numeric_choices,
+    register_sizes,
+)
 
 __all__ = ["MULTIRUN_FLAGS", "main", "normalise_argv", "quote_numeric_choices"]
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *normalise_argv(sys.argv[1:])]
-    from attackpsm.app import main as app
+    args = sys.argv[1:]
+    from attackpsm.app import interrupted_line
 
-    app()
+    try:
+        from attackpsm.app import error_line, help_text
+
+        if any(a in ("-h", "--help") for a in args):
+            print(help_text())
+            return
+        try:
+            register_sizes(args)
+            check_overrides(args)
+        except ConfigError as exc:
+            print(error_line(exc), file=sys.stderr)
+            sys.exit(2)
+        sys.argv = [sys.argv[0], *normalise_argv(args)]
+        from attackpsm.app import main as app
+
+        app()
+    except KeyboardInterrupt as exc:
+        print(f"\n{interrupted_line(exc, args)}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -163,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     batch = load(data, quantized=not args.no_quantize)
     summaries, per_family = [], {}
-    for name in args.metrics:
+    from tqdm.auto import tqdm
+
+    for name in tqdm(args.metrics, desc="calibrate", unit="metric", leave=False):
         rows = score(build_metric(name), batch)
         summaries.append(summarize(name, rows))
         per_family[name] = rows.groupby("subset").human_agrees.mean() * 100.0

@@ -160,9 +160,12 @@ def craft(argv: Sequence[str]) -> list[Path]:
     ]
     for column, out_dir in crafts:
         if not any(c == column for c, _, _ in todo):
-            print(f"{column}: already crafted at {out_dir}")
-    for column, out_dir, job in todo:
-        print(f"{column}: crafting on {cfg.dataset.source_metric} into {out_dir}")
+            print(f"{column}: already crafted at {out_dir.absolute()}")
+    for k, (column, out_dir, job) in enumerate(todo, 1):
+        print(
+            f"[{k}/{len(todo)}] {column}: crafting on {cfg.dataset.source_metric} into "
+            f"{out_dir.absolute()}"
+        )
         run(job)
         if not (out_dir / MANIFEST).exists():  # the run had finished before its manifest
             finalize_manifest(out_dir)

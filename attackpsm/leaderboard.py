@@ -646,7 +646,7 @@ def write_leaderboard(
 ) -> Path:
     """Load the runs below ``path``, write the JSON entries and ``leaderboard.md`` to ``out``."""
     out = Path(out) if out is not None else Path(path) / "leaderboard"
-    runs = load_runs(path)
+    runs = load_runs(path, progress=True)
     entries = build_leaderboard(runs, budget, budget_l2)
     if not entries:
         raise SystemExit(f"no attack runs below {path}")
@@ -802,7 +802,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     md = write_leaderboard(args.results, args.out, args.budget, args.budget_l2)
     print(md.read_text())
-    print(f"-> {md}")
+    print(f"-> {md.absolute()}")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from attackpsm.config import ConfigError, check_node
+
 
 def check_shards(count: Any, index: Any = 0) -> None:
     """``shard.count`` is a whole number >= 1 and ``0 <= shard.index < shard.count``."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(
+        raise ConfigError(
             f"shard.count must be an integer >= 1 (the number of jobs per run), got {count!r}"
         )
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-        raise ValueError(
+        raise ConfigError(
             f"shard.index must be an integer in [0, {count - 1}] for shard.count={count}, "
             f"got {index!r}"
         )
@@ -44,23 +46,26 @@ def check_resolution(cfg: DictConfig) -> None:
     """``resolution.batch_size`` >= 1; ``resolution.size`` native (null) or >= the metric's minimum."""
     batch = cfg.resolution.get("batch_size")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"resolution.batch_size must be an integer >= 1, got {batch!r}")
+        raise ConfigError(f"resolution.batch_size must be an integer >= 1, got {batch!r}")
     size = cfg.resolution.size
     if size is None:
         return
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(
+        raise ConfigError(
             f"resolution.size must be a positive integer or null (native), got {size!r}"
         )
     minimum = metric_minimum_size(cfg.metric)
     if size < minimum:
-        raise ValueError(
+        raise ConfigError(
             f"resolution.size={size} is below the smallest image metric {cfg.metric.name!r} "
-            f"accepts ({minimum} px): use resolution.size >= {minimum}"
+            f"accepts ({minimum} px): use resolution=256 (or any resolution=N with N >= "
+            f"{minimum}), or a metric made for small images"
         )
 
 
 def check_run(cfg: DictConfig) -> None:
     """Every check that needs no data, in the order a user would fix them."""
     check_shards(cfg.shard.count, cfg.shard.index)
+    for group in ("dataset", "metric", "attack"):
+        check_node(cfg[group], group)
     check_resolution(cfg)

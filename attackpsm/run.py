@@ -13,6 +13,10 @@ import functools
 import logging
 import os
 import random
+import sys
+import time
+import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.attacks.target import build_attack
-from attackpsm.config import build
+from attackpsm.config import ConfigError, build
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.data.workers import die_with_parent
 from attackpsm.engine import FittingBatches
@@ -38,6 +42,7 @@ from attackpsm.storage import (
     finished_shard,
     headline,
     merge_shards,
+    read_run,
     run_dir_for,
     run_identity,
     write_identity,
@@ -47,17 +52,58 @@ from attackpsm.storage.craft import CraftWriter
 log = logging.getLogger("attackpsm")
 
 
+class DeviceUnavailable(ConfigError, RuntimeError):
+    """``device=cuda`` on a machine where PyTorch sees no CUDA device."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a job: what was saved before it, for the one-line resume message.
+
+    Every finished batch is checkpointed on disk before the next starts
+    (:class:`attackpsm.storage.ShardStore`), so the same command resumes after the last one.
+    """
+
+    def __init__(self, saved: int, total: int, run_dir: Path):
+        super().__init__(f"{saved} of {total} triplets saved in {run_dir}")
+        self.saved, self.total, self.run_dir = saved, total, Path(run_dir)
+
+
 def resolve_device(name: str) -> torch.device:
     valid = ("auto", "cpu", "cuda")
     if name not in valid and not str(name).startswith("cuda:"):
-        raise ValueError(f"device must be one of {list(valid)} (or cuda:N), got {name!r}")
+        raise ConfigError(f"device must be one of {list(valid)} (or cuda:N), got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={name} requested but no CUDA device is available; use device=cpu"
+        raise DeviceUnavailable(
+            f"device={name}: PyTorch sees no CUDA device on this machine; use device=cpu "
+            "(or device=auto, which picks a GPU when there is one)"
         )
     return torch.device(name)
+
+
+class MetricCalls:
+    """Counts a metric's evaluations, shown in the progress bar while a batch is attacked.
+
+    An attack evaluates the metric at least once per iteration (a PGD step, an L-BFGS
+    step of stAdv, a generation of One-pixel), so the count moves while a slow batch runs
+    where the batch bar alone would stay at 0 (the bar is refreshed at most once a second).
+    """
+
+    def __init__(self, metric: Any, bar: Any):
+        self.bar, self.calls, self.last = bar, 0, 0.0
+        self.postfix: dict[str, str] = {}
+        score = metric.score
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            now = time.monotonic()
+            if now - self.last >= 1.0:
+                self.last = now
+                self.bar.set_postfix(metric_calls=self.calls, **self.postfix)
+            return score(*args, **kwargs)
+
+        metric.score = counted  # this run's instance only
 
 
 def seed_everything(seed: int) -> None:
@@ -118,8 +164,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # build everything before any work, so bad parameters fail fast
     metric = build(cfg.metric).to(device)
     if attack.white_box and not metric.differentiable:
-        raise ValueError(
-            f"attack {attack.name!r} needs gradients but metric {metric.name!r} is not differentiable"
+        raise ConfigError(
+            f"attack {attack.name!r} needs gradients but metric {metric.name!r} is not "
+            "differentiable: use a black-box attack (attack=square, attack=onepixel) or a "
+            "differentiable metric"
         )
     if len(dataset) == 0:
         raise ValueError(f"dataset {cfg.dataset.name!r} has no usable triplets")
@@ -132,6 +180,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     run_dir = run_dir_for(cfg, fingerprint)
     run_dir.mkdir(parents=True, exist_ok=True)
+    log.info(  # the job's log (Hydra's <job dir>/app.log; submitit's _log.err) says what runs
+        "%s · %s · %s · res %s, shard %d/%d on %s -> %s",
+        cfg.dataset.name,
+        cfg.metric.name,
+        cfg.attack.name,
+        cfg.resolution.size or "native",
+        cfg.shard.index,
+        cfg.shard.count,
+        device,
+        run_dir.resolve(),
+    )
     write_identity(run_dir, identity)
     store = ShardStore(run_dir, cfg.shard.index, cfg.shard.count)
     # one writer per shard: a second one waits for it (bounded), then reuses or refuses
@@ -199,15 +258,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             flips = total = 0
             fitting = FittingBatches()  # halves the batch if the device runs out of memory
-            for (start, stop), batch in zip(batches, bar, strict=True):
-                rows, errs = fitting(metric, attack, batch.to(device), sink=progress.sink(sink))
-                lease.check()  # taken over after a stall: the new owner writes this batch
-                store.checkpoint(start, stop, rows, errs)
-                progress.update(rows, errs)
-                if len(rows):
-                    flips += int(rows["flipped"].sum())
-                    total += len(rows)
-                    bar.set_postfix(flip_rate=f"{flips / total:.1%}")
+            calls = MetricCalls(metric, bar) if cfg.progress else None
+            saved = len(records) - sum(b - a for a, b in batches)  # by earlier runs
+            try:
+                for (start, stop), batch in zip(batches, bar, strict=True):
+                    rows, errs = fitting(metric, attack, batch.to(device), sink=progress.sink(sink))
+                    lease.check()  # taken over after a stall: the new owner writes this batch
+                    store.checkpoint(start, stop, rows, errs)
+                    saved += stop - start
+                    progress.update(rows, errs)
+                    if len(rows):
+                        flips += int(rows["flipped"].sum())
+                        total += len(rows)
+                        bar.set_postfix(flip_rate=f"{flips / total:.1%}")
+                        if calls is not None:
+                            calls.postfix = {"flip_rate": f"{flips / total:.1%}"}
+            except KeyboardInterrupt:
+                bar.close()
+                raise RunInterrupted(saved, len(records), run_dir.resolve()) from None
             lease.check()
             results, errors = store.finalize()
             check_row_digests(dataset, results, run_dir)
@@ -223,7 +291,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = summarize(table, cfg.metric.name, cfg.attack.name, skipped=len(errs_all))
         text = summary_markdown(summary) if merged is not None else None
         print(
-            f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir}"
+            f"\n{cfg.dataset.name} · {cfg.metric.name} · {cfg.attack.name} · res {cfg.resolution.size or 'native'} ({scope}) -> {run_dir.resolve()}"
         )
         print(text or summary.to_string(index=False))
         if "eps_star" in table.columns:  # minimum-norm attacks: the distribution of ε*
@@ -247,6 +315,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(clean_accuracy_markdown(table1))
             logger.log_table("table1", table1)
         numbers = headline(table, len(errs_all))
+        log.info(
+            "%s: %s",
+            scope,
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, int | float) else f"{k}={v}"
+                for k, v in numbers.items()
+            ),
+        )
         logger.log_summary(numbers)
         logger.log_table("summary", summary)
         logger.log_table("triplets", table)
@@ -257,3 +333,57 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         lease.release()
         logger.finish()
+
+
+def run_command(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Run one job from Python as ``python -m attackpsm <overrides>`` does; its triplet table.
+
+    The same ``conf/`` files, checks and :func:`run` as the command line; a finished job is
+    reused, an interrupted one resumes. The returned per-triplet table (the columns of
+    ``results.parquet``) carries ``attrs["run_dir"]`` (absolute) and ``attrs["headline"]``
+    (the numbers :func:`run` returns). With ``shard.count`` > 1 it holds the shards finished
+    so far.
+
+    Example:
+        >>> import attackpsm
+        >>> table = attackpsm.run(["metric=l2", "attack=fgsm", "dataset.num_triplets=4",
+        ...                        "logger=none", "progress=false"])  # doctest: +ELLIPSIS
+        <BLANKLINE>
+        synthetic · l2 · fgsm · res 64 (all shards) -> /.../results/synthetic/l2/fgsm/res64-...
+        | Metric | Attack | Same rank by human & metric | Samples | #Flipped | ...
+        >>> len(table), table.attrs["headline"]["samples"]
+        (4, 4)
+        >>> sorted(table["triplet_id"]) == sorted(set(table["triplet_id"]))
+        True
+    """
+    from attackpsm.config import MULTIRUN_FLAGS, check_overrides, compose
+
+    args = [str(a) for a in overrides]
+    if any(a in MULTIRUN_FLAGS for a in args):
+        raise ConfigError(
+            "attackpsm.run runs one job; run a sweep (-m) with python -m attackpsm "
+            + " ".join(args)
+            + ", or call attackpsm.run once per combination"
+        )
+    check_overrides(args)
+    numbers = run(compose(args))
+    run_dir = Path(numbers["run_dir"]).resolve()
+    got = read_run(run_dir)
+    table = got[0] if got is not None else pd.DataFrame()
+    table.attrs["run_dir"] = str(run_dir)
+    table.attrs["headline"] = {k: v for k, v in numbers.items() if k != "run_dir"}
+    return table
+
+
+class _CallableModule(types.ModuleType):
+    """``attackpsm.run(overrides)`` -- the module is callable as :func:`run_command`.
+
+    ``attackpsm.run`` names this module (``from attackpsm.run import run`` keeps working) and
+    the one-call entry point of the Python API at once.
+    """
+
+    def __call__(self, overrides: Sequence[str] = ()) -> pd.DataFrame:
+        return run_command(overrides)
+
+
+sys.modules[__name__].__class__ = _CallableModule

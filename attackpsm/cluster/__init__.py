@@ -44,6 +44,7 @@ from attackpsm.accuracy import clean_accuracy_markdown, sweep_clean_accuracy
 from attackpsm.results import SUMMARY_COLUMNS
 from attackpsm.storage import (
     RunStatus,
+    ShardStore,
     StorageError,
     headline,
     load_results,
@@ -373,6 +374,59 @@ def write_sweep_summary(
     return table
 
 
+def flip_rate_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's flip rates (%, ✓ and ✗ together) as one grid: a row per dataset,
+    resolution and metric, a column per attack -- a large sweep's results on one screen."""
+    keys = ["dataset", "resolution", "metric", "attack"]
+    sums = table.groupby(keys, dropna=False)[["flipped", "samples"]].sum()
+    rate = (100.0 * sums["flipped"] / sums["samples"].where(sums["samples"] > 0)).round(1)
+    return rate.unstack("attack")
+
+
+SCREEN_RUNS = 8  # runs listed one per line, with their Table-2 rows, at the end of a sweep
+
+
+def job_counts(sweep_dir: Path, records: list[dict[str, Any]]) -> dict[str, int]:
+    """Jobs of a sweep: ``computed`` here, ``reused`` (finished before the sweep started),
+    ``unfinished`` (failed, interrupted or still running); from the job records and the
+    shard files. The sweep starts when Hydra writes ``multirun.yaml`` into its directory."""
+    start_file = Path(sweep_dir) / "multirun.yaml"
+    start = start_file.stat().st_mtime if start_file.exists() else 0.0
+    counts = {"jobs": 0, "computed": 0, "reused": 0, "unfinished": 0}
+    seen = set()
+    for rec in records:
+        key = (rec["run_dir"], rec["shard_index"], rec["shard_count"])
+        if key in seen:
+            continue
+        seen.add(key)
+        counts["jobs"] += 1
+        final = ShardStore(Path(rec["run_dir"]), rec["shard_index"], rec["shard_count"]).final
+        if not final.exists():
+            counts["unfinished"] += 1
+        elif final.stat().st_mtime < start:
+            counts["reused"] += 1
+        else:
+            counts["computed"] += 1
+    return counts
+
+
+def sweep_footer(sweep_dir: Path, records: list[dict[str, Any]]) -> list[str]:
+    """The last lines of a sweep: its jobs, and where its tables and logs are (absolute)."""
+    sweep_dir = Path(sweep_dir).absolute()
+    c = job_counts(sweep_dir, records)
+    lines = [
+        f"Jobs: {c['jobs']} -- {c['computed']} computed, {c['reused']} reused (finished "
+        f"before), {c['unfinished']} failed or unfinished"
+        + (" (run the same command again to finish them)" if c["unfinished"] else ""),
+        f"Tables: {sweep_dir / 'summary.csv'} (every run's rows), {sweep_dir / 'status.md'} "
+        "(every run directory; each holds its results.parquet)",
+    ]
+    submitit = sweep_dir / ".submitit"
+    logs = f"{submitit}/<job id>/" if submitit.exists() else f"{sweep_dir}/<job number>/"
+    lines.append(f"Logs: {logs}")
+    return lines
+
+
 # --- the Hydra callback --------------------------------------------------------------------
 
 
@@ -424,16 +478,27 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        finished = finish_runs(sweep_records(sweep_dir))
+        records = sweep_records(sweep_dir)
+        finished = finish_runs(records)
         table = write_sweep_summary(sweep_dir, finished)
         try:  # a window, never a failure
             log_sweep(sweep_dir, finished)
         except Exception as exc:
             log.warning("no W&B sweep run for %s: %s", sweep_dir, exc)
-        print(f"\nSweep {sweep_dir}: {len(finished)} runs")
-        for line in status_lines(finished):
+        print(f"\nSweep {sweep_dir.absolute()}: {len(finished)} runs")
+        lines = status_lines(finished)
+        # one screen: a large sweep lists only the runs that are not done (all: status.md)
+        many = len(lines) > SCREEN_RUNS
+        shown = [line for (_, s), line in zip(finished, lines, strict=True) if not s.merged]
+        for line in shown if many else lines:
             print(f"  {line}")
-        if len(table):
+        if many:
+            done = sum(s.merged for _, s in finished)
+            print(f"  ... {done} runs done (each listed in {sweep_dir.absolute() / 'status.md'})")
+        if len(table) and many:
+            print("\nFlip rate (%), all triplets:")
+            print(flip_rate_grid(table).to_string())
+        if len(table) and not many:
             cols = [
                 "dataset",
                 "metric",
@@ -447,7 +512,7 @@ class SweepCallback(Callback):
                 "psnr_mean",
             ]
             print(table[cols].to_string(index=False))
-            print(f"(all columns: {sweep_dir / 'summary.csv'})")
         clean = sweep_clean_accuracy([status.run_dir for _, status in finished if status.merged])
         if len(clean):  # attack=none runs: one Table-1 line per metric
             print("\n" + clean_accuracy_markdown(clean))
+        print("\n" + "\n".join(sweep_footer(sweep_dir, records)))

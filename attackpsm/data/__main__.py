@@ -47,7 +47,9 @@ def cache(name: str, overrides: list[str], workers: int | None) -> Path:
     cfg = compose([f"dataset={name}", "logger=none", *overrides])
     dataset = build(cfg.dataset, size=cfg.resolution.size)
     built = ensure_cache(dataset, cfg.paths.cache_dir, workers=workers)
-    print(f"cache ready: {built.path} ({len(built)} triplets, {len(built.errors)} unusable)")
+    print(
+        f"cache ready: {Path(built.path).absolute()} ({len(built)} triplets, {len(built.errors)} unusable)"
+    )
     return built.path
 
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         wandb_dir=args.wandb_dir,
     )
     print(
-        f"{len(report.runs)} runs -> {len(report.tables)} tables, {len(report.figures)} figures in {report.out}"
+        f"{len(report.runs)} runs -> {len(report.tables)} tables, {len(report.figures)} figures in {report.out.absolute()}"
     )
     for t in report.tables:
         print(f"  tables/{t.name}.md  {t.title}")

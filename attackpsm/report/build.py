@@ -11,6 +11,7 @@ Output layout (``out``, by default ``<results>/report``)::
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ def build_report(
     dataset_overrides: dict | None = None,
     wandb_mode: str | None = "offline",
     wandb_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> Report:
     """Build the report of every run below ``source`` (results directory or sweep directory).
 
@@ -96,14 +98,23 @@ def build_report(
         dataset_overrides: dataset parameters for the grids, e.g. ``{"root": ...}``.
         wandb_mode: ``offline`` / ``online`` / ``disabled``, or ``None`` for no W&B run.
         wandb_dir: where the W&B run folder goes (default ``$ATTACKPSM_LOGS`` or ``logs``).
+        progress: say each stage on stderr, with a progress bar over the example grids
+            (each re-runs an attack: the longest stage).
     """
+    from tqdm.auto import tqdm
+
+    def say(message: str) -> None:
+        if progress:
+            tqdm.write(f"report: {message}", file=sys.stderr)
+
     source = Path(source)
     out = Path(out) if out is not None else source / "report"
-    runs = load_runs(source)
+    runs = load_runs(source, progress=progress)
     if not runs:
         raise FileNotFoundError(
             f"no runs with results below {source} (expected <dataset>/<metric>/<attack>/res*/identity.yaml)"
         )
+    say(f"{len(runs)} runs below {source.absolute()}; tables and figures")
     tables = build_tables(runs)
     report = Report(source=source, out=out, runs=runs, tables=tables)
 
@@ -117,7 +128,9 @@ def build_report(
         report.figures[stem] = figures.save_figure(fig, out / "figures", stem)
 
     if examples > 0:
-        for run in example_runs(runs, example_metrics, example_attacks):
+        chosen = list(example_runs(runs, example_metrics, example_attacks))
+        say(f"example grids of {len(chosen)} runs ({examples} triplets each, attacked again)")
+        for run in tqdm(chosen, desc="example grids", unit="grid", disable=not progress):
             stem = figures.slug(
                 "examples",
                 run.dataset,
@@ -142,6 +155,7 @@ def build_report(
                 )
 
     (out / "report.md").write_text(render_index(report), encoding="utf-8")
+    say(f"written to {out.absolute()}")
     if wandb_mode:
         log_to_wandb(report, wandb_mode, wandb_dir)
     return report

@@ -274,9 +274,17 @@ def label_variants(runs: list[Run]) -> None:
                 r.variant = ", ".join(x for x in (r.variant, r.run_dir.name) if x)
 
 
-def load_runs(path: str | Path) -> list[Run]:
-    """Every run below ``path`` with at least one finished shard, variants labelled."""
-    runs = [r for r in (load_run(d) for d in discover(path)) if r is not None]
+def load_runs(path: str | Path, progress: bool = False) -> list[Run]:
+    """Every run below ``path`` with at least one finished shard, variants labelled.
+
+    ``progress``: a progress bar over the run directories on stderr (reports and the
+    leaderboard read every run's per-triplet table).
+    """
+    from tqdm.auto import tqdm
+
+    dirs = list(discover(path))
+    bar = tqdm(dirs, desc="loading runs", unit="run", leave=False, disable=not progress)
+    runs = [r for r in (load_run(d) for d in bar) if r is not None]
     label_variants(runs)
     runs.sort(
         key=lambda r: (

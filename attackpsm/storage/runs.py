@@ -281,7 +281,7 @@ def finished_shard(cfg: DictConfig, fingerprint: str) -> dict[str, Any] | None:
     loaded = load_results(run_dir) if status.merged else None
     if loaded is not None:
         table, errors = loaded
-        print(f"\n{run_dir} (all shards, already done)")
+        print(f"\n{run_dir.resolve()} (all shards, already done)")
         summary = run_dir / "summary.md"
         if summary.exists():
             print(summary.read_text())
@@ -291,7 +291,7 @@ def finished_shard(cfg: DictConfig, fingerprint: str) -> dict[str, Any] | None:
             return None
         table, errors, _ = shard
         print(
-            f"\n{run_dir} (shard {cfg.shard.index}/{cfg.shard.count}, already done; missing shards {status.missing})"
+            f"\n{run_dir.resolve()} (shard {cfg.shard.index}/{cfg.shard.count}, already done; missing shards {status.missing})"
         )
     return {**headline(table, len(errors)), "run_dir": str(run_dir)}
 

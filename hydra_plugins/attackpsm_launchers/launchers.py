@@ -5,6 +5,9 @@ with work left (``hydra/launcher=slurm`` and ``hydra/launcher=local``; docs/clus
 from __future__ import annotations
 
 import logging
+import pickle
+import sys
+import threading
 from pathlib import Path
 
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
@@ -61,8 +64,64 @@ class SubmitsPendingShards:
                 len(job_overrides),
                 len(pending),
             )
-        returns = list(super().launch(pending, initial_job_idx)) if pending else []
+        if not pending:
+            return done
+        with JobWatch(Path(str(self.params["submitit_folder"])).parent, len(pending)):
+            returns = list(super().launch(pending, initial_job_idx))
         return returns + done
+
+
+class JobWatch:
+    """Shows a sweep's submitted jobs while they run: a progress line of jobs finished.
+
+    submitit writes ``<job id>_<task>_result.pkl`` into each job's folder
+    (``<sweep dir>/.submitit/<job id>/``, next to its ``_log.out`` and ``_log.err``) when the
+    task ends; a thread counts them every few seconds, and the failed ones. Reading those
+    files is all it does: the launcher's own wait and results are unchanged.
+    """
+
+    def __init__(self, folder: Path, total: int, every_s: float | None = None):
+        if every_s is None:  # a terminal redraws the line; a log file gets one line each time
+            every_s = 2.0 if sys.stderr.isatty() else 30.0
+        self.folder, self.total, self.every_s = Path(folder).absolute(), total, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._seen: dict[Path, bool] = {}
+
+    def _count(self) -> tuple[int, int]:
+        for path in self.folder.glob("*/*_result.pkl"):
+            if path not in self._seen:
+                try:
+                    with path.open("rb") as f:
+                        self._seen[path] = pickle.load(f)[0] != "success"
+                except Exception:  # noqa: BLE001 - still being written: counted next time
+                    continue
+        failed = sum(self._seen.values())
+        return len(self._seen) - failed, failed
+
+    def _watch(self) -> None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total, desc="jobs", unit="job", mininterval=0)
+        try:
+            while not self._stop.wait(self.every_s):
+                ok, failed = self._count()
+                bar.n = ok + failed
+                bar.set_postfix(failed=failed, refresh=True)
+            ok, failed = self._count()
+            bar.n = ok + failed
+            bar.set_postfix(failed=failed, refresh=True)
+        finally:
+            bar.close()
+
+    def __enter__(self) -> JobWatch:
+        log.info("%d jobs submitted; their logs: %s/<job id>/", self.total, self.folder)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 class SlurmLauncher(SubmitsPendingShards, submitit_launcher.SlurmLauncher):

@@ -66,7 +66,7 @@ def metric(name: str, **overrides: Any) -> Metric:
     weights from the cache (``make weights``), in evaluation mode. ``m.score(m.prepare(ref), x)``
     gives the ``(N,)`` distances of ``x`` to ``ref``.
 
-    Example:
+    Examples:
         >>> import torch, attackpsm
         >>> lpips = attackpsm.metric("lpips_alex")
         >>> x = torch.zeros(1, 3, 64, 64)
@@ -84,7 +84,7 @@ def attack(name: str, **overrides: Any) -> Attack:
     value of the wrong type raises :class:`~attackpsm.config.ConfigError` naming the key and
     the option's valid keys.
 
-    Example:
+    Examples:
         >>> import attackpsm
         >>> attackpsm.attack("pgd", eps=0.01).eps
         0.01
@@ -100,7 +100,7 @@ def dataset(
 ) -> TripletDataset:
     """The dataset ``conf/dataset/<name>.yaml`` at ``resolution`` (a side in px or ``"native"``).
 
-    Example:
+    Examples:
         >>> import attackpsm
         >>> len(attackpsm.dataset("synthetic", resolution=32, num_triplets=3))
         3

@@ -344,7 +344,7 @@ def run_command(overrides: Sequence[str] = ()) -> pd.DataFrame:
     (the numbers :func:`run` returns). With ``shard.count`` > 1 it holds the shards finished
     so far.
 
-    Example:
+    Examples:
         >>> import attackpsm
         >>> table = attackpsm.run(["metric=l2", "attack=fgsm", "dataset.num_triplets=4",
         ...                        "logger=none", "progress=false"])  # doctest: +ELLIPSIS

@@ -26,6 +26,7 @@ from attackpsm.cluster import (
     write_sweep_summary,
 )
 from attackpsm.storage import read_identity, shard_counts
+from attackpsm.storage.records import RecordError
 
 
 def _records_for(path: Path) -> list[dict[str, Any]]:
@@ -40,7 +41,10 @@ def _records_for(path: Path) -> list[dict[str, Any]]:
     )
     out = []
     for run_dir in run_dirs:
-        identity = read_identity(run_dir)
+        try:
+            identity = read_identity(run_dir)
+        except RecordError:  # refused again, with the file named, when the run is merged
+            identity = {}
         for count in shard_counts(run_dir) or [1]:
             rel = run_dir.relative_to(path) if run_dir != path else Path(*run_dir.parts[-4:])
             out.append(
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.summary:
         write_sweep_summary(args.summary, finished)
-    incomplete = [s for _, s in finished if not s.merged]
+    incomplete = [s for _, s in finished if not s.merged or s.problem]
     if incomplete:
         print(
             f"{len(incomplete)} of {len(finished)} runs are incomplete: re-run the same sweep command to finish them",

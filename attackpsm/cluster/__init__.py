@@ -215,10 +215,10 @@ def write_record(sweep_dir: Path, name: str, record: dict[str, Any]) -> None:
 REQUIRED = ("run_dir", "results_dir", "shard_count")  # what a job record must hold
 
 
-def sweep_records(sweep_dir: Path) -> list[dict[str, Any]]:
+def sweep_records(sweep_dir: Path, refused: list[str] | None = None) -> list[dict[str, Any]]:
     """The job records of a sweep, read as plain data; a record that is not one is left
-    out with a line naming it (its job's run is still found by a results-directory merge).
-    Each record keeps the file it came from under ``record``."""
+    out with a line naming it (appended to ``refused`` too) -- its job's run is still found
+    by a merge of the results directory. Each record keeps its file's path under ``record``."""
     folder = Path(sweep_dir) / RECORDS
     out = []
     for path in sorted(folder.glob("*.json")) if folder.exists() else ():
@@ -231,6 +231,8 @@ def sweep_records(sweep_dir: Path) -> list[dict[str, Any]]:
                 raise RecordError(f"{path}: shard_count {rec['shard_count']!r} is not an integer")
         except (RecordError, FileNotFoundError) as exc:
             log.error("%s", exc)
+            if refused is not None:
+                refused.append(str(exc))
             continue
         rec["record"] = str(path)
         out.append(rec)

@@ -222,7 +222,7 @@ def check_targets(
                     cls = get_class(target)
                 except Exception as error:
                     raise refuse(target) from error
-                if not (isinstance(cls, type) and cls.__module__.startswith(modules)):
+                if not (isinstance(cls, type) and f"{cls.__module__}.".startswith(modules)):
                     raise refuse(target)
                 if bases and not issubclass(cls, bases):
                     raise refuse(target)

@@ -4,6 +4,8 @@ Files of shard ``i`` of ``n`` inside a run directory::
 
     shard-<i>-of-<n>.lease            the writer holding the shard (see lease.py)
     shard-<i>-of-<n>.parts/shard.json the shard's triplet ids in order and the data fingerprint
+    shard-<i>-of-<n>.parts/finished.json
+                                      checksums of the shard's two files, written as it finishes
     shard-<i>-of-<n>.parts/part-<start>-<stop>.parquet
                                       checkpoint of the batch at positions [start, stop)
     shard-<i>-of-<n>.errors.parquet   the shard's skipped triplets (id, reason)
@@ -13,7 +15,10 @@ A part is named by its batch's *position* in the shard, so a re-run writes a mis
 batch under the same name and a lost part is a gap in the positions, found and recomputed.
 A part that cannot be read, or holds other triplets than its positions, is renamed
 ``*.corrupt`` and its batch recomputed. Parts are kept after the shard finishes: a
-damaged shard file is rebuilt from them. Each repair logs one line saying what it did.
+damaged shard file is rebuilt from them, and so is one that is readable but not the file
+written when the shard finished (its checksum). The damaged file stays in place until its
+rebuilt copy replaces it, so a merge running meanwhile never finds the shard missing. Each
+repair logs one line saying what it did.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def test_planted_payloads_never_run(finished, tmp_path):
     "text, why",
     [
         ('x: "${oc.env:HOME}"', "holds an interpolation"),
-        (BOMB, "anchors and aliases are not allowed"),
+        (BOMB, r"more than 100,000 values \(aliases expanded\)"),
+        ("\n".join(["a: &a 1"] + [f"k{i}: *a" for i in range(101)]), "more than 100 aliases"),
         ("x: !!python/name:os.system ''", "not a readable YAML record"),
         ("x: " + "[" * 200 + "]" * 200, "nested"),
         ("x: " + "y" * (1 << 20), "more than the 1,048,576 a record may have"),
@@ -182,6 +183,26 @@ def test_planted_job_records_never_build_a_logger(finished, tmp_path):
     assert proc.returncode == 1, out[-3000:]
     assert f"{records / '000000.json'}: refusing to instantiate _target_ 'os.mkdir'" in out
     assert f"{records / '000001.json'}: logger holds an interpolation" in out
+    assert not made.exists()
+
+
+def test_planted_job_config_is_resolved_then_refused(cfg_factory, tmp_path):
+    """A sweep directory read through its jobs' saved ``config.yaml`` (no job records): a
+    dataset that *resolves* to ``os.mkdir`` is refused on its resolved value, naming the
+    file; nothing is built."""
+    from omegaconf import OmegaConf
+
+    from attackpsm.report.load import RefusedRecord, discover
+
+    made = tmp_path / "made-by-payload"
+    cfg = OmegaConf.to_container(cfg_factory(TINY), resolve=False)
+    cfg["dataset"] = f"${{oc.decode:'{{_target_: os.mkdir, _args_: [{made}]}}'}}"
+    job = tmp_path / "sweep" / "0" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    with pytest.warns(RefusedRecord, match="refusing to instantiate _target_ 'os.mkdir'") as got:
+        assert discover(tmp_path / "sweep") == []
+    assert str(job / "config.yaml") in str(got[0].message)
     assert not made.exists()
 
 

@@ -1,12 +1,13 @@
 """Files the package reads back are data, never code.
 
 Every YAML or JSON file a command reads back from disk -- a run's ``identity.yaml``, a
-shard's plan, a sweep's job records, a craft's ``source.yaml``, a Hydra job's saved
-``config.yaml`` -- goes through :func:`load_record`: a size limit, YAML's *safe* loader
-(plain mappings, lists, strings and numbers; no tags that construct objects), no anchors or
-aliases (what makes a 600-byte "billion laughs" file expand to gigabytes; the package never
-writes them), a bound on nesting depth and node count, and no OmegaConf interpolation
-(``${...}``) in a run record: the package writes its records resolved, and resolving a
+shard's plan and checksum record, the merge's ``merged.json``, the Parquet metadata of
+shard and merged files, a sweep's job records, ``wandb-aggregates.json``, a Hydra job's
+saved ``config.yaml`` -- goes through :func:`load_record` or :func:`parse_record`: a size
+limit, YAML's *safe* loader (plain mappings, lists, strings and numbers; no tags that
+construct objects), at most 100 aliases and 100,000 values with aliases expanded (a
+600-byte "billion laughs" file expands to 387 million), a bound on nesting depth, and no
+OmegaConf interpolation (``${...}``) in a run record: the package writes its records resolved, and resolving a
 planted ``${oc.decode:...}`` can turn a string into a ``_target_`` mapping.
 
 What such a file names is built only through :func:`build_from_record`: interpolations
@@ -28,12 +29,16 @@ from omegaconf import OmegaConf
 
 from attackpsm.storage.shards import StorageError
 
-# identity.yaml, source.yaml and a job's config.yaml are a few KB
+# identity.yaml and a job's config.yaml are a few KB
 MAX_YAML_BYTES = 1 << 20
 # a shard's plan lists its triplet ids: ~1.5 MB for all 36,344 BAPPS val triplets in one shard
 MAX_JSON_BYTES = 256 << 20
 MAX_DEPTH = 64
-MAX_NODES = 1_000_000
+# an alias is a reference, its expansion a copy: a 600-byte "billion laughs" file of 72
+# aliases expands to 387 million strings. Aliases are few and expansion is bounded.
+MAX_ALIASES = 100
+MAX_YAML_NODES = 100_000
+MAX_JSON_NODES = 20_000_000  # JSON has no aliases: its size bounds its expansion
 
 # classes a run record may name in ``_target_``: the package's datasets, metrics, attacks
 RUN_MODULES = ("attackpsm.data.", "attackpsm.metrics.", "attackpsm.attacks.")
@@ -56,34 +61,37 @@ def _base_loader() -> type:
         return yaml.SafeLoader
 
 
-class _NoAliasLoader(_base_loader()):  # type: ignore[misc]
-    """A safe YAML loader refusing anchors and aliases."""
+class _BoundedLoader(_base_loader()):  # type: ignore[misc]
+    """A safe YAML loader that accepts at most :data:`MAX_ALIASES` aliases."""
+
+    aliases = 0
 
     def compose_node(self, parent, index):  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.YAMLError(
-                f"alias *{event.anchor} at line {event.start_mark.line + 1}: anchors and "
-                "aliases are not allowed in files the package reads back"
-            )
-        event = self.peek_event()
-        if getattr(event, "anchor", None):
-            raise yaml.YAMLError(
-                f"anchor &{event.anchor} at line {event.start_mark.line + 1}: anchors and "
-                "aliases are not allowed in files the package reads back"
-            )
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                event = self.peek_event()
+                raise yaml.YAMLError(
+                    f"more than {MAX_ALIASES} aliases (the last *{event.anchor} at line "
+                    f"{event.start_mark.line + 1}): not a file the package wrote"
+                )
         return super().compose_node(parent, index)
 
 
-def _check_shape(value: Any, path: Path, interpolations: bool) -> None:
-    """Depth and node count within bounds; no ``${`` strings unless ``interpolations``."""
+def _check_shape(
+    value: Any, path: Path, interpolations: bool, max_nodes: int = MAX_YAML_NODES
+) -> None:
+    """Depth and node count (aliases expanded) within bounds; no ``${`` strings unless
+    ``interpolations``."""
     nodes = 0
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         node, where, depth = stack.pop()
         nodes += 1
-        if nodes > MAX_NODES:
-            raise RecordError(f"{path}: more than {MAX_NODES:,} values; not a run record")
+        if nodes > max_nodes:
+            raise RecordError(
+                f"{path}: more than {max_nodes:,} values (aliases expanded); not a run record"
+            )
         if depth > MAX_DEPTH:
             raise RecordError(f"{path}: nested deeper than {MAX_DEPTH} levels at {where or '.'}")
         if isinstance(node, dict):
@@ -125,7 +133,7 @@ def parse_record(
     if len(text) > limit:
         raise RecordError(f"{path}: {len(text):,} bytes, more than the {limit:,} a record may have")
     try:
-        value = json.loads(text) if is_json else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
+        value = json.loads(text) if is_json else yaml.load(text, Loader=_BoundedLoader)  # noqa: S506
     except RecursionError:
         raise RecordError(f"{path}: nested too deeply to be a run record") from None
     except (ValueError, yaml.YAMLError) as exc:
@@ -134,7 +142,7 @@ def parse_record(
             f"{path}: not a readable {'JSON' if is_json else 'YAML'} record "
             f"({type(exc).__name__}: {' '.join(first)[:200]})"
         ) from None
-    _check_shape(value, path, interpolations)
+    _check_shape(value, path, interpolations, MAX_JSON_NODES if is_json else MAX_YAML_NODES)
     return value
 
 

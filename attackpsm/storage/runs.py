@@ -38,6 +38,7 @@ from attackpsm.storage.shards import (
     parquet_bytes,
     read_meta,
     set_aside,
+    sha256_file,
 )
 from attackpsm.twoafc import accuracy
 
@@ -114,17 +115,31 @@ def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame]
         "fingerprint": meta["fingerprint"],
         "count": count,
         "run": run_dir.name,
+        "shards": _shard_checksums(run_dir, count),
     }
     write_text_atomic(run_dir / MERGED, json.dumps(record, indent=1))  # vouches for the next
     write_bytes_atomic(run_dir / RESULTS, results_bytes)  # last: it marks the run merged
     return results, errors
 
 
+def _shard_checksums(run_dir: Path, count: int) -> dict[str, str | None]:
+    """SHA-256 of each shard file of a run (``None`` for one that is not there)."""
+    out: dict[str, str | None] = {}
+    for i in range(count):
+        store = ShardStore(run_dir, i, count)
+        for path in (store.final, store.errors_final):
+            try:
+                out[path.name] = sha256_file(path)
+            except FileNotFoundError:
+                out[path.name] = None
+    return out
+
+
 def verify_merged(run_dir: Path, count: int) -> str | None:
     """Why a merged run's tables do not check out against its shards, or ``None``.
 
-    Checked: the checksums of ``results.parquet`` and ``errors.parquet`` against those the
-    merge recorded in ``merged.json``, their row counts, the data fingerprint (theirs,
+    Checked: the checksums of ``results.parquet``, ``errors.parquet`` and every shard file
+    against those the merge recorded in ``merged.json``, their row counts, the data fingerprint (theirs,
     ``identity.yaml``'s and every shard's), the shard count, and each triplet the shards
     expect appearing exactly once in them.
 
@@ -144,6 +159,8 @@ def verify_merged(run_dir: Path, count: int) -> str | None:
     )
     if changed:
         return changed
+    if record.get("shards") != _shard_checksums(run_dir, count):
+        return "a shard file changed since the merge"
     identity = read_identity(run_dir)
     try:
         meta = read_meta(results_path) or {}
@@ -315,10 +332,13 @@ def run_status(run_dir: Path, count: int) -> RunStatus:
             status.partial[index] = len(store.done_ids())
     merged = status.run_dir / RESULTS
     if status.complete and merged.exists():
-        newest_shard = max(
-            ShardStore(status.run_dir, i, count).final.stat().st_mtime_ns for i in range(count)
-        )
-        status.merged = merged.stat().st_mtime_ns >= newest_shard
+        try:  # a concurrent merge may be setting it aside right now: then it is not merged
+            newest_shard = max(
+                ShardStore(status.run_dir, i, count).final.stat().st_mtime_ns for i in range(count)
+            )
+            status.merged = merged.stat().st_mtime_ns >= newest_shard
+        except FileNotFoundError:
+            status.merged = False
     return status
 
 
@@ -339,15 +359,17 @@ def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
         statuses = [run_status(run_dir, c) for c in counts]
         count = next((s.count for s in statuses if s.complete), counts[0])
     status = run_status(run_dir, count)
-    if status.complete and not status.merged:
-        merge_shards(run_dir, count)
-        status = run_status(run_dir, count)
-    if status.merged:
-        loaded = load_results(run_dir)
-        if loaded is None:  # damaged and not rebuildable: the shards say what is missing
+    if status.complete:
+        # reused only when it checks out (load_results); merged again when it is out of
+        # date or was set aside by a concurrent merge meanwhile
+        loaded = load_results(run_dir) if status.merged else None
+        if loaded is None:
+            loaded = merge_shards(run_dir, count)
+        if loaded is None:  # a shard turned out unfinished: the status says which
             return run_status(run_dir, count)
         table = loaded[0]
         status = run_status(run_dir, count)
+        status.merged = True
         status.samples = len(table)
         status.flip_rate = (
             float(table["flipped"].astype(bool).mean()) if len(table) else float("nan")

@@ -244,6 +244,21 @@ def test_tampered_results_are_merged_again(finished, foreign, tmp_path):
         assert (run_dir / "results.parquet.corrupt").exists()
 
 
+def test_tables_copied_without_shards_are_checked_by_their_checksums(finished, tmp_path):
+    """A run directory copied without its shard files (to report elsewhere): its tables are
+    read when they match ``merged.json``; changed, they are refused, naming the file."""
+    from attackpsm.storage import StorageError, load_results
+
+    run_dir = copy_run(finished, tmp_path)
+    for path in run_dir.glob("shard-*"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    results, _ = load_results(run_dir)
+    pd.testing.assert_frame_equal(results, pd.read_parquet(finished / "results.parquet"))
+    _first_rows(run_dir / "results.parquet")
+    with pytest.raises(StorageError, match="results.parquet is not the file written"):
+        load_results(run_dir)
+
+
 @pytest.mark.slow  # two runs of the app
 def test_rerun_does_not_reuse_tampered_results(finished, foreign, tmp_path):
     """A re-run of the finished run does not take a tampered ``results.parquet`` as done:

@@ -15,8 +15,8 @@ A lease is taken over only when its owner is really gone:
   smaller ``SLURM_RESTART_COUNT`` (SLURM raises it on every requeue). A matching job id
   alone proves nothing: two live processes can share one (``srun`` steps, a copied
   environment);
-* the file is empty or unreadable: creation never leaves one (the content is complete
-  before the link), so it is the debris of a failed write (a full disk).
+* the file is empty or unreadable (for over a second): creation never leaves one (the
+  content is complete before the link), so it is the debris of a failed write (a full disk).
 
 A writer that finds its lease taken over stops before writing anything more
 (:meth:`Lease.check`).
@@ -41,6 +41,9 @@ log = logging.getLogger("attackpsm")
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
 # a lease file is a few hundred bytes; anything much larger is not one
 MAX_LEASE_BYTES = 64 * 1024
+# a lease appears complete (hard link); only on a file system without hard links is it
+# created empty and written microseconds later: an empty lease older than this is debris
+EMPTY_GRACE_S = 1.0
 
 
 class LeaseHeld(RuntimeError):
@@ -112,6 +115,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _read(path: Path) -> tuple[dict[str, Any] | None, float | None]:
     """The owner record and heartbeat time of a lease file (``None``s when it is gone)."""
+    beat = time.time()
     try:
         info = path.stat()
         beat = info.st_mtime
@@ -184,9 +188,9 @@ class Lease:
 
     def stale_reason(self, owner: dict[str, Any], beat: float) -> str | None:
         """Why a lease may be taken over, or ``None`` while its owner is alive."""
-        if not owner:
-            return "the lease file is empty or unreadable (the debris of a failed write)"
         age = time.time() - beat
+        if not owner and age > EMPTY_GRACE_S:
+            return "the lease file is empty or unreadable (the debris of a failed write)"
         if age > self.stale_s:
             return f"no heartbeat for {age:.0f}s (lease.stale_s={self.stale_s:g})"
         pid = owner.get("pid")

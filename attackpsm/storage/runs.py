@@ -135,13 +135,14 @@ def _shard_checksums(run_dir: Path, count: int) -> dict[str, str | None]:
     return out
 
 
-def verify_merged(run_dir: Path, count: int) -> str | None:
+def verify_merged(run_dir: Path, count: int | None) -> str | None:
     """Why a merged run's tables do not check out against its shards, or ``None``.
 
     Checked: the checksums of ``results.parquet``, ``errors.parquet`` and every shard file
-    against those the merge recorded in ``merged.json``, their row counts, the data fingerprint (theirs,
-    ``identity.yaml``'s and every shard's), the shard count, and each triplet the shards
-    expect appearing exactly once in them.
+    against those the merge recorded in ``merged.json``, their row counts, the data
+    fingerprint (theirs, ``identity.yaml``'s and every shard's), the shard count, and each
+    triplet the shards expect appearing exactly once in them. With ``count`` None (a run
+    directory copied without its shard files) only what needs no shard is checked.
 
     Raises:
         RecordError: ``identity.yaml`` or a shard's metadata is not plain data.
@@ -159,7 +160,7 @@ def verify_merged(run_dir: Path, count: int) -> str | None:
     )
     if changed:
         return changed
-    if record.get("shards") != _shard_checksums(run_dir, count):
+    if count is not None and record.get("shards") != _shard_checksums(run_dir, count):
         return "a shard file changed since the merge"
     identity = read_identity(run_dir)
     try:
@@ -175,7 +176,7 @@ def verify_merged(run_dir: Path, count: int) -> str | None:
             f"{RESULTS} has {len(ids)} rows and {ERRORS} {len(skipped)}; the merge wrote "
             f"{record.get('rows')} and {record.get('errors')}"
         )
-    if record.get("count") != count or meta.get("count") != count:
+    if count is not None and (record.get("count") != count or meta.get("count") != count):
         return f"it was merged from {record.get('count')} shards, not {count}"
     if record.get("run") != run_dir.name:
         return f"it was merged in {record.get('run')}, not in {run_dir.name}"
@@ -186,7 +187,7 @@ def verify_merged(run_dir: Path, count: int) -> str | None:
     }
     expected: set[str] = set()
     rows_in_shards = 0
-    for i in range(count):
+    for i in range(count or 0):
         store = ShardStore(run_dir, i, count)
         try:
             shard_meta = read_meta(store.final)
@@ -200,7 +201,7 @@ def verify_merged(run_dir: Path, count: int) -> str | None:
             expected.update(shard_meta.get("ids") or [])
     if len({v for v in prints.values() if v}) > 1 or not prints[RESULTS]:
         return "data fingerprints differ: " + ", ".join(f"{k} {v}" for k, v in prints.items())
-    if rows_in_shards != len(ids):
+    if count is not None and rows_in_shards != len(ids):
         return f"{RESULTS} has {len(ids)} rows, the shards {rows_in_shards}"
     both = [*ids, *skipped]
     twice = sorted(t for t, n in Counter(both).items() if n > 1)
@@ -228,7 +229,9 @@ def write_tables(run_dir: Path, results: pd.DataFrame, skipped: int, identity: d
 def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """A merged run's ``results.parquet`` and ``errors.parquet``; ``None`` if not merged.
 
-    They are reused only when they check out against the shards (:func:`verify_merged`);
+    They are reused only when they check out against the shards (:func:`verify_merged`;
+    without a complete set of shard files, e.g. copied without them: against
+    ``merged.json`` alone);
     otherwise, and when they cannot be read, they are set aside and merged again from the
     shards, and a line says so.
 
@@ -257,7 +260,8 @@ def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         except Exception:  # noqa: BLE001
             damaged = path
     else:  # readable: reused only when it checks out against the shards
-        problem = verify_merged(run_dir, complete[0]) if complete else "no complete set of shards"
+        # without a complete set of shards (copied without them): merged.json alone
+        problem = verify_merged(run_dir, complete[0] if complete else None)
         if problem is None:
             return results, errors
         if problem.startswith(ERRORS):

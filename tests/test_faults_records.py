@@ -25,7 +25,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from attackpsm.storage.records import RecordError, load_record
 from tests.test_faults_storage import (
     ENV,
     ROOT,
@@ -149,6 +148,8 @@ def test_planted_payloads_never_run(finished, tmp_path):
 )
 def test_records_are_plain_data_within_limits(tmp_path, text, why):
     """What each limit refuses, with the file named (fast, in-process)."""
+    from attackpsm.storage.records import RecordError, load_record
+
     path = tmp_path / "identity.yaml"
     path.write_text(text)
     started = time.monotonic()

@@ -35,6 +35,7 @@ from attackpsm.storage.identity import (
     write_identity,
 )
 from attackpsm.storage.lease import Lease, LeaseHeld, LeaseLost
+from attackpsm.storage.records import RecordError, load_record
 from attackpsm.storage.runs import (
     RunStatus,
     finished_shard,
@@ -45,6 +46,7 @@ from attackpsm.storage.runs import (
     read_run,
     run_status,
     shard_counts,
+    verify_merged,
 )
 from attackpsm.storage.shards import ShardStore, StorageError
 
@@ -53,6 +55,7 @@ __all__ = [
     "LeaseHeld",
     "LeaseLost",
     "RunDirs",
+    "RecordError",
     "RunStatus",
     "ShardStore",
     "StorageError",
@@ -61,6 +64,7 @@ __all__ = [
     "finished_shard",
     "headline",
     "identity_hash",
+    "load_record",
     "load_results",
     "merge_run",
     "merge_shards",
@@ -70,6 +74,7 @@ __all__ = [
     "run_identity",
     "run_status",
     "shard_counts",
+    "verify_merged",
     "write_atomic",
     "write_bytes_atomic",
     "write_identity",

@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from attackpsm.storage.records import load_mapping
+
 SCHEMA_VERSION = 1
 
 # the keys of a leaderboard entry that a card states at its top level (the rest of the
@@ -268,7 +270,7 @@ def read_cards(folder: str | Path) -> list[dict[str, Any]]:
     """Every ``*.card.json`` below ``folder``, validated (sorted by path)."""
     cards = []
     for path in sorted(Path(folder).rglob("*.card.json")):
-        card = json.loads(path.read_text())
+        card = load_mapping(path)  # plain data within size limits
         try:
             validate(card)
         except CardError as error:

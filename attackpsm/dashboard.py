@@ -37,7 +37,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pandas as pd
-import yaml
 
 from attackpsm.loggers import CURVE, CURVE_TITLES, DISTRIBUTIONS, sweep_group
 
@@ -61,10 +60,11 @@ def sweep_runs(path: str | Path) -> list[dict[str, Any]]:
     """Metric, attack, resolution, W&B group and subsets of each run folder below ``path``
     (a results directory or a Hydra sweep directory, as ``python -m attackpsm.report`` reads)."""
     from attackpsm.report.load import discover
+    from attackpsm.storage import read_identity
 
     out = []
     for run_dir in discover(path):
-        identity = yaml.safe_load((run_dir / "identity.yaml").read_text())
+        identity = read_identity(run_dir)  # plain data within limits, or an error naming it
         subsets: list[str] = []
         for name in (
             "results.parquet",

@@ -36,6 +36,7 @@ from attackpsm.attacks.min_eps import median_radius, robustness_curve
 from attackpsm.cards import card_path, entry_from_card, read_cards, write_card
 from attackpsm.report.load import Run, load_runs
 from attackpsm.results import quantile
+from attackpsm.storage.records import load_mapping
 from attackpsm.twoafc import accuracy, agreement
 
 PAPER_BUDGET = 0.03  # ℓ∞ ε of PGD in the paper, on the [-1, 1] scale
@@ -528,7 +529,7 @@ def read_diagnostics(results: str | Path) -> list[dict[str, Any]]:
     """The reports of ``python -m attackpsm.diagnose`` below ``<results>/diagnostics``."""
     folder = Path(results) / "diagnostics"
     return (
-        [json.loads(p.read_text()) for p in sorted(folder.rglob("*.json"))]
+        [load_mapping(p) for p in sorted(folder.rglob("*.json"))]  # data only
         if folder.is_dir()
         else []
     )

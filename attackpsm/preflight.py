@@ -8,11 +8,21 @@ valid ones. The attacks check their own parameters when they are built (ε, α a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from attackpsm.config import ConfigError, check_node
+
+# The largest image side a run resizes to. The paper evaluates 64 to 768 px (CLIC's native
+# size, Table 6); a side of 100,000 px would need ~120 GB per image batch before any check.
+MAX_RESOLUTION = 4096
+# Seeds go to Python, NumPy and torch; NumPy's legacy generator takes [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+# A heartbeat every stale_s / 4 seconds: below one second a busy machine's scheduling
+# pauses would look like dead writers.
+MIN_STALE_S = 1.0
 
 
 def check_shards(count: Any, index: Any = 0) -> None:
@@ -50,9 +60,10 @@ def check_resolution(cfg: DictConfig) -> None:
     size = cfg.resolution.size
     if size is None:
         return
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_RESOLUTION:
         raise ConfigError(
-            f"resolution.size must be a positive integer or null (native), got {size!r}"
+            f"resolution.size must be an integer in [1, {MAX_RESOLUTION}] (pixels per side) "
+            f"or null (native), got {size!r}"
         )
     minimum = metric_minimum_size(cfg.metric)
     if size < minimum:
@@ -63,9 +74,49 @@ def check_resolution(cfg: DictConfig) -> None:
         )
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_seed(seed: Any) -> None:
+    """``seed`` is a whole number in ``[0, MAX_SEED]``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {seed!r}")
+
+
+def check_lease(lease: Any) -> None:
+    """``lease.stale_s`` finite and >= :data:`MIN_STALE_S`; ``lease.wait_s`` >= 0 (may be inf)."""
+    stale = lease.get("stale_s") if lease is not None else None
+    wait = lease.get("wait_s") if lease is not None else None
+    if not _is_number(stale) or not math.isfinite(stale) or stale < MIN_STALE_S:
+        raise ConfigError(
+            f"lease.stale_s must be a finite number of seconds >= {MIN_STALE_S:g} (a lease "
+            f"whose heartbeat is older is taken over), got {stale!r}"
+        )
+    if not _is_number(wait) or math.isnan(wait) or wait < 0:
+        raise ConfigError(
+            f"lease.wait_s must be a number of seconds >= 0 (inf: wait for the writer as long "
+            f"as it lives), got {wait!r}"
+        )
+
+
+def check_workers(workers: Any) -> None:
+    """``num_workers`` is a whole number >= 0."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(
+            f"num_workers must be an integer >= 0 (0: load in-process), got {workers!r}"
+        )
+
+
 def check_run(cfg: DictConfig) -> None:
-    """Every check that needs no data, in the order a user would fix them."""
+    """Every check that needs no data, in the order a user would fix them.
+
+    It runs before the run directory exists: a refused value leaves no file behind.
+    """
     check_shards(cfg.shard.count, cfg.shard.index)
     for group in ("dataset", "metric", "attack"):
         check_node(cfg[group], group)
     check_resolution(cfg)
+    check_seed(cfg.get("seed"))
+    check_lease(cfg.get("lease"))
+    check_workers(cfg.get("num_workers", 0))

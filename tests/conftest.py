@@ -40,6 +40,23 @@ def _file_digest_memo(tmp_path_factory):
     os.environ["ATTACKPSM_DIGESTS"] = str(tmp_path_factory.mktemp("digests"))
 
 
+def write_finished_run(run_dir: Path, rows, errors=None) -> None:
+    """A hand-written per-triplet table as a finished one-shard run leaves it: the shard's
+    files (with the ids it expects), then the merge (merged tables, checksums, summaries)."""
+    import pandas as pd
+
+    from attackpsm.storage import merge_shards
+    from attackpsm.storage.shards import write_parquet
+
+    if errors is None:
+        errors = pd.DataFrame(columns=["triplet_id", "subset", "reason"])
+    ids = sorted({*rows["triplet_id"], *errors["triplet_id"]})
+    meta = {"fingerprint": "hand-written", "index": 0, "count": 1, "ids": ids}
+    write_parquet(errors, run_dir / "shard-00000-of-00001.errors.parquet", meta)
+    write_parquet(rows, run_dir / "shard-00000-of-00001.parquet", meta)
+    merge_shards(run_dir, 1)
+
+
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda overrides=None: make_cfg(tmp_path, overrides)

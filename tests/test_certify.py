@@ -22,6 +22,7 @@ from attackpsm.metrics.classic import L2
 from attackpsm.metrics.smoothed import Smoothed
 from attackpsm.report.load import load_runs
 from attackpsm.run import run
+from attackpsm.storage.shards import read_meta, write_parquet
 from tests.conftest import make_cfg
 
 
@@ -154,9 +155,14 @@ def test_certified_radius_never_exceeds_the_empirical_one_through_the_pipeline(t
     # a corrupted certificate on disk (radius above the attack's) fails the build, by name
     finite = both[np.isfinite(both["min_eps"])].iloc[0]
     path = next(r.run_dir for r in runs if r.identity["attack"]["name"] == "certify")
-    table = pd.read_parquet(path / "results.parquet")
+    # in the shard file (one finished without a checksum record: a changed merged table, or
+    # a shard file with one, would be rebuilt from the shard or its parts and never reach
+    # the leaderboard), merged again from it
+    shard = path / "shard-00000-of-00001.parquet"
+    table, meta = pd.read_parquet(shard), read_meta(shard)
     table.loc[table["triplet_id"] == finite["triplet_id"], "radius"] = finite["min_eps"] + 0.01
-    table.to_parquet(path / "results.parquet")
+    write_parquet(table, shard, meta)
+    (path / "shard-00000-of-00001.parts" / "finished.json").unlink()
     with pytest.raises(ValueError, match=f"first '{finite['triplet_id']}'"):
         build_leaderboard(load_runs(tmp_path / "results"))
     assert (both["radius"] <= both["min_eps"]).all()

@@ -379,9 +379,11 @@ def test_lease_taken_over_only_when_stale(tmp_path, monkeypatch):
     second.release()
     assert not path.exists()
 
-    # a requeued SLURM task (same job id, on any host) takes its previous attempt's lease at once
+    # a requeued SLURM task (same job id, restart count grown, on any host) takes its
+    # previous attempt's lease at once
     path.write_text('{"host": "node-a", "pid": 1, "slurm_job_id": "77", "token": "t"}')
     monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     third = Lease(path, stale_s=600, wait_s=0)
     assert third.acquire()
     third.release()
@@ -394,6 +396,8 @@ def test_merge_stops_naming_missing_or_repeated_triplets(finished, tmp_path):
     shard = run_dir / "shard-00000-of-00001.parquet"
     rows, meta = pd.read_parquet(shard), read_meta(shard)
     lost = rows["triplet_id"].iloc[5]
+    # shard files without a checksum record (finished by an older version): the ids decide
+    (run_dir / "shard-00000-of-00001.parts" / "finished.json").unlink()
     write_parquet(rows.drop(index=5), shard, meta)
     with pytest.raises(StorageError, match=rf"missing {lost}"):
         merge_shards(run_dir, 1)

@@ -17,6 +17,7 @@ from attackpsm.report.build import build_report, log_to_wandb
 from attackpsm.report.load import load_runs
 from attackpsm.report.tables import build_tables, fmt_flips, wilson_interval
 from attackpsm.results import BASE_COLUMNS
+from tests.conftest import write_finished_run
 
 TABLES_TXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "tables.txt"
 
@@ -120,10 +121,7 @@ def write_run(
     )
     run_dir.mkdir(parents=True)
     (run_dir / "identity.yaml").write_text(yaml.safe_dump(identity))
-    rows.to_parquet(run_dir / "results.parquet", index=False)
-    pd.DataFrame(columns=["triplet_id", "subset", "reason"]).to_parquet(
-        run_dir / "errors.parquet", index=False
-    )
+    write_finished_run(run_dir, rows)
     return run_dir
 
 
@@ -341,7 +339,8 @@ def test_no_paper_column_outside_the_papers_settings(tmp_path):
 def test_unfinished_run_is_read_from_its_shards(tmp_path):
     run_dir = write_run(tmp_path, "l2", PGD, triplets(4, 1, 2, 1))
     frame = pd.read_parquet(run_dir / "results.parquet")
-    (run_dir / "results.parquet").unlink()
+    for f in [*run_dir.glob("shard-*"), run_dir / "results.parquet", run_dir / "merged.json"]:
+        f.unlink()
     frame.iloc[:3].to_parquet(run_dir / "shard-00000-of-00002.parquet")
     with pytest.warns(UserWarning, match="not all shards"):
         (run,) = load_runs(tmp_path)

@@ -35,6 +35,7 @@ from attackpsm.report.tables import attack_rows, build_tables
 from attackpsm.results import BASE_COLUMNS, summarize, summary_markdown
 from attackpsm.stats import STAT_COLUMNS
 from attackpsm.twoafc import human_agrees
+from tests.conftest import write_finished_run
 from tests.test_report import (
     BAPPS,
     PGD,
@@ -159,10 +160,7 @@ def write_run(
     run_dir = root / dataset["name"] / metric / attack["name"] / f"res{resolution}-{digest}"
     run_dir.mkdir(parents=True)
     (run_dir / "identity.yaml").write_text(yaml.safe_dump(identity))
-    rows.to_parquet(run_dir / "results.parquet", index=False)
-    pd.DataFrame(columns=["triplet_id", "subset", "reason"]).to_parquet(
-        run_dir / "errors.parquet", index=False
-    )
+    write_finished_run(run_dir, rows)
 
 
 def make_runs(root: Path) -> None:

@@ -54,6 +54,7 @@ from attackpsm.storage import (
     shard_counts,
     write_text_atomic,
 )
+from attackpsm.storage.records import RecordError, build_from_record, load_mapping
 
 log = logging.getLogger("attackpsm")
 
@@ -68,18 +69,24 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+LOGGER_MODULES = ("attackpsm.loggers.",)  # what a job record's logger may name
+
+
 def log_aggregate(
-    run_dir: Path, logger_spec: dict[str, Any] | None, results_dir: Path | None = None
+    run_dir: Path,
+    logger_spec: dict[str, Any] | None,
+    results_dir: Path | None = None,
+    source: str | Path = "the job record",
 ) -> bool:
     """Log one W&B run (job type ``aggregate``) with the merged results of a run identity.
 
     It joins the group of the shards' runs (the run directory relative to the results
     directory). Logged once per merged table and W&B destination: a re-run finds the
     record in ``wandb-aggregates.json`` and logs nothing. Returns True when it logged.
+    ``logger_spec`` comes from a file (``source``): it is built only when, resolved, it
+    names one of the package's loggers (:func:`attackpsm.storage.records.build_from_record`).
     """
-    from hydra.utils import instantiate
-
-    from attackpsm.loggers import aggregate_config, flat_keys, log_results
+    from attackpsm.loggers import NullLogger, aggregate_config, flat_keys, log_results
 
     run_dir = Path(run_dir)
     if not logger_spec or not logger_spec.get("_target_") or logger_spec.get("mode") == "disabled":
@@ -94,8 +101,14 @@ def log_aggregate(
     )
     digest = _sha256(merged)
     record_path = run_dir / AGGREGATES
-    records = json.loads(record_path.read_text()) if record_path.exists() else {}
-    if records.get(destination, {}).get("results_sha256") == digest:
+    try:
+        records = load_mapping(record_path)
+    except FileNotFoundError:
+        records = {}
+    except RecordError as exc:
+        log.warning("%s; logging the aggregate again", exc)
+        records = {}
+    if (records.get(destination) or {}).get("results_sha256") == digest:
         return False
     group = str(run_dir.relative_to(results_dir)) if results_dir else "/".join(run_dir.parts[-4:])
     loaded = load_results(run_dir)
@@ -103,7 +116,16 @@ def log_aggregate(
         return False
     table, errors = loaded
     summary_path = run_dir / "summary.csv"
-    logger = instantiate(logger_spec, group=group, name=f"{group}/all", job_type="aggregate")
+    logger = build_from_record(
+        logger_spec,
+        source,
+        LOGGER_MODULES,
+        (NullLogger,),
+        drop=(),
+        group=group,
+        name=f"{group}/all",
+        job_type="aggregate",
+    )
     try:
         if getattr(logger, "run", None) is None:
             return False
@@ -173,9 +195,7 @@ def log_sweep(
     destination (``wandb-sweeps.json`` in the results directory): a re-run of a finished
     sweep logs nothing. Returns True when it logged.
     """
-    from hydra.utils import instantiate
-
-    from attackpsm.loggers import CURVE_TITLES, sweep_group
+    from attackpsm.loggers import CURVE_TITLES, NullLogger, sweep_group
 
     if logger_spec is None:
         logger_spec = next((rec["logger"] for rec, _ in finished if rec.get("logger")), None)
@@ -203,11 +223,20 @@ def log_sweep(
     ).hexdigest()
     results_dir = next((rec["results_dir"] for rec, _ in finished if rec.get("results_dir")), None)
     record_path = Path(results_dir or sweep_dir) / SWEEP_RECORD
-    records = json.loads(record_path.read_text()) if record_path.exists() else {}
+    records = load_mapping(record_path) if record_path.exists() else {}
     if records.get(destination, {}).get(group, {}).get("tables_sha256") == digest:
         return False
     name = f"sweep {sweep_dir.resolve()}"
-    logger = instantiate(logger_spec, group=group, name=name, job_type="sweep")
+    logger = build_from_record(  # the logger named in the sweep's job records: data, checked
+        logger_spec,
+        sweep_dir,
+        LOGGER_MODULES,
+        (NullLogger,),
+        drop=(),
+        group=group,
+        name=name,
+        job_type="sweep",
+    )
     try:
         if getattr(logger, "run", None) is None:
             return False
@@ -300,13 +329,31 @@ def write_record(sweep_dir: Path, name: str, record: dict[str, Any]) -> None:
     write_text_atomic(folder / f"{name}.json", json.dumps(record, indent=1, default=str))
 
 
-def sweep_records(sweep_dir: Path) -> list[dict[str, Any]]:
+REQUIRED = ("run_dir", "results_dir", "shard_count")  # what a job record must hold
+
+
+def sweep_records(sweep_dir: Path, refused: list[str] | None = None) -> list[dict[str, Any]]:
+    """The job records of a sweep, read as plain data; a record that is not one is left
+    out with a line naming it (appended to ``refused`` too) -- its job's run is still found
+    by a merge of the results directory. Each record keeps its file's path under ``record``."""
     folder = Path(sweep_dir) / RECORDS
-    return (
-        [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-        if folder.exists()
-        else []
-    )
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.exists() else ():
+        try:
+            rec = load_mapping(path)
+            missing = [k for k in REQUIRED if k not in rec]
+            if missing:
+                raise RecordError(f"{path}: not a job record (no {', '.join(missing)})")
+            if isinstance(rec["shard_count"], bool) or not isinstance(rec["shard_count"], int):
+                raise RecordError(f"{path}: shard_count {rec['shard_count']!r} is not an integer")
+        except (RecordError, FileNotFoundError) as exc:
+            log.error("%s", exc)
+            if refused is not None:
+                refused.append(str(exc))
+            continue
+        rec["record"] = str(path)
+        out.append(rec)
+    return out
 
 
 def finish_runs(
@@ -324,7 +371,16 @@ def finish_runs(
             log.error("%s", exc)
             status = RunStatus(Path(run_dir), count, problem=str(exc))
         if status.merged and wandb:
-            log_aggregate(Path(run_dir), rec.get("logger"), Path(rec["results_dir"]))
+            try:
+                log_aggregate(
+                    Path(run_dir),
+                    rec.get("logger"),
+                    Path(rec["results_dir"]),
+                    rec.get("record", "the job record"),
+                )
+            except RecordError as exc:  # a planted logger: refused, named; never built
+                log.error("%s", exc)
+                status.problem = str(exc)
         out.append((rec, status))
     return out
 
@@ -351,6 +407,8 @@ def status_lines(finished: list[tuple[dict[str, Any], RunStatus]]) -> list[str]:
     for _, s in finished:
         if s.merged:
             state = f"done: {s.samples} triplets, flip rate {s.flip_rate:.1%}"
+            if s.problem:
+                state += f"; but {s.problem}"
         elif s.problem:
             state = f"not merged: {s.problem}"
         else:

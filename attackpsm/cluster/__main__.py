@@ -28,13 +28,14 @@ from attackpsm.cluster import (
     write_sweep_summary,
 )
 from attackpsm.storage import read_identity, shard_counts
+from attackpsm.storage.records import RecordError
 
 
-def _records_for(path: Path) -> list[dict[str, Any]]:
+def _records_for(path: Path, refused: list[str] | None = None) -> list[dict[str, Any]]:
     """Records for a sweep directory, a run directory or a results directory."""
     path = Path(path).absolute()
     if (path / RECORDS).exists():
-        return sweep_records(path)
+        return sweep_records(path, refused)
     run_dirs = (
         [path]
         if (path / "identity.yaml").exists()
@@ -42,7 +43,10 @@ def _records_for(path: Path) -> list[dict[str, Any]]:
     )
     out = []
     for run_dir in run_dirs:
-        identity = read_identity(run_dir)
+        try:
+            identity = read_identity(run_dir)
+        except RecordError:  # refused again, with the file named, when the run is merged
+            identity = {}
         for count in shard_counts(run_dir) or [1]:
             rel = run_dir.relative_to(path) if run_dir != path else Path(*run_dir.parts[-4:])
             out.append(
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 when every run found is merged, 1 when some are incomplete.
+        The exit status: 0 when every run found is merged, 1 when some are incomplete
+        or a record was refused.
     """
     parser = argparse.ArgumentParser(
         prog="python -m attackpsm.cluster",
@@ -97,12 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     paths = args.paths or [Path(os.environ.get("ATTACKPSM_RESULTS", "results"))]
-    records = []
+    records: list[dict[str, Any]] = []
+    refused: list[str] = []
     found_in: dict[Path, set[str]] = {}
     for path in paths:
         if not path.exists():
             parser.error(f"{path} does not exist")
-        found = _records_for(path)
+        found = _records_for(path, refused)
         if args.wandb_dir:
             spec = {
                 "_target_": "attackpsm.loggers.WandbLogger",
@@ -125,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no W&B sweep run for {path}: {exc}", file=sys.stderr)
     if args.summary:
         write_sweep_summary(args.summary, finished)
-    incomplete = [s for _, s in finished if not s.merged]
+    incomplete = [s for _, s in finished if not s.merged or s.problem]
     if incomplete:
         print(
             f"{len(incomplete)} of {len(finished)} runs are incomplete: re-run the same sweep command to finish them",
             file=sys.stderr,
         )
-    return 1 if incomplete else 0
+    for message in refused:
+        print(f"refused job record: {message}", file=sys.stderr)
+    return 1 if incomplete or refused else 0
 
 
 if __name__ == "__main__":

@@ -43,23 +43,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = parse_args(argv)
     from attackpsm.report.build import build_report
+    from attackpsm.report.load import RefusedRecord
 
     def split(text: str) -> list[str] | None:
         return [x for x in text.split(",") if x] or None
 
-    report = build_report(
-        args.source,
-        out=args.out,
-        examples=args.examples,
-        example_metrics=split(args.example_metrics),
-        example_attacks=split(args.example_attacks),
-        device=args.device,
-        dataset_overrides={"root": args.dataset_root} if args.dataset_root else None,
-        wandb_mode=None if args.wandb == "none" else args.wandb,
-        wandb_dir=args.wandb_dir,
-    )
+    refused: list[str] = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RefusedRecord):
+            refused.append(str(message))
+        print(f"{category.__name__}: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            report = build_report(
+                args.source,
+                out=args.out,
+                examples=args.examples,
+                example_metrics=split(args.example_metrics),
+                example_attacks=split(args.example_attacks),
+                device=args.device,
+                dataset_overrides={"root": args.dataset_root} if args.dataset_root else None,
+                wandb_mode=None if args.wandb == "none" else args.wandb,
+                wandb_dir=args.wandb_dir,
+            )
+        except FileNotFoundError as exc:
+            if not refused:
+                raise
+            report = None
+            print(f"error: {exc}", file=sys.stderr)
+    if report is None:
+        return _refusals(refused)
     print(
         f"{len(report.runs)} runs -> {len(report.tables)} tables, {len(report.figures)} figures in {report.out.absolute()}"
     )
@@ -69,7 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  figures/{stem}.png")
     for note in report.notes:
         print(f"  note: {note}")
-    return 0
+    return _refusals(refused) if refused else 0
+
+
+def _refusals(refused: list[str]) -> int:
+    print(
+        f"error: {len(refused)} record(s) refused, their runs are not in the report:",
+        file=sys.stderr,
+    )
+    for message in refused:
+        print(f"  {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from attackpsm.images import to_uint8
 from attackpsm.report import paper
 from attackpsm.report.load import Run, load_run
 from attackpsm.stats import PAPER_COLUMNS
+from attackpsm.storage import records
+from attackpsm.storage.records import RUN_MODULES
 from attackpsm.tablestats import agree_labels
 
 
@@ -96,54 +98,19 @@ def choose_examples(results: pd.DataFrame, n: int = 4) -> list[str]:
 
 
 # ``identity.yaml`` is a file on disk: what it names is instantiated only when it is one of
-# the package's own datasets, metrics or attacks (never, say, ``os.system``)
-ALLOWED_MODULES = (
-    "attackpsm.data.",
-    "attackpsm.metrics.",
-    "attackpsm.attacks.",
-)
+# the package's own datasets, metrics or attacks (never, say, ``os.system``), checked on the
+# value that is instantiated (:mod:`attackpsm.storage.records`)
+ALLOWED_MODULES = RUN_MODULES
 
 
 def check_targets(node: Any, source: str) -> None:
-    """Refuse any ``_target_`` in ``node`` that is not one of the package's own classes.
-
-    A target must name a class defined in :data:`ALLOWED_MODULES` that is a dataset, a
-    metric or an attack. The string is checked before anything is imported.
+    """Refuse any ``_target_`` in ``node`` that is not one of the package's datasets, metrics
+    or attacks (:func:`attackpsm.storage.records.check_targets`).
 
     Raises:
         ValueError: naming the target, the file it came from and what is allowed.
     """
-    from attackpsm.attacks.base import Attack
-    from attackpsm.data.base import TripletDataset
-    from attackpsm.metrics.base import Metric
-
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None:
-            refusal = (
-                f"{source}: refusing to instantiate _target_ {target!r}: only the package's "
-                f"own datasets, metrics and attacks (classes in {', '.join(ALLOWED_MODULES)}) "
-                "may be named there"
-            )
-            if not isinstance(target, str) or not target.startswith(ALLOWED_MODULES):
-                raise ValueError(refusal)
-            from hydra.utils import get_class
-
-            try:
-                cls = get_class(target)
-            except Exception as error:
-                raise ValueError(refusal) from error
-            if not (
-                isinstance(cls, type)
-                and cls.__module__.startswith(ALLOWED_MODULES)
-                and issubclass(cls, (TripletDataset, Metric, Attack))
-            ):
-                raise ValueError(refusal)
-        for value in node.values():
-            check_targets(value, source)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            check_targets(value, source)
+    records.check_targets(node, source)
 
 
 def regenerate(
@@ -167,7 +134,7 @@ def regenerate(
     """
     from attackpsm.data.base import collate
     from attackpsm.engine import attack_batch
-    from attackpsm.run import build, resolve_device, seed_everything
+    from attackpsm.run import resolve_device, seed_everything
 
     run = run if isinstance(run, Run) else load_run(run)
     if run is None:
@@ -177,15 +144,19 @@ def regenerate(
         return []
     identity = run.identity
     source = str(Path(run.run_dir) / "identity.yaml")
-    for part in ("dataset", "metric", "attack"):  # before anything is built
+    specs = {}
+    for part in ("dataset", "metric", "attack"):  # resolved and checked before anything is built
         node = identity[part]
-        check_targets(OmegaConf.to_container(node) if OmegaConf.is_config(node) else node, source)
+        if part == "dataset":
+            node = {**(OmegaConf.to_container(node) if OmegaConf.is_config(node) else node)}
+            node.update(dataset_overrides or {})
+        specs[part] = records.resolved_spec(node, source)
+        records.check_targets(specs[part], source)
     seed_everything(int(identity.get("seed", 0)))
     dev = resolve_device(device)
-    dataset_cfg = OmegaConf.create({**identity["dataset"], **(dataset_overrides or {})})
-    dataset = build(dataset_cfg, size=identity.get("resolution"))
-    metric = build(OmegaConf.create(identity["metric"])).to(dev)
-    attack = _Recorder(build(OmegaConf.create(identity["attack"])))
+    dataset = records.build_from_record(specs["dataset"], source, size=identity.get("resolution"))
+    metric = records.build_from_record(specs["metric"], source).to(dev)
+    attack = _Recorder(records.build_from_record(specs["attack"], source))
 
     wanted = set(ids)
     view = copy.copy(dataset)

@@ -12,7 +12,6 @@ hash), so ``python -m attackpsm.report logs/multiruns/<date>`` reports exactly t
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from attackpsm.storage import RunDirs, StorageError, read_identity, read_run
+from attackpsm.storage.records import RecordError, check_targets, load_mapping, resolved_spec
 
 # Attack parameters that do not define a variant (bookkeeping, not behaviour).
 _NOT_PARAMS = {"_target_", "name", "max_batch"}
@@ -137,12 +137,20 @@ class Run:
         return "native" if self.resolution is None else f"{self.resolution}x{self.resolution}"
 
 
+class RefusedRecord(UserWarning):
+    """A run left out of a report because a record of it is not plain data (its message
+    names the file); ``python -m attackpsm.report`` exits 1 after reporting the others."""
+
+
 def load_run(run_dir: str | Path) -> Run | None:
     """Load one run folder; ``None`` when it has no finished shard yet."""
     run_dir = Path(run_dir)
-    identity = read_identity(run_dir)
     try:
+        identity = read_identity(run_dir)
         loaded = read_run(run_dir)
+    except RecordError as exc:  # edited or planted: never read as code, never reported
+        warnings.warn(f"{run_dir}: not reported: {exc}", RefusedRecord, stacklevel=2)
+        return None
     except StorageError as exc:  # damaged beyond repair: report the other runs
         warnings.warn(f"{run_dir}: not reported: {exc}", stacklevel=2)
         return None
@@ -169,9 +177,9 @@ def _sweep_run_dirs(root: Path) -> list[Path]:
     found = []
     for record in sorted(root.rglob(".runs/*.json")):
         try:
-            run_dir = Path(json.loads(record.read_text())["run_dir"])
-        except (ValueError, KeyError) as exc:
-            warnings.warn(f"{record}: unreadable job record ({exc})", stacklevel=2)
+            run_dir = Path(str(load_mapping(record)["run_dir"]))
+        except (RecordError, KeyError) as exc:
+            warnings.warn(f"{record}: unreadable job record ({exc})", RefusedRecord, stacklevel=2)
             continue
         if (run_dir / "identity.yaml").exists():
             found.append(run_dir.resolve())
@@ -180,8 +188,14 @@ def _sweep_run_dirs(root: Path) -> list[Path]:
     run_dir_for = RunDirs()  # the run directory names the data: one index build per dataset
     for cfg_file in sorted(root.rglob(".hydra/config.yaml")):
         try:
-            cfg = OmegaConf.load(cfg_file)
-            relative = run_dir_for(cfg)
+            # a job's saved config holds interpolations (paths from the environment):
+            # resolved as plain data, then only a package dataset may be built from it
+            spec = resolved_spec(load_mapping(cfg_file, interpolations=True), cfg_file)
+            check_targets(spec.get("dataset"), cfg_file)
+            relative = run_dir_for(OmegaConf.create(spec))
+        except RecordError as exc:  # edited or planted: refused, named
+            warnings.warn(f"{cfg_file}: {exc}", RefusedRecord, stacklevel=2)
+            continue
         except Exception as exc:  # a job config this version cannot read: say so, go on
             warnings.warn(
                 f"{cfg_file}: cannot locate its results ({type(exc).__name__}: {exc})",

@@ -11,11 +11,16 @@ directory (keyed by the run's identity, including the data fingerprint)::
         shard-00000-of-00002.parquet        a finished shard's per-triplet rows
         shard-00000-of-00002.errors.parquet triplets skipped (id, reason)
         results.parquet, errors.parquet     all shards merged (once every shard is done)
+        merged.json                         their checksums, row counts, fingerprint
         summary.csv, summary.md             the paper's Table-2 layout
         table1.csv, table1.md               attack=none only: the paper's Table 1
 
 A finished shard is never recomputed; an unfinished one resumes at its first batch
 without a valid checkpoint; a shard is written by one process at a time (its lease).
+Finished files are reused only when they check out (their checksums, row counts, ids and
+data fingerprint); otherwise they are rebuilt from the parts or the shards, or the shard is
+computed again, and a line says which. Every YAML or JSON file read back is plain data
+(:mod:`~attackpsm.storage.records`).
 """
 
 from attackpsm.storage.atomic import write_atomic, write_bytes_atomic, write_text_atomic
@@ -30,6 +35,7 @@ from attackpsm.storage.identity import (
     write_identity,
 )
 from attackpsm.storage.lease import Lease, LeaseHeld, LeaseLost
+from attackpsm.storage.records import RecordError, load_record
 from attackpsm.storage.runs import (
     RunStatus,
     finished_shard,
@@ -40,6 +46,7 @@ from attackpsm.storage.runs import (
     read_run,
     run_status,
     shard_counts,
+    verify_merged,
 )
 from attackpsm.storage.shards import ShardStore, StorageError
 
@@ -48,6 +55,7 @@ __all__ = [
     "LeaseHeld",
     "LeaseLost",
     "RunDirs",
+    "RecordError",
     "RunStatus",
     "ShardStore",
     "StorageError",
@@ -56,6 +64,7 @@ __all__ = [
     "finished_shard",
     "headline",
     "identity_hash",
+    "load_record",
     "load_results",
     "merge_run",
     "merge_shards",
@@ -65,6 +74,7 @@ __all__ = [
     "run_identity",
     "run_status",
     "shard_counts",
+    "verify_merged",
     "write_atomic",
     "write_bytes_atomic",
     "write_identity",

@@ -22,6 +22,7 @@ from attackpsm.config import build
 from attackpsm.data.base import TripletDataset
 from attackpsm.data.transfer import CraftMissing
 from attackpsm.storage.atomic import write_text_atomic
+from attackpsm.storage.records import load_mapping
 
 IDENTITY_FILE = "identity.yaml"
 
@@ -116,6 +117,15 @@ def write_identity(run_dir: Path, identity: dict[str, Any]) -> None:
 
 
 def read_identity(run_dir: Path) -> dict[str, Any]:
-    """A run directory's ``identity.yaml`` as plain data (``{}`` when it has none)."""
+    """A run directory's ``identity.yaml`` as plain data (``{}`` when it has none).
+
+    Raises:
+        RecordError: the file is not plain data within the limits of
+            :mod:`attackpsm.storage.records` (an interpolation, an alias, too large); the
+            message names it.
+    """
     path = Path(run_dir) / IDENTITY_FILE
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
+    try:
+        return load_mapping(path)
+    except FileNotFoundError:
+        return {}

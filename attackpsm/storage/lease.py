@@ -1,15 +1,25 @@
 """One writer per shard: a lease file created atomically, kept alive by a heartbeat.
 
-A writer creates ``shard-<i>-of-<n>.lease`` with ``O_CREAT | O_EXCL`` (exactly one of
-several concurrent creators succeeds) and writes who it is: host, process id, SLURM job
-and array task ids when set, and a random token. A background thread touches the file
-every ``heartbeat_s`` seconds while the shard runs. Another writer of the same shard waits
-(up to ``wait_s`` seconds) for the lease to go away, then exits with an error naming the
-owner. A lease is taken over only when it is *stale*: its heartbeat is older than
-``stale_s`` seconds, its owner ran on this host and that process is gone (a SIGKILLed
-run), or its owner is an earlier attempt of this very SLURM job (requeued after a
-preemption or time-out, possibly on another node). A writer that finds its lease taken over stops before writing anything
-more (:meth:`Lease.check`).
+A writer writes who it is -- host, process id, SLURM job, array task and restart count when
+set, and a random token -- to a temporary file and hard-links it to
+``shard-<i>-of-<n>.lease`` (exactly one of several concurrent creators succeeds, and the
+lease is never seen half written). A background thread touches the file every
+``heartbeat_s`` seconds while the shard runs. Another writer of the same shard waits (up to
+``wait_s`` seconds) for the lease to go away, then exits with an error naming the owner.
+
+A lease is taken over only when its owner is really gone:
+
+* its heartbeat is older than ``stale_s`` seconds (a dead host, a stopped process);
+* its owner ran on this host and that process no longer exists (a SIGKILLed run);
+* its owner is an earlier attempt of this SLURM job: same job (and array task) id and a
+  smaller ``SLURM_RESTART_COUNT`` (SLURM raises it on every requeue). A matching job id
+  alone proves nothing: two live processes can share one (``srun`` steps, a copied
+  environment);
+* the file is empty or unreadable (for over a second): creation never leaves one (the
+  content is complete before the link), so it is the debris of a failed write (a full disk).
+
+A writer that finds its lease taken over stops before writing anything more
+(:meth:`Lease.check`).
 """
 
 from __future__ import annotations
@@ -28,7 +38,12 @@ from typing import Any
 
 log = logging.getLogger("attackpsm")
 
-SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
+# a lease file is a few hundred bytes; anything much larger is not one
+MAX_LEASE_BYTES = 64 * 1024
+# a lease appears complete (hard link); only on a file system without hard links is it
+# created empty and written microseconds later: an empty lease older than this is debris
+EMPTY_GRACE_S = 1.0
 
 
 class LeaseHeld(RuntimeError):
@@ -62,6 +77,32 @@ def describe(owner: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _restart_count(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def requeued(owner: dict[str, Any], env: dict[str, str] | None = None) -> str | None:
+    """Why ``owner`` is an earlier attempt of this process's SLURM job, or ``None``.
+
+    Same job id (and array task id) and a smaller restart count than this process's
+    ``SLURM_RESTART_COUNT``: SLURM runs one attempt of a job at a time and counts requeues.
+    """
+    env = dict(os.environ) if env is None else env
+    job = env.get("SLURM_JOB_ID")
+    if not job or str(owner.get("slurm_job_id")) != job:
+        return None
+    if str(owner.get("slurm_array_task_id", "")) != env.get("SLURM_ARRAY_TASK_ID", ""):
+        return None
+    mine = _restart_count(env.get("SLURM_RESTART_COUNT", 0))
+    theirs = _restart_count(owner.get("slurm_restart_count", 0))
+    if mine is None or theirs is None or mine <= theirs:
+        return None
+    return f"SLURM job {job} was requeued (restart count {theirs} -> {mine})"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,12 +115,16 @@ def _pid_alive(pid: int) -> bool:
 
 def _read(path: Path) -> tuple[dict[str, Any] | None, float | None]:
     """The owner record and heartbeat time of a lease file (``None``s when it is gone)."""
+    beat = time.time()
     try:
-        beat = path.stat().st_mtime
+        info = path.stat()
+        beat = info.st_mtime
+        if info.st_size > MAX_LEASE_BYTES:
+            return {}, beat
         owner = json.loads(path.read_text() or "{}")
     except FileNotFoundError:
         return None, None
-    except (OSError, ValueError):  # being written right now, or damaged: judge by its age
+    except (OSError, ValueError, RecursionError):  # debris of a failed write: stale at once
         return {}, beat
     return (owner if isinstance(owner, dict) else {}), beat
 
@@ -101,7 +146,7 @@ class Lease:
         wait_s: float = 60.0,
         heartbeat_s: float | None = None,
     ):
-        if stale_s <= 0 or wait_s < 0:
+        if not stale_s > 0 or not wait_s >= 0:  # NaN fails both comparisons
             raise ValueError(
                 f"lease.stale_s must be > 0 and lease.wait_s >= 0, got {stale_s} and {wait_s}"
             )
@@ -117,32 +162,42 @@ class Lease:
 
     def _create(self) -> bool:
         owner = owner_record()
+        tmp = self.path.with_name(f".{self.path.name}.{owner['token']}.tmp")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(owner, f)
-            f.flush()
-            os.fsync(f.fileno())
+            with open(tmp, "w") as f:
+                json.dump(owner, f)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)  # atomic and exclusive: the lease appears complete
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: exclusive create, then write
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w") as f:
+                    json.dump(owner, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+        finally:
+            tmp.unlink(missing_ok=True)
         self.owner = owner
         return True
 
     def stale_reason(self, owner: dict[str, Any], beat: float) -> str | None:
         """Why a lease may be taken over, or ``None`` while its owner is alive."""
         age = time.time() - beat
+        if not owner and age > EMPTY_GRACE_S:
+            return "the lease file is empty or unreadable (the debris of a failed write)"
         if age > self.stale_s:
             return f"no heartbeat for {age:.0f}s (lease.stale_s={self.stale_s:g})"
         pid = owner.get("pid")
         same_host = owner.get("host") == socket.gethostname()
         if same_host and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
             return f"process {pid} on this host is gone"
-        job = os.environ.get("SLURM_JOB_ID")
-        if job and owner.get("slurm_job_id") == job and pid != os.getpid():
-            # SLURM runs one instance of a job at a time: the owner is this task's
-            # previous attempt (preempted or timed out, then requeued)
-            return f"SLURM job {job} was requeued"
-        return None
+        return requeued(owner)
 
     def _take_over(self, owner: dict[str, Any], reason: str) -> None:
         """Move a stale lease aside; of several processes doing so at once, one succeeds.

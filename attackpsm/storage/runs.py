@@ -11,6 +11,8 @@ unique temporary name and renamed); each writes the same content.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections import Counter
@@ -19,25 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.results import ERROR_COLUMNS, summarize, summary_markdown
 from attackpsm.stats import PAPER_COLUMNS
-from attackpsm.storage.atomic import remove_abandoned, write_text_atomic
+from attackpsm.storage.atomic import remove_abandoned, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.identity import read_identity, run_dir_for
+from attackpsm.storage.records import RecordError, load_mapping
 from attackpsm.storage.shards import (
     ShardStore,
     StorageError,
+    checksum_problem,
     describe_damage,
+    parquet_bytes,
+    read_meta,
     set_aside,
-    write_parquet,
+    sha256_file,
 )
 from attackpsm.twoafc import accuracy
 
 log = logging.getLogger("attackpsm")
 
 RESULTS, ERRORS = "results.parquet", "errors.parquet"
+MERGED = "merged.json"  # what the merge wrote: checksums, row counts, fingerprint, shard count
 _SHARD_FILE = re.compile(r"^shard-(\d{5})-of-(\d{5})(?:\.parquet|\.parts)$")
 
 
@@ -95,11 +103,114 @@ def merge_shards(run_dir: Path, count: int) -> tuple[pd.DataFrame, pd.DataFrame]
     errors = pd.concat([e for _, e, _ in loaded], ignore_index=True).reset_index(drop=True)
     remove_abandoned(run_dir)  # e.g. of a merge killed before its last rename
     meta = {"fingerprint": next(iter(known.values()), None), "count": count}
-    write_parquet(errors, run_dir / ERRORS, meta)
+    errors_bytes, results_bytes = parquet_bytes(errors, meta), parquet_bytes(results, meta)
+    write_bytes_atomic(run_dir / ERRORS, errors_bytes)
     if len(results):  # with every triplet skipped there is no table (the run says why)
         write_tables(run_dir, results, len(errors), identity)
-    write_parquet(results, run_dir / RESULTS, meta)  # last: it marks the run merged
+    record = {
+        "results_sha256": hashlib.sha256(results_bytes).hexdigest(),
+        "errors_sha256": hashlib.sha256(errors_bytes).hexdigest(),
+        "rows": len(results),
+        "errors": len(errors),
+        "fingerprint": meta["fingerprint"],
+        "count": count,
+        "run": run_dir.name,
+        "shards": _shard_checksums(run_dir, count),
+    }
+    write_text_atomic(run_dir / MERGED, json.dumps(record, indent=1))  # vouches for the next
+    write_bytes_atomic(run_dir / RESULTS, results_bytes)  # last: it marks the run merged
     return results, errors
+
+
+def _shard_checksums(run_dir: Path, count: int) -> dict[str, str | None]:
+    """SHA-256 of each shard file of a run (``None`` for one that is not there)."""
+    out: dict[str, str | None] = {}
+    for i in range(count):
+        store = ShardStore(run_dir, i, count)
+        for path in (store.final, store.errors_final):
+            try:
+                out[path.name] = sha256_file(path)
+            except FileNotFoundError:
+                out[path.name] = None
+    return out
+
+
+def verify_merged(run_dir: Path, count: int | None) -> str | None:
+    """Why a merged run's tables do not check out against its shards, or ``None``.
+
+    Checked: the checksums of ``results.parquet``, ``errors.parquet`` and every shard file
+    against those the merge recorded in ``merged.json``, their row counts, the data
+    fingerprint (theirs, ``identity.yaml``'s and every shard's), the shard count, and each
+    triplet the shards expect appearing exactly once in them. With ``count`` None (a run
+    directory copied without its shard files) only what needs no shard is checked.
+
+    Raises:
+        RecordError: ``identity.yaml`` or a shard's metadata is not plain data.
+    """
+    run_dir = Path(run_dir)
+    results_path, errors_path = run_dir / RESULTS, run_dir / ERRORS
+    try:
+        record = load_mapping(run_dir / MERGED)
+    except FileNotFoundError:
+        return f"no {MERGED} (merged by an older version, or the merge was interrupted)"
+    except RecordError as exc:
+        return str(exc)
+    changed = checksum_problem(
+        record, {"results_sha256": results_path, "errors_sha256": errors_path}
+    )
+    if changed:
+        return changed
+    if count is not None and record.get("shards") != _shard_checksums(run_dir, count):
+        return "a shard file changed since the merge"
+    identity = read_identity(run_dir)
+    try:
+        meta = read_meta(results_path) or {}
+        ids = pd.read_parquet(results_path, columns=["triplet_id"])["triplet_id"].tolist()
+        skipped = pd.read_parquet(errors_path, columns=["triplet_id"])["triplet_id"].tolist()
+    except RecordError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any damage
+        return describe_damage(exc)
+    if (len(ids), len(skipped)) != (record.get("rows"), record.get("errors")):
+        return (
+            f"{RESULTS} has {len(ids)} rows and {ERRORS} {len(skipped)}; the merge wrote "
+            f"{record.get('rows')} and {record.get('errors')}"
+        )
+    if count is not None and (record.get("count") != count or meta.get("count") != count):
+        return f"it was merged from {record.get('count')} shards, not {count}"
+    if record.get("run") != run_dir.name:
+        return f"it was merged in {record.get('run')}, not in {run_dir.name}"
+    prints = {
+        f"{RESULTS}": meta.get("fingerprint"),
+        MERGED: record.get("fingerprint"),
+        "identity.yaml": identity.get("data_fingerprint"),
+    }
+    expected: set[str] = set()
+    rows_in_shards = 0
+    for i in range(count or 0):
+        store = ShardStore(run_dir, i, count)
+        try:
+            shard_meta = read_meta(store.final)
+            rows_in_shards += pq.read_metadata(store.final).num_rows
+        except RecordError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - gone or damaged: the merge repairs it
+            return f"{store.final.name}: {describe_damage(exc)}"
+        if shard_meta:
+            prints[f"shard {i}"] = shard_meta.get("fingerprint")
+            expected.update(shard_meta.get("ids") or [])
+    if len({v for v in prints.values() if v}) > 1 or not prints[RESULTS]:
+        return "data fingerprints differ: " + ", ".join(f"{k} {v}" for k, v in prints.items())
+    if count is not None and rows_in_shards != len(ids):
+        return f"{RESULTS} has {len(ids)} rows, the shards {rows_in_shards}"
+    both = [*ids, *skipped]
+    twice = sorted(t for t, n in Counter(both).items() if n > 1)
+    if twice:
+        return f"triplets appear more than once: {_names(twice)}"
+    if expected and set(both) != expected:
+        missing, extra = sorted(expected - set(both)), sorted(set(both) - expected)
+        return f"missing {_names(missing) or 'none'}; unexpected {_names(extra) or 'none'}"
+    return None
 
 
 def write_tables(run_dir: Path, results: pd.DataFrame, skipped: int, identity: dict) -> None:
@@ -118,15 +229,22 @@ def write_tables(run_dir: Path, results: pd.DataFrame, skipped: int, identity: d
 def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """A merged run's ``results.parquet`` and ``errors.parquet``; ``None`` if not merged.
 
-    A merged file that cannot be read is set aside and merged again from the shards.
+    They are reused only when they check out against the shards (:func:`verify_merged`;
+    without a complete set of shard files, e.g. copied without them: against
+    ``merged.json`` alone);
+    otherwise, and when they cannot be read, they are set aside and merged again from the
+    shards, and a line says so.
 
     Raises:
-        StorageError: a damaged merged file and no complete set of shards to rebuild it.
+        StorageError: merged files that do not check out and no complete set of shards to
+            rebuild them; the message says what to re-run.
     """
     run_dir = Path(run_dir)
     path = run_dir / RESULTS
     if not path.exists():
         return None
+    complete = [c for c in shard_counts(run_dir) if run_status(run_dir, c).complete]
+    damaged = path
     try:
         results = pd.read_parquet(path)
         errors = (
@@ -134,23 +252,26 @@ def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
             if (run_dir / ERRORS).exists()
             else pd.DataFrame(columns=ERROR_COLUMNS)
         )
-        return results, errors
     except Exception as exc:  # noqa: BLE001 - any damage: rebuild from the shards
         problem = describe_damage(exc)
-    try:
-        pd.read_parquet(path)
-        damaged = run_dir / ERRORS
-    except Exception:  # noqa: BLE001
-        damaged = path
-    complete = [c for c in shard_counts(run_dir) if run_status(run_dir, c).complete]
+        try:
+            pd.read_parquet(path)
+            damaged = run_dir / ERRORS
+        except Exception:  # noqa: BLE001
+            damaged = path
+    else:  # readable: reused only when it checks out against the shards
+        # without a complete set of shards (copied without them): merged.json alone
+        problem = verify_merged(run_dir, complete[0] if complete else None)
+        if problem is None:
+            return results, errors
+        if problem.startswith(ERRORS):
+            damaged = run_dir / ERRORS
     if not complete:
         raise StorageError(
-            f"{damaged}: {problem}, and no complete set of shards is left to merge it from: "
-            "re-run the run's shards (finished ones are reused)"
+            f"{damaged}: cannot be checked ({problem}), and no complete set of shards is left "
+            "to merge it from: re-run the run's shards (finished ones are reused)"
         )
     set_aside(damaged, problem, "merged again from the shards")
-    if damaged != path:
-        path.unlink(missing_ok=True)  # both are written again
     return merge_shards(run_dir, complete[0])
 
 
@@ -216,10 +337,13 @@ def run_status(run_dir: Path, count: int) -> RunStatus:
             status.partial[index] = len(store.done_ids())
     merged = status.run_dir / RESULTS
     if status.complete and merged.exists():
-        newest_shard = max(
-            ShardStore(status.run_dir, i, count).final.stat().st_mtime_ns for i in range(count)
-        )
-        status.merged = merged.stat().st_mtime_ns >= newest_shard
+        try:  # a concurrent merge may be setting it aside right now: then it is not merged
+            newest_shard = max(
+                ShardStore(status.run_dir, i, count).final.stat().st_mtime_ns for i in range(count)
+            )
+            status.merged = merged.stat().st_mtime_ns >= newest_shard
+        except FileNotFoundError:
+            status.merged = False
     return status
 
 
@@ -240,15 +364,17 @@ def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
         statuses = [run_status(run_dir, c) for c in counts]
         count = next((s.count for s in statuses if s.complete), counts[0])
     status = run_status(run_dir, count)
-    if status.complete and not status.merged:
-        merge_shards(run_dir, count)
-        status = run_status(run_dir, count)
-    if status.merged:
-        loaded = load_results(run_dir)
-        if loaded is None:  # damaged and not rebuildable: the shards say what is missing
+    if status.complete:
+        # reused only when it checks out (load_results); merged again when it is out of
+        # date or was set aside by a concurrent merge meanwhile
+        loaded = load_results(run_dir) if status.merged else None
+        if loaded is None:
+            loaded = merge_shards(run_dir, count)
+        if loaded is None:  # a shard turned out unfinished: the status says which
             return run_status(run_dir, count)
         table = loaded[0]
         status = run_status(run_dir, count)
+        status.merged = True
         status.samples = len(table)
         status.flip_rate = (
             float(table["flipped"].astype(bool).mean()) if len(table) else float("nan")

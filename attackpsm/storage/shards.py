@@ -4,6 +4,8 @@ Files of shard ``i`` of ``n`` inside a run directory::
 
     shard-<i>-of-<n>.lease            the writer holding the shard (see lease.py)
     shard-<i>-of-<n>.parts/shard.json the shard's triplet ids in order and the data fingerprint
+    shard-<i>-of-<n>.parts/finished.json
+                                      checksums of the shard's two files, written as it finishes
     shard-<i>-of-<n>.parts/part-<start>-<stop>.parquet
                                       checkpoint of the batch at positions [start, stop)
     shard-<i>-of-<n>.errors.parquet   the shard's skipped triplets (id, reason)
@@ -13,14 +15,20 @@ A part is named by its batch's *position* in the shard, so a re-run writes a mis
 batch under the same name and a lost part is a gap in the positions, found and recomputed.
 A part that cannot be read, or holds other triplets than its positions, is renamed
 ``*.corrupt`` and its batch recomputed. Parts are kept after the shard finishes: a
-damaged shard file is rebuilt from them. Each repair logs one line saying what it did.
+damaged shard file is rebuilt from them, and so is one that is readable but not the file
+written when the shard finished (its checksum). The damaged file stays in place until its
+rebuilt copy replaces it, so a merge running meanwhile never finds the shard missing. Each
+repair logs one line saying what it did.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +37,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from attackpsm.results import BASE_COLUMNS, ERROR_COLUMNS
-from attackpsm.storage.atomic import remove_abandoned, write_atomic, write_text_atomic
+from attackpsm.storage.atomic import remove_abandoned, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.lease import Lease
 
 log = logging.getLogger("attackpsm")
 
 META_KEY = b"attackpsm"  # parquet schema metadata: fingerprint and expected ids of a shard
 PLAN = "shard.json"
+FINISHED = "finished.json"  # checksums of the shard's files, written as it finishes
 _PART = re.compile(r"^part-(\d{7})-(\d{7})\.parquet$")
 
 
@@ -43,31 +52,87 @@ class StorageError(RuntimeError):
     """Stored results that cannot be used as they are; the message names what and why."""
 
 
-def write_parquet(frame: pd.DataFrame, path: Path, meta: dict[str, Any] | None = None) -> None:
-    """Write ``frame`` (no index) atomically, with ``meta`` in the file's schema metadata."""
+def parquet_bytes(frame: pd.DataFrame, meta: dict[str, Any] | None = None) -> bytes:
+    """``frame`` (no index) as the bytes of a Parquet file, ``meta`` in its schema metadata."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if meta is not None:
         table = table.replace_schema_metadata(
             {**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()}
         )
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_parquet(frame: pd.DataFrame, path: Path, meta: dict[str, Any] | None = None) -> str:
+    """Write ``frame`` (no index) atomically, with ``meta`` in the file's schema metadata.
+
+    Returns:
+        the SHA-256 of the bytes written.
+    """
+    data = parquet_bytes(frame, meta)
+    write_bytes_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_problem(record: dict[str, Any], files: dict[str, Path]) -> str | None:
+    """Why files differ from the checksums ``record`` holds for them, or ``None``."""
+    for key, path in files.items():
+        want = record.get(key)
+        if not isinstance(want, str):
+            return f"its checksum record has no {key}"
+        try:
+            got = sha256_file(path)
+        except FileNotFoundError:
+            return f"{path.name} is gone"
+        if got != want:
+            return (
+                f"{path.name} is not the file written when it was finished "
+                f"(SHA-256 {got[:12]}, recorded {want[:12]})"
+            )
+    return None
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:
     """The metadata :func:`write_parquet` stored (``None`` for files written without it)."""
+    from attackpsm.storage.records import parse_record
+
     raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    meta = parse_record(raw.decode("utf-8", "replace"), f"{path} (metadata)", fmt="json")
+    return meta if isinstance(meta, dict) else None
 
 
-def set_aside(path: Path, problem: str, action: str) -> Path:
-    """Rename a damaged file to ``<name>.corrupt`` (kept for inspection) and say so in one line."""
+def set_aside(path: Path, problem: str, action: str, keep: bool = False) -> Path:
+    """Rename a damaged file to ``<name>.corrupt`` (kept for inspection) and say so in one line.
+
+    With ``keep`` the file stays in place as well (a hard link, or a copy), to be replaced
+    atomically by its repair: a reader never finds it missing while it is being repaired.
+    """
     aside = path.with_name(path.name + ".corrupt")
     n = 1
     while aside.exists():
         aside = path.with_name(f"{path.name}.corrupt-{n}")
         n += 1
     try:
-        path.rename(aside)
+        if not keep:
+            path.rename(aside)
+        else:
+            try:
+                os.link(path, aside)
+            except FileExistsError:  # another process set it aside under this name
+                return aside
+            except OSError:  # no hard links on this file system
+                shutil.copy2(path, aside)
     except FileNotFoundError:  # another process set it aside first
         return aside
     log.warning("%s: %s; set aside as %s, %s", path, problem, aside.name, action)
@@ -114,14 +179,18 @@ class ShardStore:
             write_text_atomic(self.parts / PLAN, json.dumps(plan))
 
     def plan(self) -> dict[str, Any] | None:
+        from attackpsm.storage.records import RecordError, load_record
+
+        path = self.parts / PLAN
         try:
-            return json.loads((self.parts / PLAN).read_text())
+            plan = load_record(path)
+            if not isinstance(plan, dict) or not isinstance(plan.get("ids"), list):
+                raise RecordError(f"{path}: not a shard plan (a mapping with a list of ids)")
+            return plan
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            set_aside(
-                self.parts / PLAN, describe_damage(exc), "it is written again when the shard runs"
-            )
+        except RecordError as exc:
+            set_aside(path, str(exc), "it is written again when the shard runs")
             return None
 
     # --- checkpoint parts --------------------------------------------------------------------
@@ -274,9 +343,32 @@ class ShardStore:
             "count": self.count,
             "ids": sorted(ids),
         }
-        write_parquet(errors, self.errors_final, meta)
-        write_parquet(results, self.final, meta)  # last: its existence means "finished"
+        errors_bytes, results_bytes = parquet_bytes(errors, meta), parquet_bytes(results, meta)
+        record = {
+            "results_sha256": hashlib.sha256(results_bytes).hexdigest(),
+            "errors_sha256": hashlib.sha256(errors_bytes).hexdigest(),
+            "rows": len(results),
+            "errors": len(errors),
+        }
+        write_text_atomic(self.parts / FINISHED, json.dumps(record))  # before: it vouches
+        write_bytes_atomic(self.errors_final, errors_bytes)
+        write_bytes_atomic(self.final, results_bytes)  # last: its existence means "finished"
         return results, errors
+
+    def verify(self) -> str | None:
+        """Why the finished shard's files are not the ones written when it finished, or
+        ``None`` when they check out (or were written without a checksum record)."""
+        from attackpsm.storage.records import RecordError, load_mapping
+
+        try:
+            record = load_mapping(self.parts / FINISHED)
+        except FileNotFoundError:
+            return None  # finished before checksums were recorded: checked by the merge
+        except RecordError as exc:
+            return str(exc)
+        return checksum_problem(
+            record, {"results_sha256": self.final, "errors_sha256": self.errors_final}
+        )
 
     def load(self) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any] | None] | None:
         """The finished shard: results, errors and its metadata; ``None`` if unfinished.
@@ -294,22 +386,35 @@ class ShardStore:
                 if self.errors_final.exists()
                 else pd.DataFrame(columns=ERROR_COLUMNS)
             )
-            return results, errors, meta
         except Exception as exc:  # noqa: BLE001 - any damage: rebuild from what is intact
             problem = describe_damage(exc)
-        final_ok = True
-        try:
-            pd.read_parquet(self.final)
-        except Exception:  # noqa: BLE001
-            final_ok = False
-        damaged = self.errors_final if final_ok else self.final
+            final_ok = True
+            try:
+                pd.read_parquet(self.final)
+            except Exception:  # noqa: BLE001
+                final_ok = False
+            damaged = self.errors_final if final_ok else self.final
+        else:
+            changed = self.verify()  # readable, but are they the files written at the finish?
+            if changed is None:
+                return results, errors, meta
+            problem = changed
+            damaged = (
+                self.errors_final if changed.startswith(self.errors_final.name) else self.final
+            )
         plan = self.plan()
         if plan is not None and set(self.done_ids()) >= set(plan["ids"]):
-            set_aside(damaged, problem, "rebuilt from the checkpoint parts")
+            # the damaged file stays until the rebuilt one replaces it: a merge running
+            # meanwhile finds the shard finished, never missing
+            set_aside(damaged, problem, "rebuilt from the checkpoint parts", keep=True)
             results, errors = self.finalize()
             return results, errors, read_meta(self.final)
         # no parts to rebuild from: the shard is unfinished again, a re-run recomputes it
-        set_aside(damaged, problem, "no checkpoint parts cover the shard: a re-run recomputes it")
+        set_aside(
+            damaged,
+            problem,
+            "no checkpoint parts cover the shard: it is unfinished, a re-run recomputes it",
+        )
         for partner in (self.final, self.errors_final):
             if partner.exists():
                 partner.rename(partner.with_name(partner.name + ".orphan"))

@@ -29,12 +29,12 @@ from urllib.parse import urlparse
 import pandas as pd
 import yaml
 
-HEADLINE = ("flip_rate", "flip_rate_uint8", "rmse_flipped_mean", "accuracy")
+HEADLINE = ("flip_rate", "flip_rate_saved", "rmse_flipped_mean", "accuracy")
 LIVE = (
     "flip_rate",
     "flip_rate_agree",
     "flip_rate_disagree",
-    "flip_rate_uint8",
+    "flip_rate_saved",
     "triplets_per_s",
     "iterations_mean",
     "queries_mean",
@@ -103,7 +103,7 @@ def specification(
             "parallel",
             "metric → attack → resolution → flip rate",
             columns=[f"config:{k}" for k in GROUP_BY]
-            + ["summary:flip_rate", "summary:flip_rate_uint8"],
+            + ["summary:flip_rate", "summary:flip_rate_saved"],
         )
     )
     sections = [

@@ -113,13 +113,13 @@ def entry(runs: list[Run], threat: str, clean: Run | None, budget: float) -> dic
         if eps is not None:
             by_eps[round(eps, 6)].append(r)
     worst: dict[str, float] = {}
-    worst_uint8: dict[str, float] = {}
+    worst_saved: dict[str, float] = {}
     triplets = 0
     for eps, group in sorted(by_eps.items()):
-        table = pd.concat([g.results[["triplet_id", "flipped", "flipped_uint8"]] for g in group])
-        per = table.groupby("triplet_id")[["flipped", "flipped_uint8"]].any()
+        table = pd.concat([g.results[["triplet_id", "flipped", "flipped_saved"]] for g in group])
+        per = table.groupby("triplet_id")[["flipped", "flipped_saved"]].any()
         worst[str(eps)] = _rate(per["flipped"])
-        worst_uint8[str(eps)] = _rate(per["flipped_uint8"])
+        worst_saved[str(eps)] = _rate(per["flipped_saved"])
         triplets = max(triplets, len(per))
     by_attack = {
         r.identity["attack"]["name"]: {
@@ -152,7 +152,7 @@ def entry(runs: list[Run], threat: str, clean: Run | None, budget: float) -> dic
         "budget": budget,
         "flip_rate": _clean(worst.get(str(round(budget, 6)), float("nan"))),
         "flip_rate_by_eps": worst,
-        "flip_rate_uint8_by_eps": worst_uint8,
+        "flip_rate_saved_by_eps": worst_saved,
         "flip_rate_by_attack": by_attack,
         "median_radius": None,
         "robustness_curve": {},

@@ -139,7 +139,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             bar = tqdm(
                 loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress
             )
-            flips = total = 0
+            flips = flips_saved = total = 0
             fitting = FittingBatches()  # halves the batch if the device runs out of memory
             for (start, stop), batch in zip(batches, bar, strict=True):
                 rows, errs = fitting(metric, attack, batch.to(device), sink=progress.sink(sink))
@@ -148,8 +148,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 progress.update(rows, errs)
                 if len(rows):
                     flips += int(rows["flipped"].sum())
+                    flips_saved += int(rows["flipped_saved"].sum())
                     total += len(rows)
-                    bar.set_postfix(flip_rate=f"{flips / total:.1%}")
+                    bar.set_postfix(
+                        flip_rate=f"{flips / total:.1%}", after_saving=f"{flips_saved / total:.1%}"
+                    )
             lease.check()
             results, errors = store.finalize()
         lease.release()  # merging is safe without it (every writer writes the same files)

@@ -29,7 +29,7 @@ REQUIRED = [
     "s_prey",
     "s_adv",
     "flipped",
-    "flipped_uint8",
+    "flipped_saved",
     "iterations",
     "linf",
     "rmse_uint8",
@@ -74,7 +74,7 @@ def test_results_schema_and_summary(cfg_factory):
     assert (table["s_prey"] <= table["s_other"]).all()
     assert (table["flipped"] == (table["s_adv"] > table["s_other"])).all()
     assert (table["linf"] <= 0.03 + 1e-6).all()
-    assert (~table["flipped_uint8"] | table["flipped"]).all()
+    assert (~table["flipped_saved"] | table["flipped"]).all()
     summary = pd.read_csv(run_dir / "summary.csv")
     assert list(summary["agrees"]) == ["✓", "✗"]
     assert summary["samples"].sum() == 12

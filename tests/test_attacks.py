@@ -79,13 +79,13 @@ def test_reported_flips_are_real(attack_name, metric_name, metrics, batch):
         s_saved = metric.score(prepared, quantize(adv))
     s_other = torch.tensor(rows["s_other"].to_numpy())
     flipped = torch.tensor(rows["flipped"].to_numpy())
-    flipped_uint8 = torch.tensor(rows["flipped_uint8"].to_numpy())
+    flipped_saved = torch.tensor(rows["flipped_saved"].to_numpy())
     torch.testing.assert_close(
         s_float, torch.tensor(rows["s_adv"].to_numpy()), rtol=1e-4, atol=1e-6
     )
     assert torch.equal(flipped, rank_flipped(s_float, s_other, attack.reverse))
-    assert rank_flipped(s_saved[flipped_uint8], s_other[flipped_uint8], attack.reverse).all()
-    assert not (flipped_uint8 & ~flipped).any()
+    assert rank_flipped(s_saved[flipped_saved], s_other[flipped_saved], attack.reverse).all()
+    assert not (flipped_saved & ~flipped).any()
 
 
 # --- budgets ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_lpips_decisions_are_identical(lpips_alex):
     assert default["flipped"].any() and (default["iterations"] > 0).any()
     for mode, (compact_every, check_every) in MODES.items():
         other = _table(lpips_alex, PGD(compact_every=compact_every, check_every=check_every), batch)
-        for column in ("triplet_id", "prey", "flipped", "iterations", "flipped_uint8"):
+        for column in ("triplet_id", "prey", "flipped", "iterations", "flipped_saved"):
             assert other[column].tolist() == default[column].tolist(), (mode, column)
         torch.testing.assert_close(
             torch.tensor(other["s_adv"].values),

@@ -139,7 +139,7 @@ def test_every_dataset_hands_8bit_images_by_default_and_floats_on_request():
 
 @pytest.mark.parametrize("quantized", [True, False])
 def test_flip_uint8_compares_the_saved_adversarial_with_the_saved_other(quantized):
-    """``flipped_uint8``: float flip and, with every image rounded to 8 bits, s_adv > s_other."""
+    """``flipped_saved``: float flip and, with every image rounded to 8 bits, s_adv > s_other."""
     data = SyntheticTriplets(size=16, num_triplets=8, seed=3, quantize=quantized)
     batch = collate([data[i] for i in range(len(data))])
     metric = L2()
@@ -155,7 +155,7 @@ def test_flip_uint8_compares_the_saved_adversarial_with_the_saved_other(quantize
         s_adv = metric(q(batch.ref), q(seen["adv"]))
         s_other = metric(q(batch.ref), q(other))
     expected = rows["flipped"].to_numpy() & (s_adv > s_other).numpy()
-    np.testing.assert_array_equal(rows["flipped_uint8"].to_numpy(), expected)
+    np.testing.assert_array_equal(rows["flipped_saved"].to_numpy(), expected)
     assert rows["flipped"].any()
 
 
@@ -179,7 +179,7 @@ def test_flip_uint8_on_float_inputs_rounds_the_other_image_too():
     batch = Batch(["t/0"], ["t"], torch.tensor([0.0]), grey(128), grey(129), grey(129.6), [])
     rows, _ = attack_batch(L2(), _Shift(0.8 / 127.5), batch)
     assert rows["prey"].item() == 0 and bool(rows["flipped"].item())
-    assert not bool(rows["flipped_uint8"].item())
+    assert not bool(rows["flipped_saved"].item())
 
 
 # --- the 2AFC rules ---------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_one_tie_rule_in_table1_agreement_and_the_split():
     assert table1.loc["all", "twoafc_pct"] == pytest.approx(62.5)
 
     rows = results.assign(
-        human_agrees=agrees, flipped=False, flipped_uint8=False, **{"rmse_uint8": 0.0}
+        human_agrees=agrees, flipped=False, flipped_saved=False, **{"rmse_uint8": 0.0}
     )
     assert headline(rows, 0)["accuracy"] == pytest.approx(0.625)
     split = summarize(

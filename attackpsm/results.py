@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attackpsm.stats import FLIP_DEFINITIONS, PAPER_DEFINITIONS, STAT_COLUMNS, THRESHOLDS, pct_column
+from attackpsm.stats import (
+    FLIP_DEFINITIONS,
+    PAPER_DEFINITIONS,
+    STAT_COLUMNS,
+    THRESHOLDS,
+    pct_column,
+)
 from attackpsm.tablestats import flip_stats, split_rows
 
 # The per-triplet columns every attack writes (attacks may add their own after these).

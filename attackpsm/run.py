@@ -61,12 +61,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_note(cfg: DictConfig) -> str | None:
+    """What a top-level ``seed`` leaves unchanged: a dataset with its own ``dataset.seed``.
+
+    ``seed`` seeds the attacks' and metrics' randomness; a generated dataset (``synthetic``)
+    draws its triplets from ``dataset.seed``, so two runs with different ``seed`` and the
+    same ``dataset.seed`` attack identical triplets. Said once per run, so that a seed sweep
+    is not mistaken for new data. ``None`` when the two agree or the data have no seed.
+    """
+    data_seed = cfg.dataset.get("seed") if "dataset" in cfg else None
+    if data_seed is None or int(data_seed) == int(cfg.seed):
+        return None
+    return (
+        f"seed={cfg.seed} seeds the attack and metric randomness; the {cfg.dataset.name} "
+        f"triplets follow dataset.seed={data_seed}, so they are the same as in every run with "
+        f"dataset.seed={data_seed} (add dataset.seed={cfg.seed} for other triplets)"
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
     check_run(cfg)  # bad values stop here, before any data is read
     attack = build(cfg.attack)  # parameters only: its bad values stop before the data index
     seed_everything(cfg.seed)
     dataset: TripletDataset = build_dataset(cfg)  # the index only: pixels load lazily
+    note = seed_note(cfg)
+    if note:
+        log.warning(note)
     fingerprint = dataset.fingerprint()  # results of other data never count as done
     done = finished_shard(cfg, fingerprint)  # finished work: no compute, no files, no W&B run
     if done is not None:

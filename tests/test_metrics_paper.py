@@ -156,7 +156,7 @@ def test_equals_the_authors_code_on_fixed_pairs(name):
 
 @pytest.mark.parametrize("name", ["watson_dft", "adists", "elpips_vgg"])
 def test_identity_and_monotone_in_noise_strength(name, photos):
-    m = metric(name, *(["metric.ensemble=2"] if name == "elpips_vgg" else []))
+    m = metric(name, *(["metric.ensemble=2", "metric.draws=2"] if name == "elpips_vgg" else []))
     torch.manual_seed(0)  # E-LPIPS: one seeded set of draws, shared by every ladder entry
     d = ladder_distances(m, photos)
     # Watson-DFT: the release's 1e-10 stabilisers leave ~0.012 at d(x, x), against hundreds
@@ -176,7 +176,7 @@ def test_the_reference_decides_so_not_symmetric(name, photos):
 
 
 def test_elpips_is_symmetric_under_shared_draws(photos):
-    m = metric("elpips_vgg", "metric.ensemble=2")
+    m = metric("elpips_vgg", "metric.ensemble=2", "metric.draws=2")
     a, b = photos[:1], photos[1:]
     with torch.no_grad():
         torch.manual_seed(1)
@@ -281,13 +281,15 @@ def test_elpips_network_equals_an_independent_average_pooling_vgg(photos):
 
 
 def test_elpips_draws_differ_and_average(photos):
-    m = metric("elpips_vgg", "metric.ensemble=2")
-    x = (photos + 0.05).clamp(-1, 1)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        a = m(photos, x)
-        b = m(photos, x)
+    """Differentiated scores draw afresh; decisions differ only with another draw seed."""
+    m = metric("elpips_vgg", "metric.ensemble=2", "metric.draws=2")
+    x = (photos + 0.05).clamp(-1, 1).requires_grad_(True)
+    torch.manual_seed(0)
+    a, b = m(photos, x), m(photos, x)
     assert m.stochastic and not torch.equal(a, b)
+    other = metric("elpips_vgg", "metric.draws=2", "seed=1")
+    with torch.no_grad():
+        assert not torch.equal(m(photos, x), other(photos, x))
 
 
 # --- the weights mirror: real files, real processes ----------------------------------------

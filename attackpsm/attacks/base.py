@@ -34,12 +34,21 @@ class AttackResult:
         s_adv: metric distance of ``adv`` to the reference ``(N,)``.
         flipped: ``(N,)`` bool, the rank flipped (Sec. 3: ``s_adv > s_other``).
         columns: per-triplet columns this attack adds to the results table.
+        stopped: ``(N,)`` bool, what the stop rule decided (``attack.flip_on``); ``None``:
+            the same as ``flipped`` (``flip_on="float"``). A cascade, restarts and a
+            bisection go on where it is False.
     """
 
     adv: torch.Tensor
     s_adv: torch.Tensor
     flipped: torch.Tensor
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    stopped: torch.Tensor | None = None
+
+    @property
+    def success(self) -> torch.Tensor:
+        """The stop rule's verdict: :attr:`stopped`, or :attr:`flipped` without one."""
+        return self.flipped if self.stopped is None else self.stopped
 
 
 @dataclass(frozen=True)

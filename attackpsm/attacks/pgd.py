@@ -180,6 +180,7 @@ class PGD(Attack):
         adv = start.clone()
         s_adv = torch.full((n,), float("nan"), device=device)
         flipped = torch.zeros(n, dtype=torch.bool, device=device)
+        stopped = torch.zeros(n, dtype=torch.bool, device=device)
         checks = max(self.n_checks, 1)
         iterations = torch.full((n,), checks - 1, dtype=torch.long, device=device)
         score = self._scorer(metric)
@@ -235,6 +236,7 @@ class PGD(Attack):
                 flipped,
                 torch.where(done, rank_flipped(s_det, s_other_w, self.reverse), get(flipped)),
             )
+            put(stopped, torch.where(done, hit, get(stopped)))
             live = live & ~done
             if last or (due(self.check_every, k) and not live.any()):
                 break
@@ -250,7 +252,13 @@ class PGD(Attack):
                 ref_w, center_w, s_other_w = select(prepared_ref, idx), center[idx], s_other[idx]
                 if idx.numel() == 0:
                     break
-        return AttackResult(adv, s_adv, flipped, {"iterations": iterations})
+        return AttackResult(
+            adv,
+            s_adv,
+            flipped,
+            {"iterations": iterations},
+            stopped if self.flip_on == "saved" else None,
+        )
 
 
 # `PGD(compile=...)`: off, on (torch.compile's default mode), or a torch.compile mode

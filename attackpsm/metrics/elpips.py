@@ -193,9 +193,7 @@ class ELPIPS(Metric):
             swap=bool(torch.randint(0, 2, (), **g, **on).item()),
             offsets=torch.randint(0, self.offset_max + 1, (n, 2), device=device, **g),
             flips=torch.randint(0, 4, (n,), device=device, **g),
-            permutations=_PERMUTATIONS.to(device)[
-                torch.randint(0, 6, (n,), device=device, **g)
-            ],
+            permutations=_PERMUTATIONS.to(device)[torch.randint(0, 6, (n,), device=device, **g)],
             colors=0.2 + 0.8 * torch.rand(n, 3, device=device, **g),
         )
 

@@ -19,8 +19,9 @@ differently, the rule of :class:`~attackpsm.metrics.base.Metric`):
 
 - a *decision* -- :meth:`Smoothed.score` without a gradient: the clean ranking (``d0``,
   ``d1``, prey, ``s_other``), every flip check, the saved image's check -- is the *median*
-  distance of ``draws`` noisy copies whose noise is common to every image of the triplet
-  (:func:`~attackpsm.metrics.base.common_draws`). ``median(s_adv) > s_other`` exactly
+  distance of ``draws`` noisy copies whose noise is common to every image of the triplet:
+  draw ``j`` is a counter-based stream keyed by the reference's pixels and ``seed``
+  (:mod:`attackpsm.streams`), so it is the same whatever the batch. ``median(s_adv) > s_other`` exactly
   when the majority of the draws put the candidate beyond ``s_other``: an attack's flip is a
   flip of the smoothed (majority) decision, estimated on the same noise that ranked the
   clean images, so a zero perturbation never flips. ``draws`` defaults to 100, the
@@ -44,7 +45,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from attackpsm.images import HIGH, LOW
-from attackpsm.metrics.base import DRAWS, Metric, common_draws, draw_generator, taking_gradient
+from attackpsm.metrics.base import DRAWS, Metric, taking_gradient
+from attackpsm.streams import image_keys, normal
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf" / "metric"
 
@@ -125,19 +127,18 @@ class Smoothed(Metric):
         self.differentiable = base.differentiable
 
     def prepare(self, ref: torch.Tensor) -> Any:
-        return {"base": self.base.prepare(ref), DRAWS: common_draws(len(ref), self.seed, ref.device)}
+        return {"base": self.base.prepare(ref), DRAWS: image_keys(ref, self.seed)}
 
     def score(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
         """A decision: the median noisy distance under the common noise; with a gradient:
         one fresh noisy distance."""
         if taking_gradient(x):
             return self.noisy_scores(prepared, x, torch.randn_like(x))
-        common = prepared[DRAWS]
+        keys = prepared[DRAWS]
         scores = []
         for j in range(self.draws):
-            gen = draw_generator(common, j, x.device)
-            noise = torch.randn((common["n"], *x.shape[1:]), device=x.device, generator=gen)
-            scores.append(self.noisy_scores(prepared, x, noise[common["rows"]]))
+            noise = normal(keys, j, tuple(x.shape[1:]))
+            scores.append(self.noisy_scores(prepared, x, noise))
         return torch.stack(scores).median(0).values
 
     def noisy_scores(self, prepared: Any, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
-"""Per-triplet random streams: counter-based numbers keyed by the prey's pixels and a seed.
+"""Per-triplet random streams: counter-based numbers keyed by an image's pixels and a seed.
 
 An attack that draws random numbers (One-pixel's population, Square's windows, APGD's
-restarts) draws them as a hash of ``(key, step, slot)`` instead of from a shared generator.
+restarts) draws them as a hash of ``(key, step, slot)`` instead of from a shared generator;
+so does the smoothed metric's common noise (keyed by the reference).
 The number a triplet gets is then the same whatever the batch it sits in, the other
 triplets still active, the device or the order of evaluation: a run with
-``resolution.batch_size=1`` equals one with ``batch_size=64`` (README, "Attacks").
+``resolution.batch_size=1`` equals one with ``batch_size=64`` (the same numbers whatever the batch).
 """
 
 from __future__ import annotations
@@ -77,3 +78,12 @@ def below(u: torch.Tensor, size: int) -> torch.Tensor:
 def signs(u: torch.Tensor) -> torch.Tensor:
     """Uniforms mapped to ``±1`` with equal probability."""
     return torch.where(u < 0.5, -1.0, 1.0)
+
+
+def normal(keys: torch.Tensor, step: int, slots: int | tuple[int, ...]) -> torch.Tensor:
+    """``(N, *slots)`` standard normals from the streams ``2 step`` and ``2 step + 1``
+    (Box-Muller)."""
+    u1 = uniform(keys, 2 * step, slots).double()
+    u2 = uniform(keys, 2 * step + 1, slots).double()
+    radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # 1 - u1 in (0, 1]: log is finite
+    return (radius * torch.cos(2.0 * torch.pi * u2)).float()

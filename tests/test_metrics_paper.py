@@ -206,12 +206,15 @@ def test_watson_random_shift_is_the_stochastic_release_default(photos):
     m = metric("watson_dft", "metric.random_shift=true")
     assert m.stochastic and not metric("watson_dft").stochastic
     x = (photos + 0.05).clamp(-1, 1)
+    g = x.clone().requires_grad_(True)  # a differentiated score: one random shift per call
+    torch.manual_seed(0)
+    draws = torch.stack([m(photos, g).detach() for _ in range(6)])
     with torch.no_grad():
-        torch.manual_seed(0)
-        draws = torch.stack([m(photos, x) for _ in range(6)])
         plain = metric("watson_dft")(photos, x)
+        decision = m(photos, x)  # a decision: the exact mean over the 64 shifts
     assert len({round(v, 3) for v in draws[:, 0].tolist()}) > 1  # the shift changes blocks
     assert torch.allclose(draws.mean(0), plain, rtol=0.2)  # same model, other block grid
+    assert torch.allclose(decision, plain, rtol=0.2) and torch.equal(decision, m(photos, x))
 
 
 def test_adists_on_maps_smaller_than_the_window_uses_global_statistics(photos):

@@ -253,7 +253,7 @@ class APGD(Attack):
                     self.reverse,
                     self.flip_on,
                     s,
-                    metric.stochastic,
+                    metric.stochastic and not final,  # without a gradient s is the decision
                 )
             else:
                 hit = rank_flipped(s_det, s_other[active], self.reverse)

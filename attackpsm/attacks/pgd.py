@@ -216,8 +216,10 @@ class PGD(Attack):
             with torch.set_grad_enabled(not last):
                 s = score(ref_w, x)
             if separate:
+                # without a gradient (the last check) s already is the decision score
+                stochastic = metric.stochastic and not last
                 hit, s_det = judge(
-                    score, ref_w, x, s_other_w, self.reverse, self.flip_on, s, metric.stochastic
+                    score, ref_w, x, s_other_w, self.reverse, self.flip_on, s, stochastic
                 )
             else:
                 s_det = s.detach()

@@ -158,3 +158,45 @@ def test_one_rule_for_saving_in_the_flip_rmse_and_pixel_columns():
     assert r["psnr_uint8"] == pytest.approx(20 * np.log10(255.0))
     assert r["pct_px_gt_0.001_uint8"] == pytest.approx(100.0)
     assert r["pct_px_gt_0.01_uint8"] == pytest.approx(0.0)
+
+
+def _stop_rule_attacks():
+    from attackpsm.attacks.apgd import APGD
+    from attackpsm.attacks.cascade import Cascade
+    from attackpsm.attacks.fgsm import FGSM
+    from attackpsm.attacks.min_eps import MinEps
+    from attackpsm.attacks.onepixel import OnePixel
+    from attackpsm.attacks.square import Square
+    from attackpsm.attacks.stadv import StAdv
+
+    return {
+        "pgd": lambda: PGD(flip_on="saved"),
+        "fgsm": lambda: FGSM(max_eps=0.02, flip_on="saved"),
+        "apgd": lambda: APGD(max_iterations=10, flip_on="saved"),
+        "square": lambda: Square(max_queries=60, flip_on="saved"),
+        "onepixel": lambda: OnePixel(population=12, generations=4, flip_on="saved"),
+        "stadv": lambda: StAdv(max_iterations=8, flip_on="saved"),
+        "cascade": lambda: Cascade([FGSM(max_eps=0.005, flip_on="saved"), PGD(flip_on="saved")]),
+        "min_eps": lambda: MinEps(APGD(max_iterations=5, flip_on="saved"), eps_max=0.05, tol=0.01),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_stop_rule_attacks()))
+def test_every_stop_rule_stops_on_the_saved_image(name):
+    """With ``flip_on=saved`` every attack with a stop rule reports what stopped it, and
+    every triplet it stopped flips once its image is saved; ``flipped`` stays the float
+    image's decision."""
+    from tests.conftest import select_prey
+
+    metric = L2()
+    batch = synthetic_batch(num_triplets=8, seed=5)
+    attack = _stop_rule_attacks()[name]()
+    assert attack.flip_on == "saved"
+    prepared, prey, s_other = select_prey(metric, batch)
+    out = attack.run(metric, prepared, prey, s_other)
+    assert out.stopped is not None and out.stopped.any(), name
+    with torch.no_grad():
+        s_saved = metric.score(prepared, saved(out.adv))
+        s_float = metric.score(prepared, out.adv)
+    assert rank_flipped(s_saved[out.stopped], s_other[out.stopped]).all(), name
+    assert torch.equal(out.flipped, rank_flipped(s_float, s_other)), name

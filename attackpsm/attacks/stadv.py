@@ -13,10 +13,12 @@ from attackpsm.attacks.base import (
     Attack,
     AttackResult,
     check_at_most,
+    check_flip_on,
     check_int,
     check_positive,
 )
 from attackpsm.attacks.pgd import PGD
+from attackpsm.images import saved
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
 from attackpsm.twoafc import rank_flipped
@@ -117,6 +119,8 @@ class StAdv(Attack):
         variant: ``paper`` or ``official``.
         history: L-BFGS memory (10, scipy's default).
         max_line_search: line-search evaluations per iteration (20, scipy's default).
+        flip_on: ``"float"`` (the paper) or ``"saved"``: the loss is 0 and the triplet stops
+            only once the saved 8-bit image of its iterate flips (:func:`attackpsm.images.saved`).
 
     Example:
         >>> result = StAdv(alpha=50, beta=0.05).run(metric, metric.prepare(ref), prey, s_other)
@@ -134,7 +138,9 @@ class StAdv(Attack):
         variant: str = "paper",
         history: int = 10,
         max_line_search: int = 20,
+        flip_on: str = "float",
     ):
+        self.flip_on = check_flip_on(flip_on)
         if variant not in VARIANTS:
             raise ValueError(f"stAdv variant must be one of {list(VARIANTS)}, got {variant!r}")
         check_positive("alpha", alpha)
@@ -171,6 +177,11 @@ class StAdv(Attack):
                 loss = self.loss(flow, s_other[rows], s)
                 (grad,) = torch.autograd.grad(loss.sum(), flow)
             flipped = rank_flipped(s.detach(), s_other[rows], self.reverse)
+            if self.flip_on == "saved":  # the stop rule judges the saved 8-bit iterate
+                with torch.no_grad():
+                    image = saved(warp(prey[rows], flow.detach()))
+                    s_saved = metric.score(select(prepared_ref, rows), image)
+                flipped = rank_flipped(s_saved, s_other[rows], self.reverse)
             loss = torch.where(flipped, torch.zeros_like(loss), loss)  # Alg. 2, line 7
             return loss.detach(), grad.flatten(1), flipped
 
@@ -195,7 +206,13 @@ class StAdv(Attack):
             "flow_max": length.amax(1),
             "flow_mean": length.mean(1),
         }
-        return AttackResult(adv, s_adv, rank_flipped(s_adv, s_other, self.reverse), columns)
+        return AttackResult(
+            adv,
+            s_adv,
+            rank_flipped(s_adv, s_other, self.reverse),
+            columns,
+            (opt.status == lbfgs.STOPPED).to(adv.device) if self.flip_on == "saved" else None,
+        )
 
 
 class StAdvPGD(StAdv):

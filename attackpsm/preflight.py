@@ -60,7 +60,23 @@ def check_resolution(cfg: DictConfig) -> None:
         )
 
 
+def check_flip_on(cfg: DictConfig) -> None:
+    """``attack.flip_on=saved`` compares the saved image with the dataset's 8-bit images.
+
+    Raises:
+        ValueError: with ``dataset.quantize=false`` (float inputs), naming both fixes.
+    """
+    flip_on = OmegaConf.select(cfg, "attack.flip_on", default="float")
+    if flip_on == "saved" and OmegaConf.select(cfg, "dataset.quantize", default=True) is False:
+        raise ValueError(
+            "attack.flip_on=saved judges the saved adversarial image against the dataset's "
+            "8-bit images, but dataset.quantize=false keeps float images: set "
+            "dataset.quantize=true (the paper's loader) or attack.flip_on=float"
+        )
+
+
 def check_run(cfg: DictConfig) -> None:
     """Every check that needs no data, in the order a user would fix them."""
     check_shards(cfg.shard.count, cfg.shard.index)
     check_resolution(cfg)
+    check_flip_on(cfg)

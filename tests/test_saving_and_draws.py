@@ -200,3 +200,13 @@ def test_every_stop_rule_stops_on_the_saved_image(name):
         s_float = metric.score(prepared, out.adv)
     assert rank_flipped(s_saved[out.stopped], s_other[out.stopped]).all(), name
     assert torch.equal(out.flipped, rank_flipped(s_float, s_other)), name
+
+
+def test_flip_on_saved_with_float_inputs_stops_before_any_data():
+    from attackpsm.config import compose
+    from attackpsm.preflight import check_run
+
+    cfg = compose(["attack.flip_on=saved", "dataset.quantize=false", "logger=none"])
+    with pytest.raises(ValueError, match="dataset.quantize=true .* or attack.flip_on=float"):
+        check_run(cfg)
+    check_run(compose(["attack.flip_on=saved", "logger=none"]))  # 8-bit inputs: fine

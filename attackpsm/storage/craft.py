@@ -2,7 +2,9 @@
 
 A craft run (``python -m attackpsm.craft``, which runs an ordinary run with
 ``craft=<dir>``) hands every attacked batch to :class:`CraftWriter`. It saves, for every
-triplet, the reference, both distortions and the adversarial image as lossless 8-bit PNGs
+triplet, the reference, both distortions (the dataset's 8-bit images, stored exactly) and
+the adversarial image (saved by the package's one rule, :func:`attackpsm.images.saved`:
+truncated, as the released ``tensor2im``) as 8-bit PNGs
 under ``<dir>/images/<triplet_id>/``, and one manifest part per batch under
 ``<dir>/manifest.parts/``; :func:`finalize_manifest` merges them into
 ``<dir>/manifest.parquet`` once every shard is done. A row holds the source metric, attack

@@ -5,6 +5,8 @@ anywhere, ``resolution=64`` as a group choice, any ``resolution=N`` as a generat
 its group keys are checked (:func:`attackpsm.config.check_overrides`), then it is handed to
 the Hydra app. A configuration error prints one line and exits 2; Ctrl-C prints one line
 (what was saved, the command that resumes) and exits 130.
+An ``experiment=<sweep>`` without ``-m`` stops with the command to run instead
+(:func:`attackpsm.config.sweep_without_multirun`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from attackpsm.config import (
     normalise_argv,
     quote_numeric_choices,
     register_sizes,
+    sweep_without_multirun,
 )
 
 __all__ = ["MULTIRUN_FLAGS", "main", "normalise_argv", "quote_numeric_choices"]
@@ -33,6 +36,9 @@ def main() -> None:
         if any(a in ("-h", "--help") for a in args):
             print(help_text())
             return
+        problem = sweep_without_multirun(args)
+        if problem:
+            sys.exit(problem)  # exit status 1, the message on stderr
         try:
             register_sizes(args)
             check_overrides(args)

@@ -52,19 +52,21 @@ def _select_prey(metric: Metric, ref, p0, p1):
     return chosen.images(p0, p1), chosen.s_other.item()
 
 
-def reference_pgd(metric: Metric, ref, p0, p1, eps=0.03, alpha=0.001, max_iterations=30):
-    """Algorithm 1 verbatim for one triplet; returns (flipped, s_adv, s_other)."""
+def reference_pgd(metric: Metric, ref, p0, p1, eps=0.03, alpha=0.001, checks=30):
+    """Algorithm 1 for one triplet with ``checks`` flip checks (the released loop's 30;
+    Algorithm 1 as printed: 31); returns (flipped, s_adv, s_other)."""
     prey, s_other = _select_prey(metric, ref, p0, p1)
     delta = torch.zeros_like(prey)
     k = 0
     s_adv = float("nan")
-    while k <= max_iterations:
+    last = checks - 1
+    while k <= last:
         adv = (prey + delta).clamp(LOW, HIGH).detach().requires_grad_(True)
         s = metric(ref, adv)
         s_adv = s.item()
         if rank_flipped(s_adv, s_other):
             return True, s_adv, s_other
-        if k == max_iterations:  # the gradient of the last check is never used
+        if k == last:  # the gradient of the last check is never used
             break
         loss = rank_loss(torch.tensor(s_other), s).sum()
         (grad,) = torch.autograd.grad(loss, adv)
@@ -206,7 +208,7 @@ def build_attack(name: str, params: dict[str, Any]) -> Attack:
 def reference_for(w: Workload, attack: Attack) -> Callable:
     if w.attack == "pgd":
         return lambda m, r, a, b: reference_pgd(
-            m, r, a, b, attack.eps, attack.alpha, attack.max_iterations
+            m, r, a, b, attack.eps, attack.alpha, attack.n_checks
         )
     if w.attack == "fgsm":
         return lambda m, r, a, b: reference_fgsm(m, r, a, b, attack.max_eps, attack.eps_step)

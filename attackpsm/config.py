@@ -60,6 +60,35 @@ def normalise_argv(args: Sequence[str]) -> list[str]:
     return (["--multirun"] if flags else []) + rest
 
 
+def sweep_without_multirun(args: Sequence[str]) -> str | None:
+    """Why a command line cannot run as given: an ``experiment=<name>`` that is a sweep
+    (its file sets ``hydra.sweeper.params``) without ``-m``.
+
+    Without ``-m`` Hydra would run one job with the default choices and ignore the sweep,
+    so a user asking for a paper table would get one unrelated run. Returns the message
+    naming the command to run (``None``: nothing wrong).
+    """
+    if any(a in MULTIRUN_FLAGS for a in args):
+        return None
+    for arg in args:
+        match = re.match(r"^\+?experiment=([\w/-]+)$", arg)
+        if not match:
+            continue
+        path = Path(CONFIG_DIR) / "experiment" / f"{match.group(1)}.yaml"
+        if not path.is_file():
+            return None  # Hydra names the valid options
+        params = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params")
+        if not params:
+            return None
+        sweep = "; ".join(f"{k}: {v}" for k, v in params.items())
+        command = " ".join(["python -m attackpsm -m", *args])
+        return (
+            f"experiment={match.group(1)} is a sweep ({sweep}) and runs only with -m "
+            f"(without it Hydra would run one job with the default choices). Run:\n  {command}"
+        )
+    return None
+
+
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """The composed ``config`` of ``python -m attackpsm <overrides>`` (one job, no sweep)."""
     from hydra import compose as hydra_compose

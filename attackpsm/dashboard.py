@@ -40,12 +40,12 @@ import pandas as pd
 
 from attackpsm.loggers import CURVE, CURVE_TITLES, DISTRIBUTIONS, sweep_group
 
-HEADLINE = ("flip_rate", "flip_rate_uint8", "rmse_flipped_mean", "accuracy")
+HEADLINE = ("flip_rate", "flip_rate_saved", "rmse_flipped_mean", "accuracy")
 LIVE = (
     "flip_rate",
     "flip_rate_agree",
     "flip_rate_disagree",
-    "flip_rate_uint8",
+    "flip_rate_saved",
     "triplets_per_s",
     "iterations_mean",
     "queries_mean",
@@ -148,7 +148,7 @@ def specification(
             "parallel",
             "metric → attack → resolution → ε → flip rate",
             columns=[f"config:{k}" for k in GROUP_BY]
-            + ["config:eps", "summary:flip_rate", "summary:flip_rate_uint8"],
+            + ["config:eps", "summary:flip_rate", "summary:flip_rate_saved"],
         ),
         _panel(
             "media",

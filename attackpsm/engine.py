@@ -1,9 +1,15 @@
 """The batched 2AFC attack step shared by every attack (Sec. 3, Algorithms 1-3, lines 1-5).
 
 For a batch of triplets: score both distortions against the reference, pick the prey
-(:func:`attackpsm.twoafc.choose_prey`), run the attack, re-check the flip on the 8-bit
-images a viewer sees, and compute the perturbation statistics. The rules themselves
-(prey, flip, human agreement) live in :mod:`attackpsm.twoafc`.
+(:func:`attackpsm.twoafc.choose_prey`), run the attack, decide the flip again on the 8-bit
+image the attack's output becomes when saved (:func:`attackpsm.images.saved`), and compute
+the perturbation statistics. The rules themselves (prey, flip, human agreement) live in
+:mod:`attackpsm.twoafc`.
+
+A randomised metric scores every image of a batch under the batch's common draws, kept in
+the prepared reference (:func:`attackpsm.metrics.base.common_draws`): the clean ranking,
+the attack's flip checks and the saved image's check of a triplet all compare under the
+same draws.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 
 from attackpsm.attacks.base import Attack, Triplets
 from attackpsm.data.base import Batch
-from attackpsm.images import quantize
+from attackpsm.images import on_grid, saved
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
 from attackpsm.twoafc import Prey, choose_prey, human_agrees, target_flipped
@@ -100,6 +106,13 @@ def attack_batch(
             return pd.DataFrame(), errors
 
     reverse = bool(getattr(attack, "reverse", False))
+    grid = all(on_grid(x) for x in (batch.ref, batch.p0, batch.p1))
+    if getattr(attack, "flip_on", "float") == "saved" and not grid:
+        raise ValueError(
+            "attack.flip_on=saved judges the saved adversarial image against the dataset's "
+            "8-bit images, but these images are not on the 8-bit grid: set "
+            "dataset.quantize=true (the paper's loader) or attack.flip_on=float"
+        )
     chosen = choose_prey(d0, d1, reverse)
     rank, s_other, s_prey = chosen.is_p1, chosen.s_other, chosen.s_prey
     prey = chosen.images(batch.p0, batch.p1)
@@ -115,13 +128,18 @@ def attack_batch(
     if target == "prey":
         result = attack.run(metric, prepared, prey, s_other, **extra)
         adv, clean = result.adv.detach(), prey
-        s_adv_uint8, s_other_uint8 = _rescore_uint8(metric, prepared, batch, chosen, adv)
+        s_adv_saved, s_other_saved = _rescore_saved(metric, prepared, batch, chosen, adv, grid)
     else:
         other = chosen.others(batch.p0, batch.p1)
         result, clean = attack.run_target(metric, batch.ref, prepared, prey, other, s_prey, s_other)
         adv = result.adv.detach()
-        s_adv_uint8, s_other_uint8 = attack.distances_uint8(metric, batch.ref, prey, other, adv)
+        s_adv_saved, s_other_saved = attack.distances_saved(
+            metric, batch.ref, prey, other, adv, grid
+        )
     stats = perturbation_stats(adv, clean)
+    flipped_saved = result.columns.pop("flipped_saved", None)
+    if flipped_saved is None:  # the saved image's own decision, whatever the float one was
+        flipped_saved = target_flipped(target, s_adv_saved, s_other_saved, reverse)
 
     rows = pd.DataFrame(
         {
@@ -136,14 +154,10 @@ def attack_batch(
             "s_prey": s_prey.cpu().numpy(),
             "s_adv": result.s_adv.detach().cpu().numpy(),
             "flipped": result.flipped.cpu().numpy(),
-            "s_adv_uint8": s_adv_uint8.cpu().numpy(),
-            # the flip survives saving the images as 8-bit PNGs (the released code decided
-            # flips on float tensors but saved 8-bit images)
-            "flipped_uint8": (
-                result.flipped & target_flipped(target, s_adv_uint8, s_other_uint8, reverse)
-            )
-            .cpu()
-            .numpy(),
+            "s_adv_saved": s_adv_saved.cpu().numpy(),
+            # the rank of the adversarial image once saved as an 8-bit PNG (the released
+            # code decided flips on float tensors but saved 8-bit images)
+            "flipped_saved": flipped_saved.cpu().numpy(),
             "stalled": stalled(attack, result.flipped, stats["linf"]).cpu().numpy(),
             "iterations": result.columns.get(
                 "iterations", torch.zeros(len(batch), dtype=torch.long)
@@ -160,7 +174,7 @@ def attack_batch(
     if sink is not None and target == "prey":  # saved and shown images are preys
         sink(metric, batch, rank, adv, rows)
     # a NaN or a negative distance during the attack: a recorded skip, never a flip
-    reasons = contract_violations(s_adv=result.s_adv, s_adv_uint8=s_adv_uint8)
+    reasons = contract_violations(s_adv=result.s_adv, s_adv_saved=s_adv_saved)
     broken = np.array([r is not None for r in reasons], dtype=bool)
     if broken.any():
         bad = rows[broken]
@@ -181,21 +195,24 @@ def attack_batch(
     return rows, errors
 
 
-def _rescore_uint8(
-    metric: Metric, prepared: Any, batch: Batch, chosen: Prey, adv: torch.Tensor
+def _rescore_saved(
+    metric: Metric, prepared: Any, batch: Batch, chosen: Prey, adv: torch.Tensor, grid: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(s_adv, s_other)`` with every image of the triplet rounded to 8 bits.
+    """``(s_adv, s_other)`` of the images a user holds after saving the adversarial one.
 
-    With the paper's 8-bit inputs (``dataset.quantize=true``) the clean images are already
-    on the grid and ``s_other`` is reused; with float inputs the reference and the other
-    image are rounded too, so both sides of the comparison see the same saved images.
+    With the paper's 8-bit inputs (``dataset.quantize=true``, ``grid``) the reference and
+    the other image are the dataset's 8-bit files and ``s_other`` is reused; the
+    adversarial image is saved (:func:`attackpsm.images.saved`). With float inputs all
+    three images are saved, so both sides of the comparison see saved images. A randomised
+    metric scores them under the draws of the clean ranking
+    (:meth:`~attackpsm.metrics.base.Metric.prepare_like`).
     """
     with torch.no_grad():
-        if all(torch.equal(quantize(x), x) for x in (batch.ref, batch.p0, batch.p1)):
-            return metric.score(prepared, quantize(adv)), chosen.s_other
-        prepared_q = metric.prepare(quantize(batch.ref))
-        other = quantize(chosen.others(batch.p0, batch.p1))
-        return metric.score(prepared_q, quantize(adv)), metric.score(prepared_q, other)
+        if grid:
+            return metric.score(prepared, saved(adv)), chosen.s_other
+        prepared_q = metric.prepare_like(saved(batch.ref), prepared)
+        other = saved(chosen.others(batch.p0, batch.p1))
+        return metric.score(prepared_q, saved(adv)), metric.score(prepared_q, other)
 
 
 def _chunk(batch: Batch, start: int, stop: int) -> Batch:

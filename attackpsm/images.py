@@ -39,8 +39,35 @@ def to_uint8_truncated(images: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Round-trip through 8 bits: what survives saving the image as a PNG."""
+    """Round to the nearest of the 256 levels: the loader's 8-bit images (``dataset.quantize``).
+
+    Rounding models the released loader, which hands the metric the 8-bit result of a PIL
+    resize. It is idempotent: an image already on the 8-bit grid is returned unchanged
+    (:func:`on_grid`). Saving an adversarial image is a different step: :func:`saved`.
+    """
     return to_uint8(images).float() / 127.5 - 1.0
+
+
+def on_grid(images: torch.Tensor) -> bool:
+    """Every value is one of the 256 levels ``k / 127.5 - 1`` (a dataset's 8-bit image)."""
+    return bool(torch.equal(quantize(images), images))
+
+
+def saved(images: torch.Tensor) -> torch.Tensor:
+    """The image a saved 8-bit PNG of ``images`` reads back as: the package's one rule.
+
+    **Saving truncates**, as the released code's ``tensor2im`` does
+    (:func:`to_uint8_truncated`): it is the only 8-bit conversion of an attack's output in
+    the released code, and the paper's RMSE and PSNR (Table 2, Table 4) were measured
+    between such images. The same rule decides ``flipped_saved`` (and ``attack.flip_on=saved``),
+    the 8-bit RMSE/PSNR and the 8-bit "% pixels" columns (:mod:`attackpsm.stats`) and the
+    PNGs the transfer craft writes, so a saved file scores exactly as the table says.
+
+    A consequence of computing ``(x + 1) * 127.5`` in float32 as ``tensor2im`` does: the
+    dark levels ``k = 1 … 63`` of an 8-bit image land just below ``k`` and read one level
+    low, so saving is *not* the identity on the 8-bit grid.
+    """
+    return to_uint8_truncated(images).float() / 127.5 - 1.0
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

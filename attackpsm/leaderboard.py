@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -38,6 +39,8 @@ from attackpsm.report.load import Run, load_runs
 from attackpsm.results import quantile
 from attackpsm.storage.records import load_mapping
 from attackpsm.twoafc import accuracy, agreement
+
+log = logging.getLogger("attackpsm")
 
 PAPER_BUDGET = 0.03  # ℓ∞ ε of PGD in the paper, on the [-1, 1] scale
 L2_BUDGET = 1.0  # ε of attack=apgd_l2, on the [-1, 1] scale
@@ -135,13 +138,13 @@ def entry(runs: list[Run], threat: str, clean: Run | None, budget: float) -> dic
         if eps is not None:
             by_eps[round(eps, 6)].append(r)
     worst: dict[str, float] = {}
-    worst_uint8: dict[str, float] = {}
+    worst_saved: dict[str, float] = {}
     triplets = 0
     for eps, group in sorted(by_eps.items()):
-        table = pd.concat([g.results[["triplet_id", "flipped", "flipped_uint8"]] for g in group])
-        per = table.groupby("triplet_id")[["flipped", "flipped_uint8"]].any()
+        table = pd.concat([g.results[["triplet_id", "flipped", "flipped_saved"]] for g in group])
+        per = table.groupby("triplet_id")[["flipped", "flipped_saved"]].any()
         worst[str(eps)] = _rate(per["flipped"])
-        worst_uint8[str(eps)] = _rate(per["flipped_uint8"])
+        worst_saved[str(eps)] = _rate(per["flipped_saved"])
         triplets = max(triplets, len(per))
     by_attack = {
         r.identity["attack"]["name"]: {
@@ -176,7 +179,7 @@ def entry(runs: list[Run], threat: str, clean: Run | None, budget: float) -> dic
         "flip_rate": _clean(worst.get(str(round(budget, 6)), float("nan"))),
         "robust_accuracy": robust_accuracy(at_budget, radius[:1], budget),
         "flip_rate_by_eps": worst,
-        "flip_rate_uint8_by_eps": worst_uint8,
+        "flip_rate_saved_by_eps": worst_saved,
         "flip_rate_by_attack": by_attack,
         "median_radius": None,
         "radius_attack": None,
@@ -283,23 +286,61 @@ def build_leaderboard(
     return entries
 
 
-def check_certified(certified: pd.DataFrame, empirical: pd.DataFrame, metric: str) -> None:
-    """Raise if a certified radius exceeds the empirical ℓ2 radius of the same triplet.
+# a count of certified radii above the empirical ones is "consistent with α" while it is at
+# most this quantile of Binomial(certified triplets, α)
+CONSISTENT_QUANTILE = 0.999
 
-    A certificate is a lower bound on the robust radius and an attack's radius an upper
-    bound, so ``radius > min_eps`` on any triplet means one of them is wrong.
+
+def check_certified(
+    certified: pd.DataFrame, empirical: pd.DataFrame, metric: str, alpha: float | None = None
+) -> dict[str, Any]:
+    """How many certified radii exceed the empirical ℓ2 radius of the same triplet, and
+    whether that many is consistent with the certificate's failure probability ``alpha``.
+
+    A certificate is a lower bound on the robust radius that holds with probability at
+    least ``1 - alpha`` (Cohen et al., 2019, Theorem 1 with a Clopper-Pearson bound); an
+    attack's radius is an upper bound, itself estimated (a bisection, a smoothed decision
+    judged on a finite set of draws). ``radius > min_eps`` on a few triplets is therefore
+    allowed: up to the :data:`CONSISTENT_QUANTILE` quantile of ``Binomial(n, alpha)`` over
+    the ``n`` triplets with a certificate. More means one of the two is wrong.
+
+    Returns:
+        ``exceeding`` (count), ``checked`` (triplets with a certificate, ``radius > 0``,
+        and an empirical radius), ``allowed`` (the count consistent with ``alpha``),
+        ``consistent`` (bool) and ``first`` (the first exceeding triplet id, or ``None``).
     """
+    from scipy.stats import binom
+
     both = certified[["triplet_id", "radius"]].merge(
         empirical[["triplet_id", "min_eps"]], on="triplet_id"
     )
-    bad = both[both["radius"].astype(float) > both["min_eps"].astype(float)]
-    if len(bad):
+    radius = both["radius"].astype(float)
+    bad = both[radius > both["min_eps"].astype(float)]
+    checked = int((radius > 0).sum())
+    allowed = int(binom.ppf(CONSISTENT_QUANTILE, checked, alpha)) if alpha and checked else 0
+    out = {
+        "exceeding": len(bad),
+        "checked": checked,
+        "allowed": allowed,
+        "consistent": len(bad) <= allowed,
+        "first": str(bad.iloc[0]["triplet_id"]) if len(bad) else None,
+    }
+    if not out["consistent"]:
         first = bad.iloc[0]
-        raise ValueError(
-            f"{metric}: certified ℓ2 radius exceeds the empirical one on {len(bad)} triplet(s), "
-            f"first {first['triplet_id']!r}: certified {first['radius']:.4g} > "
-            f"empirical {first['min_eps']:.4g}"
+        log.warning(
+            "%s: certified ℓ2 radius exceeds the empirical one on %d of %d certified "
+            "triplet(s), more than the %d consistent with alpha=%s; first %r: certified %.4g > "
+            "empirical %.4g",
+            metric,
+            len(bad),
+            checked,
+            allowed,
+            alpha,
+            first["triplet_id"],
+            first["radius"],
+            first["min_eps"],
         )
+    return out
 
 
 def certified_entry(group: list[Run]) -> dict[str, Any] | None:
@@ -343,9 +384,13 @@ def certified_entry(group: list[Run]) -> dict[str, Any] | None:
         "median_empirical_radius": None,
         "empirical_robust_rate": None,
         "empirical_attack": None,
+        "certified_above_empirical": None,
     }
     if empirical is not None:
-        check_certified(table, empirical.results, metric)
+        alpha = cert.identity["attack"].get("alpha")
+        out["certified_above_empirical"] = check_certified(
+            table, empirical.results, metric, None if alpha is None else float(alpha)
+        )
         min_eps = empirical.results["min_eps"].to_numpy(dtype=float)
         out["empirical_robust_rate"] = {
             str(r): float((min_eps > r).mean()) for r in CERTIFIED_RADII
@@ -426,6 +471,14 @@ def _eps_star_cell(runs: dict[str, dict[str, Any]]) -> str:
     return "; ".join(cells) or "–"
 
 
+def _exceed_cell(check: dict[str, Any] | None) -> str:
+    """``k of n (≤ a expected with α: consistent)`` for :func:`check_certified`'s result."""
+    if not check:
+        return "–"
+    verdict = "consistent with α" if check["consistent"] else "**more than α allows**"
+    return f"{check['exceeding']} of {check['checked']} (≤ {check['allowed']}: {verdict})"
+
+
 def certified_markdown(entries: list[dict[str, Any]]) -> list[str]:
     """The ``certified-l2`` tables: largest median certified radius first."""
     lines: list[str] = []
@@ -440,8 +493,9 @@ def certified_markdown(entries: list[dict[str, Any]]) -> list[str]:
             "",
             "| rank | metric | σ | n | abstain % | "
             + "".join(f"cert. % @{r} | " for r in CERTIFIED_RADII)
-            + "median certified radius | median empirical radius | triplets |",
-            "|---:|---|---:|---:|---:|" + "---:|" * len(CERTIFIED_RADII) + "---:|---:|---:|",
+            + "median certified radius | median empirical radius | certified > empirical "
+            + "| triplets |",
+            "|---:|---|---:|---:|---:|" + "---:|" * len(CERTIFIED_RADII) + "---:|---:|---|---:|",
         ]
         for rank, e in enumerate(group, 1):
             cells = "".join(
@@ -451,7 +505,7 @@ def certified_markdown(entries: list[dict[str, Any]]) -> list[str]:
                 f"| {rank} | {e['metric']} | {_fmt(e['sigma'])} | {e['n']} | "
                 f"{_fmt(e['abstain_rate'], pct=True)} | {cells}"
                 f"{_fmt(e['median_certified_radius'])} | {_fmt(e['median_empirical_radius'])} | "
-                f"{e['triplets']} |"
+                f"{_exceed_cell(e.get('certified_above_empirical'))} | {e['triplets']} |"
             )
         lines.append("")
     return lines

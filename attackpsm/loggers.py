@@ -364,7 +364,7 @@ class ShardProgress:
         self.active = getattr(logger, "run", None) is not None
         self.device = torch.device(device)
         self.done = self.skipped = 0
-        self.flips = {"all": 0, "agree": 0, "disagree": 0, "uint8": 0}
+        self.flips = {"all": 0, "agree": 0, "disagree": 0, "saved": 0}
         self.counts = {"all": 0, "agree": 0, "disagree": 0}
         self.sums: dict[str, float] = {}
         self.kept: dict[str, list[dict[str, Any]]] = {"agree": [], "disagree": []}
@@ -405,7 +405,7 @@ class ShardProgress:
         labels = _agree(rows)
         self.counts["all"] += len(rows)
         self.flips["all"] += int(flipped.sum())
-        self.flips["uint8"] += int(rows["flipped_uint8"].astype(bool).sum())
+        self.flips["saved"] += int(rows["flipped_saved"].astype(bool).sum())
         for label in ("agree", "disagree"):
             mask = (labels == label).to_numpy()
             self.counts[label] += int(mask.sum())
@@ -428,7 +428,7 @@ class ShardProgress:
             "flip_rate": rate(self.flips["all"], n),
             "flip_rate_agree": rate(self.flips["agree"], self.counts["agree"]),
             "flip_rate_disagree": rate(self.flips["disagree"], self.counts["disagree"]),
-            "flip_rate_uint8": rate(self.flips["uint8"], n),
+            "flip_rate_saved": rate(self.flips["saved"], n),
             "triplets_per_s": self.this_attempt / elapsed if elapsed > 0 else float("nan"),
             "skipped": self.skipped,
             **{f"{k}_mean": v / n if n else float("nan") for k, v in self.sums.items()},
@@ -532,7 +532,7 @@ def example_image(example: dict[str, Any]):
     caption = (
         f"{r['triplet_id']} ({r['subset']}) · ref | other | prey | adv | δ×{gain:.0f} · "
         f"s_other {f(r['s_other'])} · s_prey {f(r['s_prey'])} · s_adv {f(r['s_adv'])} · "
-        f"s_adv 8-bit {f(r['s_adv_uint8'])} · RMSE {f(r[PAPER_COLUMNS['rmse']])} · ℓ∞ {f(r['linf'])}"
+        f"s_adv 8-bit {f(r['s_adv_saved'])} · RMSE {f(r[PAPER_COLUMNS['rmse']])} · ℓ∞ {f(r['linf'])}"
     )
     return wandb.Image(strip, caption=caption)
 
@@ -766,7 +766,7 @@ def leaderboard_row(table: pd.DataFrame, keys: dict[str, Any]) -> dict[str, Any]
         "flip_rate": stats["flipped"] / n if n else float("nan"),
         "flip_rate_ci_low": stats["ci_low_pct"] / 100 if n else float("nan"),
         "flip_rate_ci_high": stats["ci_high_pct"] / 100 if n else float("nan"),
-        "flip_rate_uint8": stats["flipped_uint8"] / n if n else float("nan"),
+        "flip_rate_saved": stats["flipped_saved"] / n if n else float("nan"),
         "rmse_flipped_mean": float(stats["rmse_mean"]) if n else float("nan"),
     }
     col = minimal_eps_column(table)

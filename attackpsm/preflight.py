@@ -108,6 +108,21 @@ def check_workers(workers: Any) -> None:
         )
 
 
+def check_flip_on(cfg: DictConfig) -> None:
+    """``attack.flip_on=saved`` compares the saved image with the dataset's 8-bit images.
+
+    Raises:
+        ConfigError: with ``dataset.quantize=false`` (float inputs), naming both fixes.
+    """
+    flip_on = OmegaConf.select(cfg, "attack.flip_on", default="float")
+    if flip_on == "saved" and OmegaConf.select(cfg, "dataset.quantize", default=True) is False:
+        raise ConfigError(
+            "attack.flip_on=saved judges the saved adversarial image against the dataset's "
+            "8-bit images, but dataset.quantize=false keeps float images: set "
+            "dataset.quantize=true (the paper's loader) or attack.flip_on=float"
+        )
+
+
 def check_run(cfg: DictConfig) -> None:
     """Every check that needs no data, in the order a user would fix them.
 
@@ -120,3 +135,4 @@ def check_run(cfg: DictConfig) -> None:
     check_seed(cfg.get("seed"))
     check_lease(cfg.get("lease"))
     check_workers(cfg.get("num_workers", 0))
+    check_flip_on(cfg)

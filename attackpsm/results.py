@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attackpsm.stats import PAPER_DEFINITIONS, STAT_COLUMNS, THRESHOLDS, pct_column
+from attackpsm.stats import (
+    FLIP_DEFINITIONS,
+    PAPER_DEFINITIONS,
+    STAT_COLUMNS,
+    THRESHOLDS,
+    pct_column,
+)
 from attackpsm.tablestats import flip_stats, split_rows
 
 # The per-triplet columns every attack writes (attacks may add their own after these).
@@ -26,8 +32,8 @@ BASE_COLUMNS = [
     "s_prey",
     "s_adv",
     "flipped",
-    "s_adv_uint8",
-    "flipped_uint8",
+    "s_adv_saved",
+    "flipped_saved",
     "iterations",
     *STAT_COLUMNS,
 ]
@@ -43,7 +49,7 @@ SUMMARY_COLUMNS = [
     "samples",
     "flipped",
     "flipped_pct",
-    "flipped_uint8",
+    "flipped_saved",
     "rmse_mean",
     "rmse_std",
     "psnr_mean",
@@ -111,7 +117,7 @@ def _fmt(v: Any, digits: int = 1) -> str:
 def summary_markdown(summary: pd.DataFrame) -> str:
     """Render :func:`summarize` output as a markdown table in the paper's Table-2 style."""
     head = (
-        "| Metric | Attack | Same rank by human & metric | Samples | #Flipped | Flipped (uint8) "
+        "| Metric | Attack | Same rank by human & metric | Samples | #Flipped | #Flipped after saving "
         "| RMSE μ (8-bit) | RMSE σ (8-bit) | PSNR μ (8-bit) | PSNR σ (8-bit) "
         "| %px ε>0.001 (float δ) | %px ε>0.01 (float δ) | %px ε>0.03 (float δ) | mean ε |"
     )
@@ -120,7 +126,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     for _, r in summary.iterrows():
         lines.append(
             f"| {r.metric} | {r.attack} | {r.agrees} | {r.samples} | {r.flipped}/{_fmt(r.flipped_pct, 0)}% "
-            f"| {r.flipped_uint8} | {_fmt(r.rmse_mean)} | {_fmt(r.rmse_std)} | {_fmt(r.psnr_mean, 2)} "
+            f"| {r.flipped_saved} | {_fmt(r.rmse_mean)} | {_fmt(r.rmse_std)} | {_fmt(r.psnr_mean, 2)} "
             f"| {_fmt(r.psnr_std, 2)} | "
             + " | ".join(_fmt(r[c]) for c in px)
             + f" | {_fmt(r.mean_eps, 4)} |"
@@ -128,6 +134,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     skipped = int(summary["skipped"].max()) if len(summary) else 0
     lines.append("")
     lines.append(f"Perturbation sizes as in the paper: {PAPER_DEFINITIONS}.")
+    lines.append(f"Flipped: {FLIP_DEFINITIONS}.")
     if "stalled" in summary and summary["stalled"].notna().any():
         counts = ", ".join(f"{r.agrees} {_fmt(r.stalled, 0)}" for _, r in summary.iterrows())
         lines.append(

@@ -143,6 +143,24 @@ def check_row_digests(dataset: TripletDataset, results: pd.DataFrame, run_dir: P
         )
 
 
+def seed_note(cfg: DictConfig) -> str | None:
+    """What a top-level ``seed`` leaves unchanged: a dataset with its own ``dataset.seed``.
+
+    ``seed`` seeds the attacks' and metrics' randomness; a generated dataset (``synthetic``)
+    draws its triplets from ``dataset.seed``, so two runs with different ``seed`` and the
+    same ``dataset.seed`` attack identical triplets. Said once per run, so that a seed sweep
+    is not mistaken for new data. ``None`` when the two agree or the data have no seed.
+    """
+    data_seed = cfg.dataset.get("seed") if "dataset" in cfg else None
+    if data_seed is None or int(data_seed) == int(cfg.seed):
+        return None
+    return (
+        f"seed={cfg.seed} seeds the attack and metric randomness; the {cfg.dataset.name} "
+        f"triplets follow dataset.seed={data_seed}, so they are the same as in every run with "
+        f"dataset.seed={data_seed} (add dataset.seed={cfg.seed} for other triplets)"
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one job; returns the headline numbers (also written to ``summary.csv``)."""
     check_run(cfg)  # bad values stop here, before any data is read
@@ -151,6 +169,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     attack = build_attack(cfg.attack)
     seed_everything(cfg.seed)
     dataset: TripletDataset = build_dataset(cfg)  # the index only: pixels load lazily
+    note = seed_note(cfg)
+    if note:
+        log.warning(note)
     fingerprint = dataset.fingerprint()  # results of other data never count as done
     done = finished_shard(cfg, fingerprint)  # finished work: no compute, no files, no W&B run
     if done is not None:
@@ -256,7 +277,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             bar = tqdm(
                 loader, desc=f"{metric.name} {attack.name}", unit="batch", disable=not cfg.progress
             )
-            flips = total = 0
+            flips = flips_saved = total = 0
             fitting = FittingBatches()  # halves the batch if the device runs out of memory
             calls = MetricCalls(metric, bar) if cfg.progress else None
             saved = len(records) - sum(b - a for a, b in batches)  # by earlier runs
@@ -269,10 +290,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     progress.update(rows, errs)
                     if len(rows):
                         flips += int(rows["flipped"].sum())
+                        flips_saved += int(rows["flipped_saved"].sum())
                         total += len(rows)
-                        bar.set_postfix(flip_rate=f"{flips / total:.1%}")
+                        postfix = {
+                            "flip_rate": f"{flips / total:.1%}",
+                            "after_saving": f"{flips_saved / total:.1%}",
+                        }
+                        bar.set_postfix(**postfix)
                         if calls is not None:
-                            calls.postfix = {"flip_rate": f"{flips / total:.1%}"}
+                            calls.postfix = postfix
             except KeyboardInterrupt:
                 bar.close()
                 raise RunInterrupted(saved, len(records), run_dir.resolve()) from None

@@ -70,6 +70,12 @@ PAPER_DEFINITIONS = (
     "comparison); over the flipped samples"
 )
 
+FLIP_DEFINITIONS = (
+    "#Flipped decides on the float adversarial image (the paper); #Flipped after saving on "
+    "that image saved as an 8-bit PNG, truncated as the released code's tensor2im does (the "
+    "one rule of the 8-bit RMSE, PSNR and % pixel columns too)"
+)
+
 
 def _rmse_psnr(diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rmse = diff.pow(2).mean(1).sqrt()

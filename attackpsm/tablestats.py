@@ -129,8 +129,8 @@ def flip_stats(
         "flipped_pct": 100.0 * k / n if n else float("nan"),
         "ci_low_pct": 100.0 * lo,
         "ci_high_pct": 100.0 * hi,
-        "flipped_uint8": int(rows["flipped_uint8"].astype(bool).sum())
-        if n and "flipped_uint8" in rows
+        "flipped_saved": int(rows["flipped_saved"].astype(bool).sum())
+        if n and "flipped_saved" in rows
         else 0,
         "rmse_mean": finite_mean(flipped[PAPER_COLUMNS["rmse"]]),
         "rmse_std": finite_std(flipped[PAPER_COLUMNS["rmse"]]),

@@ -15,8 +15,9 @@ rule leaves alone.
 **Flip** (Sec. 3, "Attack Models"): the attack succeeds when ``s_adv > s_other``; for the
 reverse attack when ``s_adv < s_other``. Strict inequalities: equal scores are no flip.
 :func:`rank_flipped` is the only place this is decided: the attacks call it on the float
-adversarial image, the engine again on the 8-bit images (``flipped_uint8``) and the
-transfer craft on the saved PNGs.
+adversarial image (or, with ``attack.flip_on=saved``, on the image they would save), the
+engine again on the saved adversarial image (``flipped_saved``,
+:func:`attackpsm.images.saved`) and the transfer craft on the saved PNGs.
 
 **Losses**: Eq. 1 ``J = (s_other / (s_other + s_adv) - 1)^2`` (FGSM, PGD) and Eq. 7
 ``J = (s_other / (s_other + s_adv))^2`` (reverse PGD), both maximised.

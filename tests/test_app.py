@@ -29,7 +29,7 @@ REQUIRED = [
     "s_prey",
     "s_adv",
     "flipped",
-    "flipped_uint8",
+    "flipped_saved",
     "iterations",
     "linf",
     "rmse_uint8",
@@ -74,7 +74,7 @@ def test_results_schema_and_summary(cfg_factory):
     assert (table["s_prey"] <= table["s_other"]).all()
     assert (table["flipped"] == (table["s_adv"] > table["s_other"])).all()
     assert (table["linf"] <= 0.03 + 1e-6).all()
-    assert (~table["flipped_uint8"] | table["flipped"]).all()
+    assert (~table["flipped_saved"] | table["flipped"]).all()
     summary = pd.read_csv(run_dir / "summary.csv")
     assert list(summary["agrees"]) == ["✓", "✗"]
     assert summary["samples"].sum() == 12
@@ -213,3 +213,28 @@ def test_attack_columns_survive_when_empty(cfg_factory):
     assert not table["flipped"].any()
     summary = pd.read_csv(Path(out["run_dir"]) / "summary.csv")
     assert set(summary["attack"]) == {"fgsm003"}
+
+
+def test_an_experiment_sweep_without_multirun_stops_with_the_command(tmp_path):
+    """`python -m attackpsm experiment=table2` would run one default job: it stops instead,
+    printing the `-m` command; with `-m` (or a non-sweep experiment) nothing is said."""
+    from attackpsm.config import sweep_without_multirun
+
+    proc = cli("experiment=table2", "dataset.num_triplets=4", cwd=ROOT)
+    assert proc.returncode == 1
+    assert "python -m attackpsm -m experiment=table2 dataset.num_triplets=4" in proc.stderr
+    assert "attack: fgsm,pgd,onepixel" in proc.stderr
+    assert not list(tmp_path.iterdir())  # and no job ran anywhere it could write
+    assert sweep_without_multirun(["-m", "experiment=table2"]) is None
+    assert sweep_without_multirun(["experiment=table2_pgd"]) is None  # one job, no sweep
+    assert sweep_without_multirun(["attack=pgd"]) is None
+
+
+def test_a_seed_that_leaves_the_data_unchanged_says_so():
+    from attackpsm.config import compose
+    from attackpsm.run import seed_note
+
+    assert seed_note(compose(["seed=0"])) is None
+    note = seed_note(compose(["seed=1"]))
+    assert "dataset.seed=0" in note and "add dataset.seed=1 for other triplets" in note
+    assert seed_note(compose(["seed=1", "dataset.seed=1"])) is None

@@ -45,7 +45,7 @@ ONLINE_ONLY = {"lpips_squeeze": "squeezenet1_1", "pieapp": "pieapp"}
 # wraps another metric option (Gaussian smoothing, tests/test_certify.py)
 WRAPPERS = ["smoothed"]
 # smaller ensembles keep the stochastic metric fast in tests
-OVERRIDES = {"elpips_vgg": ["metric.ensemble=2"]}
+OVERRIDES = {"elpips_vgg": ["metric.ensemble=2", "metric.draws=2"]}
 # Watson-DFT's released formula adds 1e-10 stabilisers inside powers and acos: d(x, x) is
 # about 0.012 on a 64x64 image, where visible distortions score in the hundreds
 IDENTITY_TOLERANCE = {"watson_dft": 0.05}
@@ -311,17 +311,21 @@ def test_ms_ssim_windows_shrink_only_where_the_scale_is_small(photos):
 
 
 def test_elpips_is_stochastic_and_averages_draws(photos):
+    """Gradients draw afresh and average ``ensemble`` draws per call; decisions repeat."""
     metric = get_metric("elpips_vgg")
     assert metric.stochastic
     x = gaussian_blur(photos[:1], 1.2)
-    with torch.no_grad():
-        a, b = metric(photos[:1], x), metric(photos[:1], x)
-        assert not torch.equal(a, b)
+    prepared = metric.prepare(photos[:1])
+    with torch.no_grad():  # a decision: the common draws, the same at every call
+        torch.testing.assert_close(metric.score(prepared, x), metric.score(prepared, x))
         torch.manual_seed(3)
         draws = torch.stack([metric.draw_distance(photos[:1], x) for _ in range(4)])
-        torch.manual_seed(3)
-        mean = metric.expected_score(photos[:1], x, draws=2)  # 2 calls x ensemble 2 = 4 draws
-    torch.testing.assert_close(mean, draws.mean(0))
+    g = x.clone().requires_grad_(True)
+    a, b = metric.score(prepared, g), metric.score(prepared, g)
+    assert not torch.equal(a, b)  # with a gradient: fresh draws at every call
+    torch.manual_seed(3)
+    mean = metric.expected_score(prepared, g, draws=2)  # 2 calls x ensemble 2 = 4 draws
+    torch.testing.assert_close(mean.detach(), draws.mean(0))
 
 
 def test_elpips_transformation_is_shared_by_reference_and_candidate(photos):

@@ -156,7 +156,7 @@ def test_equals_the_authors_code_on_fixed_pairs(name):
 
 @pytest.mark.parametrize("name", ["watson_dft", "adists", "elpips_vgg"])
 def test_identity_and_monotone_in_noise_strength(name, photos):
-    m = metric(name, *(["metric.ensemble=2"] if name == "elpips_vgg" else []))
+    m = metric(name, *(["metric.ensemble=2", "metric.draws=2"] if name == "elpips_vgg" else []))
     torch.manual_seed(0)  # E-LPIPS: one seeded set of draws, shared by every ladder entry
     d = ladder_distances(m, photos)
     # Watson-DFT: the release's 1e-10 stabilisers leave ~0.012 at d(x, x), against hundreds
@@ -176,7 +176,7 @@ def test_the_reference_decides_so_not_symmetric(name, photos):
 
 
 def test_elpips_is_symmetric_under_shared_draws(photos):
-    m = metric("elpips_vgg", "metric.ensemble=2")
+    m = metric("elpips_vgg", "metric.ensemble=2", "metric.draws=2")
     a, b = photos[:1], photos[1:]
     with torch.no_grad():
         torch.manual_seed(1)
@@ -206,12 +206,15 @@ def test_watson_random_shift_is_the_stochastic_release_default(photos):
     m = metric("watson_dft", "metric.random_shift=true")
     assert m.stochastic and not metric("watson_dft").stochastic
     x = (photos + 0.05).clamp(-1, 1)
+    g = x.clone().requires_grad_(True)  # a differentiated score: one random shift per call
+    torch.manual_seed(0)
+    draws = torch.stack([m(photos, g).detach() for _ in range(6)])
     with torch.no_grad():
-        torch.manual_seed(0)
-        draws = torch.stack([m(photos, x) for _ in range(6)])
         plain = metric("watson_dft")(photos, x)
+        decision = m(photos, x)  # a decision: the exact mean over the 64 shifts
     assert len({round(v, 3) for v in draws[:, 0].tolist()}) > 1  # the shift changes blocks
     assert torch.allclose(draws.mean(0), plain, rtol=0.2)  # same model, other block grid
+    assert torch.allclose(decision, plain, rtol=0.2) and torch.equal(decision, m(photos, x))
 
 
 def test_adists_on_maps_smaller_than_the_window_uses_global_statistics(photos):
@@ -281,13 +284,15 @@ def test_elpips_network_equals_an_independent_average_pooling_vgg(photos):
 
 
 def test_elpips_draws_differ_and_average(photos):
-    m = metric("elpips_vgg", "metric.ensemble=2")
-    x = (photos + 0.05).clamp(-1, 1)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        a = m(photos, x)
-        b = m(photos, x)
+    """Differentiated scores draw afresh; decisions differ only with another draw seed."""
+    m = metric("elpips_vgg", "metric.ensemble=2", "metric.draws=2")
+    x = (photos + 0.05).clamp(-1, 1).requires_grad_(True)
+    torch.manual_seed(0)
+    a, b = m(photos, x), m(photos, x)
     assert m.stochastic and not torch.equal(a, b)
+    other = metric("elpips_vgg", "metric.draws=2", "seed=1")
+    with torch.no_grad():
+        assert not torch.equal(m(photos, x), other(photos, x))
 
 
 # --- the weights mirror: real files, real processes ----------------------------------------

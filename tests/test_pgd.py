@@ -28,16 +28,16 @@ def test_pgd_invariants(metric_name, batch, lpips_alex):
     # the budget holds and the image stays valid
     assert (out.adv - prey).abs().max() <= 0.03 + 1e-6
     assert out.adv.min() >= -1 and out.adv.max() <= 1
-    # at most 31 checks: iterations counts gradient steps, 0..30
-    assert out.columns["iterations"].min() >= 0 and out.columns["iterations"].max() <= 30
+    # 30 checks, as the released loop: iterations counts gradient steps, 0..29
+    assert out.columns["iterations"].min() >= 0 and out.columns["iterations"].max() <= 29
     # flipped <=> s_adv > s_other
     assert torch.equal(out.flipped, out.s_adv > s_other)
     # re-scoring the returned adversarial image gives s_adv
     with torch.no_grad():
         rescored = metric.score(prepared, out.adv)
     torch.testing.assert_close(rescored, out.s_adv, rtol=1e-4, atol=1e-6)
-    # early stop: a triplet that did not flip used the whole budget of steps
-    assert (out.columns["iterations"][~out.flipped] == 30).all()
+    # early stop: a triplet that did not flip used every check
+    assert (out.columns["iterations"][~out.flipped] == 29).all()
     if metric_name == "lpips_alex":
         assert out.flipped.any(), "PGD at eps=0.03 should flip some LPIPS(Alex) triplets"
 
@@ -60,7 +60,7 @@ def test_pgd_step_follows_sign_of_eq1_gradient():
     ref = torch.rand(1, 3, 8, 8) * 0.2
     prey = ref + 0.1  # d = 0.01, every gradient component nonzero
     s_other = torch.tensor([1.0])
-    out = PGD(alpha=0.002, max_iterations=1, early_stop=True).run(
+    out = PGD(alpha=0.002, max_iterations=1, checks=2, early_stop=True).run(
         metric, metric.prepare(ref), prey, s_other
     )
     step = out.adv - prey

@@ -62,7 +62,7 @@ def test_lpips_decisions_are_identical(lpips_alex):
     assert default["flipped"].any() and (default["iterations"] > 0).any()
     for mode, (compact_every, check_every) in MODES.items():
         other = _table(lpips_alex, PGD(compact_every=compact_every, check_every=check_every), batch)
-        for column in ("triplet_id", "prey", "flipped", "iterations", "flipped_uint8"):
+        for column in ("triplet_id", "prey", "flipped", "iterations", "flipped_saved"):
             assert other[column].tolist() == default[column].tolist(), (mode, column)
         torch.testing.assert_close(
             torch.tensor(other["s_adv"].values),
@@ -84,7 +84,7 @@ def test_frozen_triplet_keeps_the_image_that_flipped_it():
     out = attack.run(metric, metric.prepare(ref), prey, s_other)
     alone = attack.run(metric, metric.prepare(ref[:1]), prey[:1], s_other[:1])
     assert out.flipped.tolist() == [True, False]
-    assert 0 < int(out.columns["iterations"][0]) < 30 and int(out.columns["iterations"][1]) == 30
+    assert 0 < int(out.columns["iterations"][0]) < 29 and int(out.columns["iterations"][1]) == 29
     assert torch.equal(out.adv[:1], alone.adv) and torch.equal(out.s_adv[:1], alone.s_adv)
 
 

@@ -22,7 +22,7 @@ from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.data.base import Batch, collate
 from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
-from attackpsm.images import from_uint8, quantize
+from attackpsm.images import from_uint8, quantize, saved
 from attackpsm.metrics.classic import L2
 from attackpsm.results import summarize, summary_markdown
 from attackpsm.stats import perturbation_stats
@@ -138,8 +138,9 @@ def test_every_dataset_hands_8bit_images_by_default_and_floats_on_request():
 
 
 @pytest.mark.parametrize("quantized", [True, False])
-def test_flip_uint8_compares_the_saved_adversarial_with_the_saved_other(quantized):
-    """``flipped_uint8``: float flip and, with every image rounded to 8 bits, s_adv > s_other."""
+def test_flip_saved_compares_the_saved_adversarial_with_the_other(quantized):
+    """``flipped_saved``: the saved adversarial image's own decision, against the dataset's
+    8-bit images as they are, or (float inputs) against the saved reference and other."""
     data = SyntheticTriplets(size=16, num_triplets=8, seed=3, quantize=quantized)
     batch = collate([data[i] for i in range(len(data))])
     metric = L2()
@@ -149,13 +150,13 @@ def test_flip_uint8_compares_the_saved_adversarial_with_the_saved_other(quantize
         seen.update(prey_is_p1=prey_is_p1, adv=adv)
 
     rows, _ = attack_batch(metric, PGD(eps=0.01, alpha=0.001, max_iterations=12), batch, sink)
-    q = quantize
+    clean = (lambda x: x) if quantized else saved  # noqa: E731
     other = torch.where(seen["prey_is_p1"][:, None, None, None], batch.p0, batch.p1)
     with torch.no_grad():
-        s_adv = metric(q(batch.ref), q(seen["adv"]))
-        s_other = metric(q(batch.ref), q(other))
-    expected = rows["flipped"].to_numpy() & (s_adv > s_other).numpy()
-    np.testing.assert_array_equal(rows["flipped_uint8"].to_numpy(), expected)
+        s_adv = metric(clean(batch.ref), saved(seen["adv"]))
+        s_other = metric(clean(batch.ref), clean(other))
+    expected = (s_adv > s_other).numpy()
+    np.testing.assert_array_equal(rows["flipped_saved"].to_numpy(), expected)
     assert rows["flipped"].any()
 
 
@@ -171,15 +172,15 @@ class _Shift(Attack):
         return AttackResult(adv, s_adv, rank_flipped(s_adv, s_other))
 
 
-def test_flip_uint8_on_float_inputs_rounds_the_other_image_too():
+def test_flip_saved_on_float_inputs_saves_the_other_image_too():
     """Float inputs, in grey levels: ref 128, I_0 = 129 (prey), I_1 = 129.6 (other), adversarial
-    129.8. Float: 1.8 > 1.6 flips. Saved as 8 bits: I_adv -> 130 and I_1 -> 130, a tie, so
-    the flip does not survive (comparing with the unrounded 1.6 would say it does)."""
+    129.8. Float: 1.8 > 1.6 flips. Saved (truncated to 8 bits): I_adv -> 129 and I_1 -> 129,
+    a tie, so the flip does not survive (comparing with the unsaved 1.6 would say it does)."""
     grey = lambda v: torch.full((1, 3, 4, 4), v / 127.5 - 1.0)  # noqa: E731
     batch = Batch(["t/0"], ["t"], torch.tensor([0.0]), grey(128), grey(129), grey(129.6), [])
     rows, _ = attack_batch(L2(), _Shift(0.8 / 127.5), batch)
     assert rows["prey"].item() == 0 and bool(rows["flipped"].item())
-    assert not bool(rows["flipped_uint8"].item())
+    assert not bool(rows["flipped_saved"].item())
 
 
 # --- the 2AFC rules ---------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def test_one_tie_rule_in_table1_agreement_and_the_split():
     assert table1.loc["all", "twoafc_pct"] == pytest.approx(62.5)
 
     rows = results.assign(
-        human_agrees=agrees, flipped=False, flipped_uint8=False, **{"rmse_uint8": 0.0}
+        human_agrees=agrees, flipped=False, flipped_saved=False, **{"rmse_uint8": 0.0}
     )
     assert headline(rows, 0)["accuracy"] == pytest.approx(0.625)
     split = summarize(

@@ -189,7 +189,9 @@ def test_eot_on_elpips_averages_draws(batch):
     assert v4 < v1
 
 
-def test_eot_attack_judges_flips_on_the_expected_score(batch):
+def test_eot_attack_averages_gradient_draws_and_judges_each_check_once(batch):
+    """Every gradient averages ``eot_samples`` fresh draws; every check is one decision
+    score (no gradient: a randomised metric's common draws), never the gradient's draws."""
     torch.manual_seed(0)
     metric = NoisyL2()
     spy = Spy(metric)
@@ -197,13 +199,16 @@ def test_eot_attack_judges_flips_on_the_expected_score(batch):
     prepared, prey, s_other = _prey(ExpectedScore(metric, 16), batch)
     out = EoT(PGD(eps=0.03, max_iterations=4), eot_samples=4).run(spy, prepared, prey, s_other)
     n = prey.shape[0]
-    # every PGD check draws 4 scores of the active triplets
-    assert len(spy.calls) % 4 == 0 and spy.calls[0][0] == n
+    gradient = [c for c in spy.calls if c[1]]
+    decisions = [c for c in spy.calls if not c[1]]
+    assert len(gradient) % 4 == 0 and gradient[0][0] == n
+    # one decision per check; a gradient step (4 draws) between two checks
+    assert len(decisions) == len(gradient) // 4 + 1 and decisions[0][0] == n
     assert out.flipped.any()
     # APGD's own eot_samples draws the same way
     spy.calls.clear()
     APGD(eps=0.03, max_iterations=3, eot_samples=4).run(spy, prepared, prey, s_other)
-    assert len(spy.calls) % 4 == 0
+    assert len([c for c in spy.calls if c[1]]) % 4 == 0
 
 
 # --- Square -------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ LIVE_KEYS = {
     "progress/flip_rate",
     "progress/flip_rate_agree",
     "progress/flip_rate_disagree",
-    "progress/flip_rate_uint8",
+    "progress/flip_rate_saved",
     "progress/triplets_per_s",
     "progress/iterations_mean",
     "progress/skipped",
@@ -95,10 +95,10 @@ def test_history_has_one_record_per_batch_at_step_triplets_done(shard):
     # running rates, checked against the results table batch by batch (a shard attacks its
     # triplets in the order of their ids, the order of the results table)
     flipped = table["flipped"].astype(bool).to_numpy()
-    uint8 = table["flipped_uint8"].astype(bool).to_numpy()
+    uint8 = table["flipped_saved"].astype(bool).to_numpy()
     for k, h in enumerate(live, start=1):
         assert h["progress/flip_rate"] == pytest.approx(flipped[: 4 * k].mean())
-        assert h["progress/flip_rate_uint8"] == pytest.approx(uint8[: 4 * k].mean())
+        assert h["progress/flip_rate_saved"] == pytest.approx(uint8[: 4 * k].mean())
         assert h["progress/iterations_mean"] == pytest.approx(table["iterations"][: 4 * k].mean())
     assert 0 < flipped.mean() < 1  # the test sees both outcomes
     # define_metric: the curves are drawn against triplets done, the summary is the last value
@@ -158,7 +158,7 @@ def test_summary_splits_every_headline_number(shard):
     assert summary["rmse_flipped_mean/agree"] == pytest.approx(
         agree.loc[agree["flipped"].astype(bool), "rmse_uint8"].mean()
     )
-    for key in ("flip_rate_uint8/agree", "samples/disagree", "flip_rate/disagree"):
+    for key in ("flip_rate_saved/agree", "samples/disagree", "flip_rate/disagree"):
         assert key in summary
     assert summary["flip_rate"] == pytest.approx(flipped.mean())
 
@@ -620,7 +620,7 @@ def test_curves_take_any_minimal_eps_column():
         {
             "human_agrees": pd.array([True, True, True, True, False], dtype="boolean"),
             "flipped": [True, True, False, True, True],
-            "flipped_uint8": [True, False, False, False, True],
+            "flipped_saved": [True, False, False, False, True],
             "iterations": [3, 5, 30, 8, 1],
             "rmse_uint8": [1.0, 2.0, 9.0, 3.0, 9.0],
             "psnr_uint8": [40.0] * 5,

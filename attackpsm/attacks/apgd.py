@@ -19,12 +19,14 @@ from attackpsm.attacks.base import (
     Attack,
     AttackResult,
     check_at_most,
+    check_flip_on,
     check_int,
     check_positive,
+    judge,
 )
-from attackpsm.attacks.streams import image_keys, uniform
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
+from attackpsm.streams import image_keys, uniform
 from attackpsm.twoafc import flip_margin, rank_flipped
 
 NORMS = ("linf", "l2")
@@ -77,7 +79,8 @@ class APGD(Attack):
     the active set at its first flip and keeps that image.
 
     With ``eot_samples > 1`` (stochastic metrics such as E-LPIPS) every gradient is that of
-    the mean of ``eot_samples`` draws and flips are judged on that expected score.
+    the mean of ``eot_samples`` fresh draws; flips (and the best point) are judged on the
+    metric's decision score, under the triplet's common draws.
 
     Args:
         eps: budget on the ``[-1, 1]`` scale (0.03 for ℓ∞, as PGD).
@@ -92,6 +95,8 @@ class APGD(Attack):
             reference APGD's ``n_restarts`` is ``restarts + 1`` with ``random_start``.
         seed: random starts, drawn from each triplet's own stream (keyed by the prey's
             pixels and the seed: identical results batched or one at a time).
+        flip_on: ``"float"`` (the paper's flip) or ``"saved"``: a triplet leaves the active
+            set (and restarts stop) only when its saved 8-bit image flips.
 
     References:
         Croce, F., Hein, M. (2020). Reliable evaluation of adversarial robustness with an
@@ -115,6 +120,7 @@ class APGD(Attack):
         restarts: int = 0,
         seed: int = 0,
         random_start: bool = False,
+        flip_on: str = "float",
     ):
         check_positive("eps", eps, allow_zero=True)
         if norm not in NORMS:
@@ -138,6 +144,7 @@ class APGD(Attack):
             )
         self.restarts = int(restarts)
         self.seed = int(seed)
+        self.flip_on = check_flip_on(flip_on)
         self.random_start = random_start
 
     def run(
@@ -162,7 +169,7 @@ class APGD(Attack):
         result = self._single(metric, prepared_ref, prey, s_other, eps, start=first)
         offset = 1 if self.random_start else 0  # stream step 0 is the first start's
         for restart in range(self.restarts):
-            todo = (~result.flipped).nonzero().flatten()
+            todo = (~result.success).nonzero().flatten()
             if len(todo) == 0:
                 break
             start = self._random_start(keys, prey, eps, todo, restart + offset)
@@ -170,7 +177,7 @@ class APGD(Attack):
                 metric, select(prepared_ref, todo), prey[todo], s_other[todo], eps[todo], start
             )
             result.columns["queries"][todo] += again.columns["queries"]
-            better = again.flipped | (
+            better = again.success | (
                 flip_margin(s_other[todo], again.s_adv, self.reverse)
                 > flip_margin(s_other[todo], result.s_adv[todo], self.reverse)
             )
@@ -178,6 +185,8 @@ class APGD(Attack):
             result.adv[idx] = again.adv[better]
             result.s_adv[idx] = again.s_adv[better]
             result.flipped[idx] = again.flipped[better]
+            if result.stopped is not None:
+                result.stopped[idx] = again.stopped[better]
             result.columns["iterations"][idx] = again.columns["iterations"][better]
         return result
 
@@ -217,6 +226,8 @@ class APGD(Attack):
         s_adv = torch.full((n,), float("nan"), device=device)
         best = torch.full((n,), -float("inf"), device=device)  # best margin f_max
         flipped = torch.zeros(n, dtype=torch.bool, device=device)
+        stopped = torch.zeros(n, dtype=torch.bool, device=device)
+        separate = metric.stochastic or self.flip_on == "saved"
         iterations = torch.full((n,), self.max_iterations, dtype=torch.long, device=device)
         queries = torch.zeros(n, dtype=torch.long, device=device)
         step = 2.0 * eps
@@ -233,6 +244,19 @@ class APGD(Attack):
                 s = self._score(metric, select(prepared_ref, active), xa)
             queries[active] += draws
             s_det = s.detach()
+            if separate:  # common draws for the decision, the saved image for flip_on=saved
+                hit, s_det = judge(
+                    lambda p, v: self._score(metric, p, v),
+                    select(prepared_ref, active),
+                    xa,
+                    s_other[active],
+                    self.reverse,
+                    self.flip_on,
+                    s,
+                    metric.stochastic and not final,  # without a gradient s is the decision
+                )
+            else:
+                hit = rank_flipped(s_det, s_other[active], self.reverse)
             f = flip_margin(s_other[active], s_det, self.reverse)
             gain = f > best[active]
             if k > 0:
@@ -241,12 +265,13 @@ class APGD(Attack):
             best[ia] = f[gain]
             adv[ia] = xa.detach()[gain]
             s_adv[ia] = s_det[gain]
-            done = rank_flipped(s_det, s_other[active], self.reverse)
+            done = hit
             if done.any():
                 idx = active[done]
                 adv[idx] = xa.detach()[done]
                 s_adv[idx] = s_det[done]
-                flipped[idx] = True
+                flipped[idx] = rank_flipped(s_det[done], s_other[idx], self.reverse)
+                stopped[idx] = True
                 iterations[idx] = k
             if final:
                 break
@@ -281,4 +306,10 @@ class APGD(Attack):
                 x_prev[idx] = adv[idx]
                 improved[a] = 0
                 previous_mark = k + 1
-        return AttackResult(adv, s_adv, flipped, {"iterations": iterations, "queries": queries})
+        return AttackResult(
+            adv,
+            s_adv,
+            flipped,
+            {"iterations": iterations, "queries": queries},
+            stopped if self.flip_on == "saved" else None,
+        )

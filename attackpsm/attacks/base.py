@@ -9,12 +9,20 @@ flip rule and the losses of Eq. 1 and Eq. 7 live in :mod:`attackpsm.twoafc`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from attackpsm.images import saved
 from attackpsm.metrics.base import Metric
+from attackpsm.twoafc import rank_flipped
+
+# What an attack's stop rule judges (``attack.flip_on``): the float image the attack holds
+# (the paper, whose released PGD decided on float tensors) or the 8-bit image it would save
+# (:func:`attackpsm.images.saved`).
+FLIP_ON = ("float", "saved")
 
 
 @dataclass
@@ -26,12 +34,21 @@ class AttackResult:
         s_adv: metric distance of ``adv`` to the reference ``(N,)``.
         flipped: ``(N,)`` bool, the rank flipped (Sec. 3: ``s_adv > s_other``).
         columns: per-triplet columns this attack adds to the results table.
+        stopped: ``(N,)`` bool, what the stop rule decided (``attack.flip_on``); ``None``:
+            the same as ``flipped`` (``flip_on="float"``). A cascade, restarts and a
+            bisection go on where it is False.
     """
 
     adv: torch.Tensor
     s_adv: torch.Tensor
     flipped: torch.Tensor
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    stopped: torch.Tensor | None = None
+
+    @property
+    def success(self) -> torch.Tensor:
+        """The stop rule's verdict: :attr:`stopped`, or :attr:`flipped` without one."""
+        return self.flipped if self.stopped is None else self.stopped
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,48 @@ class Triplets:
         )
 
 
+def check_flip_on(value: Any) -> str:
+    """``attack.flip_on`` validated: ``"float"`` or ``"saved"``."""
+    if value not in FLIP_ON:
+        raise ValueError(f"attack parameter flip_on must be one of {list(FLIP_ON)}, got {value!r}")
+    return str(value)
+
+
+def judge(
+    metric: Metric | Callable[[Any, torch.Tensor], torch.Tensor],
+    prepared: Any,
+    x: torch.Tensor,
+    s_other: torch.Tensor,
+    reverse: bool = False,
+    flip_on: str = "float",
+    s: torch.Tensor | None = None,
+    stochastic: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An attack's stop rule on candidates ``x``: ``(stop, s_float)``.
+
+    ``s_float`` is the decision score of the float image (``s_adv``): ``s`` itself when
+    given by a deterministic metric, else a score without gradient -- for a randomised
+    metric that is the score under the triplet's common draws, never the draws of a
+    gradient step (:class:`~attackpsm.metrics.base.Metric`). ``stop`` is the flip
+    (:func:`~attackpsm.twoafc.rank_flipped`) of the float image (``flip_on="float"``, the
+    paper) or of the 8-bit image the attack would save (``"saved"``,
+    :func:`attackpsm.images.saved`).
+
+    Args:
+        metric: the metric, or the score function an attack calls in its place.
+        s: the score the attack already computed for ``x`` (saves a call).
+        stochastic: the metric is randomised (default: ``metric.stochastic``).
+    """
+    score = metric.score if isinstance(metric, Metric) else metric
+    if stochastic is None:
+        stochastic = bool(getattr(metric, "stochastic", False))
+    with torch.no_grad():
+        x = x.detach()
+        s_float = score(prepared, x) if (s is None or stochastic) else s.detach()
+        s_check = score(prepared, saved(x)) if flip_on == "saved" else s_float
+    return rank_flipped(s_check, s_other, reverse), s_float
+
+
 class Attack:
     """Base class. Subclasses implement :meth:`run` and declare their threat model.
 
@@ -74,6 +133,10 @@ class Attack:
             image that never left the prey means the search stalled (the engine's
             ``stalled`` column). False where the prey is returned on purpose (``none``,
             ``certify``, ``min_eps``'s unflipped triplets, ``saved``'s missing images).
+        flip_on: what an attack with a stop rule stops on (:data:`FLIP_ON`): ``"float"``,
+            the float image's flip (the paper), or ``"saved"``, the flip of the 8-bit image
+            it would save; an attack without a stop rule keeps ``"float"``. Whatever it
+            stops on, :attr:`AttackResult.flipped` is the float image's flip.
     """
 
     name = "attack"
@@ -82,6 +145,7 @@ class Attack:
     reverse = False
     needs_triplets = False
     can_stall = True
+    flip_on = "float"
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor

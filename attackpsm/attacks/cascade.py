@@ -42,6 +42,8 @@ class Cascade(Attack):
         self.white_box = any(a.white_box for a in self.attacks)
         self.reverse = self.attacks[0].reverse
         self.needs_triplets = any(a.needs_triplets for a in self.attacks)
+        # a cascade stops on what its attacks stop on (attack.attacks.<i>.flip_on)
+        self.flip_on = "saved" if any(a.flip_on == "saved" for a in self.attacks) else "float"
 
     def run(
         self,
@@ -58,8 +60,9 @@ class Cascade(Attack):
         index = torch.full((n,), -1, dtype=torch.long, device=device)
         iterations = torch.zeros(n, dtype=torch.long, device=device)
         queries = torch.zeros(n, dtype=torch.long, device=device)
+        stopped = torch.zeros(n, dtype=torch.bool, device=device)
         for i, attack in enumerate(self.attacks):
-            todo = (~flipped).nonzero().flatten()
+            todo = (~stopped).nonzero().flatten()
             if len(todo) == 0:
                 break
             given = triplets is not None and attack.needs_triplets
@@ -73,7 +76,7 @@ class Cascade(Attack):
             )
             old = s_adv[todo]
             better = (
-                out.flipped
+                out.success
                 | torch.isnan(old)
                 | (
                     flip_margin(s_other[todo], s_new, self.reverse)
@@ -83,11 +86,13 @@ class Cascade(Attack):
             idx = todo[better]
             adv[idx] = out.adv.detach()[better]
             s_adv[idx] = s_new[better]
-            flipped[todo[out.flipped]] = True
-            index[todo[out.flipped]] = i
+            flipped[todo[better]] = out.flipped[better]
+            stopped[todo[out.success]] = True
+            index[todo[out.success]] = i
         return AttackResult(
             adv,
             s_adv,
             flipped,
             {"iterations": iterations, "attack_index": index, "queries": queries},
+            stopped if self.flip_on == "saved" else None,
         )

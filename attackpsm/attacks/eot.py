@@ -1,9 +1,11 @@
 """Expectation over transformation (Athalye et al., 2018) for stochastic metrics.
 
-A stochastic metric such as E-LPIPS draws fresh random transformations at every call, so
-one gradient is a noisy estimate. :class:`ExpectedScore` turns a metric into the mean of
-``samples`` draws (:meth:`Metric.expected_score`): its gradient is the average of
-``samples`` gradients, and an attack run on it judges flips on the expected score.
+A stochastic metric such as E-LPIPS draws fresh random transformations at every
+differentiated call, so one gradient is a noisy estimate. :class:`ExpectedScore` turns a
+metric into the mean of ``samples`` such calls (:meth:`Metric.expected_score`): its gradient
+is the average of ``samples`` gradients. Decisions (scores without a gradient) stay the
+metric's own, under the triplet's common draws, so an attack run on it judges every flip
+as the clean ranking was judged.
 :class:`EoT` wraps any gradient attack (``attack=pgd_eot``) so that it sees that metric.
 """
 
@@ -62,6 +64,7 @@ class EoT(Attack):
         self.reverse = attack.reverse
         self.columns = attack.columns
         self.needs_triplets = attack.needs_triplets
+        self.flip_on = attack.flip_on
 
     def run(
         self,

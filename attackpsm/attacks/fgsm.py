@@ -12,10 +12,11 @@ from attackpsm.attacks.base import (
     Attack,
     AttackResult,
     check_at_most,
+    check_flip_on,
     check_int,
     check_positive,
 )
-from attackpsm.images import HIGH, LOW
+from attackpsm.images import HIGH, LOW, saved
 from attackpsm.metrics.base import Metric, select
 from attackpsm.twoafc import rank_flipped, rank_loss
 
@@ -38,6 +39,8 @@ class FGSM(Attack):
         max_eps: largest ε tried (0.05 as in Table 2; 0.03 reproduces Table 10).
         eps_step: scan step and first ε (0.0001).
         max_batch: images per metric call while scanning (memory knob, no effect on results).
+        flip_on: ``"float"`` (the paper) or ``"saved"``: the scan stops at the first ε whose
+            saved 8-bit image flips (:func:`attackpsm.images.saved`); ``eps_found`` is that ε.
 
     Example:
         >>> result = FGSM(max_eps=0.05).run(metric, metric.prepare(ref), prey, s_other)
@@ -47,7 +50,13 @@ class FGSM(Attack):
     name = "fgsm"
     columns = ("eps_found", "iterations")
 
-    def __init__(self, max_eps: float = 0.05, eps_step: float = 0.0001, max_batch: int = 2048):
+    def __init__(
+        self,
+        max_eps: float = 0.05,
+        eps_step: float = 0.0001,
+        max_batch: int = 2048,
+        flip_on: str = "float",
+    ):
         check_positive("max_eps", max_eps)
         check_positive("eps_step", eps_step)
         check_at_most("max_eps", max_eps, LINF_MAX, "the width of the [-1, 1] image scale")
@@ -61,6 +70,7 @@ class FGSM(Attack):
         self.max_eps = float(max_eps)
         self.eps_step = float(eps_step)
         self.max_batch = int(max_batch)
+        self.flip_on = check_flip_on(flip_on)
 
     def eps_grid(self) -> torch.Tensor:
         """The ε values Algorithm 3 tries, in order (float64).
@@ -103,6 +113,7 @@ class FGSM(Attack):
         adv = prey.clone()
         s_adv = torch.full((n,), float("nan"), device=device)
         flipped = torch.zeros(n, dtype=torch.bool, device=device)
+        stopped = torch.zeros(n, dtype=torch.bool, device=device)
         eps_found = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
         tried = torch.full((n,), steps, dtype=torch.long, device=device)
         active = torch.arange(n, device=device)
@@ -114,10 +125,12 @@ class FGSM(Attack):
                 eps = eps_values[k0 : k0 + c]
                 cand = prey[active, None] + eps[None, :, None, None, None] * direction[active, None]
                 cand = cand.clamp(LOW, HIGH)  # (m, c, 3, H, W)
-                s = metric.score(
-                    select(prepared_ref, active.repeat_interleave(c)), cand.flatten(0, 1)
-                ).view(m, c)
-                hit = rank_flipped(s, s_other[active, None], self.reverse)
+                rows_ref = select(prepared_ref, active.repeat_interleave(c))
+                s = metric.score(rows_ref, cand.flatten(0, 1)).view(m, c)
+                s_check = s
+                if self.flip_on == "saved":  # the scan stops at the first ε whose saved image flips
+                    s_check = metric.score(rows_ref, saved(cand.flatten(0, 1))).view(m, c)
+                hit = rank_flipped(s_check, s_other[active, None], self.reverse)
                 any_hit = hit.any(dim=1)
                 last_chunk = k0 + c == steps
                 # first flipping ε in scan order; the max-ε image for triplets that never flip
@@ -132,10 +145,17 @@ class FGSM(Attack):
                     idx = active[rows]
                     adv[idx] = cand[rows, pick[rows]]
                     s_adv[idx] = s[rows, pick[rows]]
-                    flipped[idx] = any_hit[rows]
+                    flipped[idx] = rank_flipped(s_adv[idx], s_other[idx], self.reverse)
+                    stopped[idx] = any_hit[rows]
                     hit_rows = rows[any_hit[rows]]
                     eps_found[active[hit_rows]] = grid.to(device)[k0 + pick[hit_rows]]
                     tried[active[hit_rows]] = k0 + pick[hit_rows] + 1
                 active = active[~any_hit]
                 k0 += c
-        return AttackResult(adv, s_adv, flipped, {"eps_found": eps_found, "iterations": tried})
+        return AttackResult(
+            adv,
+            s_adv,
+            flipped,
+            {"eps_found": eps_found, "iterations": tried},
+            stopped if self.flip_on == "saved" else None,
+        )

@@ -54,6 +54,7 @@ class MinEps(Attack):
         self.tol = float(tol)
         self.white_box = self.attack.white_box
         self.reverse = self.attack.reverse
+        self.flip_on = getattr(self.attack, "flip_on", "float")  # the bisection's success
 
     @property
     def steps(self) -> int:
@@ -70,12 +71,13 @@ class MinEps(Attack):
             first.s_adv.detach().clone(),
             first.flipped.clone(),
         )
+        success = first.success.clone()
         queries = first.columns.get(
             "queries", torch.zeros(n, dtype=torch.long, device=device)
         ).clone()
         lo = torch.zeros(n, device=device)
         hi = torch.full((n,), self.eps_max, device=device)
-        todo = flipped.nonzero().flatten()
+        todo = success.nonzero().flatten()
         for _ in range(self.steps):
             todo = todo[(hi[todo] - lo[todo]) > self.tol]
             if len(todo) == 0:
@@ -86,15 +88,20 @@ class MinEps(Attack):
             )
             if "queries" in out.columns:
                 queries[todo] += out.columns["queries"]
-            ok = out.flipped
+            ok = out.success
+            flipped[todo[ok]] = out.flipped[ok]
             hi[todo[ok]] = mid[ok]
             lo[todo[~ok]] = mid[~ok]
             adv[todo[ok]] = out.adv.detach()[ok]
             s_adv[todo[ok]] = out.s_adv.detach()[ok]
-        min_eps = torch.where(flipped, hi, torch.full_like(hi, float("inf")))
+        min_eps = torch.where(success, hi, torch.full_like(hi, float("inf")))
         iterations = torch.full((n,), self.steps, dtype=torch.long, device=device)
         return AttackResult(
-            adv, s_adv, flipped, {"iterations": iterations, "min_eps": min_eps, "queries": queries}
+            adv,
+            s_adv,
+            flipped,
+            {"iterations": iterations, "min_eps": min_eps, "queries": queries},
+            success if self.flip_on == "saved" else None,
         )
 
 

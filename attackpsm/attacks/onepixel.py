@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
-from attackpsm.attacks.streams import counter_uniform, image_keys
+from attackpsm.attacks.base import Attack, AttackResult, check_flip_on, check_int, check_positive
+from attackpsm.images import saved
 from attackpsm.metrics.base import Metric, select
+from attackpsm.streams import counter_uniform, image_keys
 from attackpsm.twoafc import rank_flipped
 
 __all__ = ["OnePixel", "counter_uniform", "image_keys"]
@@ -61,6 +62,8 @@ class OnePixel(Attack):
         max_batch: images per metric call (a speed and memory knob; decisions do not
             depend on it). ``None``: :data:`CPU_BATCH` (128) on a CPU, in calls of equal
             size, and :data:`DEVICE_BATCH` (2048) on any other device.
+        flip_on: ``"float"`` (default) or ``"saved"``: the evolution stops only when the
+            saved 8-bit image of the best candidate flips (:func:`attackpsm.images.saved`).
 
     Example:
         >>> result = OnePixel(population=400, generations=100).run(metric, prepared, prey, s_other)
@@ -79,6 +82,7 @@ class OnePixel(Attack):
         mutation: float = 0.5,
         seed: int = 0,
         max_batch: int | None = None,
+        flip_on: str = "float",
     ):
         check_int("pixels", pixels, minimum=1)
         check_int("population", population, minimum=4, note="DE/rand/1")
@@ -92,6 +96,7 @@ class OnePixel(Attack):
         self.mutation = float(mutation)
         self.seed = int(seed)
         self.max_batch = None if max_batch is None else int(max_batch)
+        self.flip_on = check_flip_on(flip_on)
 
     # -- candidates ---------------------------------------------------------------------
 
@@ -206,9 +211,16 @@ class OnePixel(Attack):
         fit = self._score(metric, prepared_ref, prey, active, pop)
         if fit.requires_grad:
             raise RuntimeError("One-pixel is black-box: metric scores must not carry gradients")
+        stopped = torch.zeros(n, dtype=torch.bool, device=device)
         for g in range(self.generations + 1):
             top, arg = fit.max(dim=1)
             done = rank_flipped(top, s_other[active], self.reverse)
+            if self.flip_on == "saved" and done.any():  # the saved image of the best candidate
+                rows = done.nonzero().flatten()
+                images = saved(self.apply(prey[active[rows]], pop[rows, arg[rows]]))
+                s_saved = metric.score(select(prepared_ref, active[rows]), images)
+                done[rows] = rank_flipped(s_saved, s_other[active[rows]], self.reverse)
+            stopped[active] = done
             if g == self.generations:
                 done = torch.ones_like(done)
             if done.any():
@@ -229,4 +241,10 @@ class OnePixel(Attack):
         adv = self.apply(prey, best)
         flipped = rank_flipped(s_adv, s_other, self.reverse)
         queries = self.population * (generations + 1)
-        return AttackResult(adv, s_adv, flipped, {"queries": queries, "iterations": generations})
+        return AttackResult(
+            adv,
+            s_adv,
+            flipped,
+            {"queries": queries, "iterations": generations},
+            stopped if self.flip_on == "saved" else None,
+        )

@@ -15,8 +15,10 @@ from attackpsm.attacks.base import (
     Attack,
     AttackResult,
     check_at_most,
+    check_flip_on,
     check_int,
     check_positive,
+    judge,
 )
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
@@ -28,11 +30,18 @@ log = logging.getLogger("attackpsm")
 class PGD(Attack):
     """ℓ∞ PGD with a sign step on Eq. 1 and per-triplet early stopping (Algorithm 1).
 
-    Distance measure: ℓ∞ on the ``[-1, 1]`` scale. For ``k = 0 .. max_iterations`` (31
-    checks by default): ``I_adv = clip(I_prey + δ, -1, 1)``; stop this triplet if
-    ``s_adv > s_other``; otherwise step ``I_adv + α·sign(∇J)`` and project ``δ`` onto
-    ``[-ε, ε]``. Batched over triplets: a flipped triplet is frozen -- it keeps the image,
-    score and check index ``k`` (``iterations``) that flipped it.
+    Distance measure: ℓ∞ on the ``[-1, 1]`` scale. For ``k = 0 .. max_iterations - 1``
+    (30 checks by default, as the released loop's ``range(30)``; ``checks=31`` gives
+    Algorithm 1's ``k = 0 .. 30``): ``I_adv = clip(I_prey + δ, -1, 1)``; stop this triplet
+    if ``s_adv > s_other``; otherwise step ``I_adv + α·sign(∇J)`` and project ``δ`` onto
+    ``[-ε, ε]``. The last check judges the image after ``checks - 1`` steps. Batched over
+    triplets: a flipped triplet is frozen -- it keeps the image, score and check index
+    ``k`` (``iterations``) that flipped it.
+
+    ``flip_on="saved"`` stops a triplet only when the 8-bit image it would save flips
+    (:func:`attackpsm.images.saved`) and otherwise goes on within the budget; the returned
+    ``flipped`` is still the float image's flip. On a randomised metric every check scores
+    under the triplet's common draws, apart from the gradient's own draws.
 
     How the batch is executed (docs/performance.md, "PGD execution modes"); every setting gives the same
     per-triplet results on the CPU:
@@ -54,10 +63,14 @@ class PGD(Attack):
     Args:
         eps: ℓ∞ budget on the ``[-1, 1]`` scale (0.03).
         alpha: step size (0.001; Table 11 also uses 0.00375 and 0.006).
-        max_iterations: gradient steps (30; checks = ``max_iterations + 1``).
+        max_iterations: gradient steps (30).
+        checks: flip checks (``None``: ``max_iterations``, the released loop's 30 checks
+            of which the last judges the image after 29 steps; ``max_iterations + 1``:
+            Algorithm 1's 31, the last after all ``max_iterations`` steps).
         early_stop: stop each triplet at its first flip (Alg. 1). ``False`` runs exactly
             ``max_iterations`` steps and judges the final image -- PGD(10), PGD(20) of the
             transfer study (Table 5).
+        flip_on: ``"float"`` (the paper) or ``"saved"``: what the early stop judges.
         compact_every: drop finished triplets from the batch every this many steps.
         check_every: test for "all finished" every this many steps.
         compile: ``False``, ``True`` or a ``torch.compile`` mode.
@@ -75,7 +88,9 @@ class PGD(Attack):
         eps: float = 0.03,
         alpha: float = 0.001,
         max_iterations: int = 30,
+        checks: int | None = None,
         early_stop: bool = True,
+        flip_on: str = "float",
         compact_every: int | None = 1,
         check_every: int | None = 1,
         compile: bool | str = False,
@@ -85,6 +100,13 @@ class PGD(Attack):
         check_at_most("eps", eps, LINF_MAX, "the width of the [-1, 1] image scale")
         check_at_most("alpha", alpha, LINF_MAX, "the width of the [-1, 1] image scale")
         check_int("max_iterations", max_iterations, minimum=0)
+        if checks is not None:
+            check_int("checks", checks, minimum=1)
+            if checks > max_iterations + 1:
+                raise ValueError(
+                    f"attack parameter checks must be <= max_iterations + 1 = "
+                    f"{max_iterations + 1} (one check per image), got {checks}"
+                )
         for key, value in (("compact_every", compact_every), ("check_every", check_every)):
             if value is not None:
                 check_int(key, value, minimum=0, note="0 or None: never")
@@ -95,11 +117,21 @@ class PGD(Attack):
         self.eps = float(eps)
         self.alpha = float(alpha)
         self.max_iterations = int(max_iterations)
+        self.checks = None if checks is None else int(checks)
         self.early_stop = bool(early_stop)
+        self.flip_on = check_flip_on(flip_on)
         self.compact_every = int(compact_every or 0)
         self.check_every = int(check_every or 0)
         self.compile = compile
         self._compiled: dict[int, _CompiledScore] = {}
+
+    @property
+    def n_checks(self) -> int:
+        """Flip checks made: ``checks``; by default ``max_iterations`` with the early stop
+        (the released loop) and ``max_iterations + 1`` without (judge after every step)."""
+        if self.checks is not None:
+            return self.checks
+        return self.max_iterations if self.early_stop else self.max_iterations + 1
 
     def loss(self, s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
         """The objective that each sign step increases (Eq. 1)."""
@@ -148,8 +180,13 @@ class PGD(Attack):
         adv = start.clone()
         s_adv = torch.full((n,), float("nan"), device=device)
         flipped = torch.zeros(n, dtype=torch.bool, device=device)
-        iterations = torch.full((n,), self.max_iterations, dtype=torch.long, device=device)
+        stopped = torch.zeros(n, dtype=torch.bool, device=device)
+        checks = max(self.n_checks, 1)
+        iterations = torch.full((n,), checks - 1, dtype=torch.long, device=device)
         score = self._scorer(metric)
+        # a separate judgement: a randomised metric decides under its common draws, not the
+        # gradient's; flip_on=saved judges the 8-bit image
+        separate = metric.stochastic or self.flip_on == "saved"
         # the working batch: triplets `idx` of the input (None: all of them, in order);
         # `live` marks those still being attacked, the others are frozen
         idx: torch.Tensor | None = None
@@ -172,17 +209,25 @@ class PGD(Attack):
             else:
                 full[idx] = value
 
-        for k in range(self.max_iterations + 1):
-            last = k == self.max_iterations
+        for k in range(checks):
+            last = k == checks - 1
             x = (center_w + delta_w).clamp(LOW, HIGH)
             x.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
                 s = score(ref_w, x)
-            s_det = s.detach()
+            if separate:
+                # without a gradient (the last check) s already is the decision score
+                stochastic = metric.stochastic and not last
+                hit, s_det = judge(
+                    score, ref_w, x, s_other_w, self.reverse, self.flip_on, s, stochastic
+                )
+            else:
+                s_det = s.detach()
+                hit = rank_flipped(s_det, s_other_w, self.reverse)
             if last:
                 done = live  # the budget is spent
             elif self.early_stop:
-                done = live & rank_flipped(s_det, s_other_w, self.reverse)
+                done = live & hit
             else:
                 done = torch.zeros_like(live)
             # record the finished triplets with masked writes (no host synchronisation)
@@ -193,6 +238,7 @@ class PGD(Attack):
                 flipped,
                 torch.where(done, rank_flipped(s_det, s_other_w, self.reverse), get(flipped)),
             )
+            put(stopped, torch.where(done, hit, get(stopped)))
             live = live & ~done
             if last or (due(self.check_every, k) and not live.any()):
                 break
@@ -208,7 +254,13 @@ class PGD(Attack):
                 ref_w, center_w, s_other_w = select(prepared_ref, idx), center[idx], s_other[idx]
                 if idx.numel() == 0:
                     break
-        return AttackResult(adv, s_adv, flipped, {"iterations": iterations})
+        return AttackResult(
+            adv,
+            s_adv,
+            flipped,
+            {"iterations": iterations},
+            stopped if self.flip_on == "saved" else None,
+        )
 
 
 # `PGD(compile=...)`: off, on (torch.compile's default mode), or a torch.compile mode

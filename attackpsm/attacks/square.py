@@ -14,7 +14,7 @@ gradient is ever formed.
   first window per channel so that the total norm is again exactly ε (before clipping to
   the image range).
 
-Every random draw comes from the triplet's own stream (:mod:`attackpsm.attacks.streams`,
+Every random draw comes from the triplet's own stream (:mod:`attackpsm.streams`,
 keyed by the prey's pixels and ``seed``; query ``q`` uses step ``q``), so a triplet's result
 does not depend on the batch it is attacked in.
 """
@@ -31,12 +31,13 @@ from attackpsm.attacks.base import (
     Attack,
     AttackResult,
     check_at_most,
+    check_flip_on,
     check_int,
     check_positive,
 )
-from attackpsm.attacks.streams import below, image_keys, signs, uniform
-from attackpsm.images import HIGH, LOW
+from attackpsm.images import HIGH, LOW, saved
 from attackpsm.metrics.base import Metric, select
+from attackpsm.streams import below, image_keys, signs, uniform
 from attackpsm.twoafc import flip_margin, rank_flipped
 
 NORMS = ("linf", "l2")
@@ -101,6 +102,10 @@ class Square(Attack):
 
     The ``queries`` column records the metric calls each triplet used.
 
+    ``flip_on="saved"``: a triplet stops only when the saved 8-bit image of its best point
+    flips (:func:`attackpsm.images.saved`; one more metric call per improvement, counted
+    in ``queries``); ``"float"`` (default) stops at the float image's flip.
+
     References:
         Andriushchenko, M., Croce, F., Flammarion, N., Hein, M. (2020). Square Attack: a
         query-efficient black-box adversarial attack via random search. ECCV.
@@ -117,6 +122,7 @@ class Square(Attack):
         p_init: float = 0.8,
         seed: int = 0,
         norm: str = "linf",
+        flip_on: str = "float",
     ):
         check_positive("eps", eps, allow_zero=True)
         check_positive("p_init", p_init)
@@ -132,6 +138,15 @@ class Square(Attack):
         self.p_init = float(p_init)
         self.seed = int(seed)
         self.norm = norm
+        self.flip_on = check_flip_on(flip_on)
+
+    def _stop(
+        self, metric: Metric, prepared: Any, x: torch.Tensor, s: torch.Tensor, s_other: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        """The stop rule on images ``x`` scored ``s``: (verdict, extra metric calls each)."""
+        if self.flip_on == "saved":
+            return rank_flipped(metric.score(prepared, saved(x)), s_other, self.reverse), 1
+        return rank_flipped(s, s_other, self.reverse), 0
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
@@ -165,10 +180,11 @@ class Square(Attack):
         s_adv = metric.score(prepared_ref, adv)
         queries = torch.ones(n, dtype=torch.long, device=device)
         best = flip_margin(s_other, s_adv, self.reverse)
-        flipped = rank_flipped(s_adv, s_other, self.reverse)
+        stopped, extra = self._stop(metric, prepared_ref, adv, s_adv, s_other)
+        queries += extra
         iterations = torch.zeros(n, dtype=torch.long, device=device)
         for q in range(1, self.max_queries):
-            active = (~flipped).nonzero().flatten()
+            active = (~stopped).nonzero().flatten()
             if len(active) == 0:
                 break
             side = int(round(math.sqrt(square_fraction(self.p_init, q, self.max_queries) * h * w)))
@@ -181,11 +197,28 @@ class Square(Attack):
             adv[idx] = candidate[better]
             s_adv[idx] = s_new[better]
             best[idx] = f[better]
-            now = rank_flipped(s_new, s_other[active], self.reverse) & better
-            flipped[active[now]] = True
+            now = better.clone()
+            if better.any():
+                verdict, extra = self._stop(
+                    metric,
+                    select(prepared_ref, idx),
+                    candidate[better],
+                    s_new[better],
+                    s_other[idx],
+                )
+                queries[idx] += extra
+                now[better] = verdict
+            stopped[active[now]] = True
             iterations[active[now]] = q
-        iterations[~flipped] = queries[~flipped] - 1
-        return AttackResult(adv, s_adv, flipped, {"iterations": iterations, "queries": queries})
+        iterations[~stopped] = queries[~stopped] - 1
+        flipped = rank_flipped(s_adv, s_other, self.reverse)
+        return AttackResult(
+            adv,
+            s_adv,
+            flipped,
+            {"iterations": iterations, "queries": queries},
+            stopped if self.flip_on == "saved" else None,
+        )
 
     # -- ℓ∞ (Alg. 2) --------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ from attackpsm.attacks.base import (
     Attack,
     AttackResult,
     check_at_most,
+    check_flip_on,
     check_int,
     check_positive,
 )
 from attackpsm.attacks.pgd import PGD
+from attackpsm.images import saved
 from attackpsm.metrics.base import Metric, select
 from attackpsm.stats import perturbation_stats
 from attackpsm.twoafc import rank_flipped
@@ -125,6 +127,8 @@ class StAdv(Attack):
             (:meth:`loss`), so that the same triplets move and flip at 256 and 512 px as at
             64 px; at 64 px and below nothing changes. ``None``: Eq. 4 in pixels at every
             size (at 256 px most triplets then stop at a zero flow).
+        flip_on: ``"float"`` (the paper) or ``"saved"``: the loss is 0 and the triplet stops
+            only once the saved 8-bit image of its iterate flips (:func:`attackpsm.images.saved`).
 
     Example:
         >>> result = StAdv(alpha=50, beta=0.05).run(metric, metric.prepare(ref), prey, s_other)
@@ -143,7 +147,9 @@ class StAdv(Attack):
         history: int = 10,
         max_line_search: int = 20,
         reference_size: int | None = REFERENCE_SIZE,
+        flip_on: str = "float",
     ):
+        self.flip_on = check_flip_on(flip_on)
         if variant not in VARIANTS:
             raise ValueError(f"stAdv variant must be one of {list(VARIANTS)}, got {variant!r}")
         check_positive("alpha", alpha)
@@ -221,6 +227,11 @@ class StAdv(Attack):
                 loss = self.loss(flow, s_other[rows], s)
                 (grad,) = torch.autograd.grad(loss.sum(), x)
             flipped = rank_flipped(s.detach(), s_other[rows], self.reverse)
+            if self.flip_on == "saved":  # the stop rule judges the saved 8-bit iterate
+                with torch.no_grad():
+                    image = saved(warp(prey[rows], flow.detach()))
+                    s_saved = metric.score(select(prepared_ref, rows), image)
+                flipped = rank_flipped(s_saved, s_other[rows], self.reverse)
             loss = torch.where(flipped, torch.zeros_like(loss), loss)  # Alg. 2, line 7
             return loss.detach(), grad.flatten(1), flipped
 
@@ -245,7 +256,13 @@ class StAdv(Attack):
             "flow_max": length.amax(1),
             "flow_mean": length.mean(1),
         }
-        return AttackResult(adv, s_adv, rank_flipped(s_adv, s_other, self.reverse), columns)
+        return AttackResult(
+            adv,
+            s_adv,
+            rank_flipped(s_adv, s_other, self.reverse),
+            columns,
+            (opt.status == lbfgs.STOPPED).to(adv.device) if self.flip_on == "saved" else None,
+        )
 
 
 class StAdvPGD(StAdv):

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from attackpsm.attacks.base import Attack, AttackResult
-from attackpsm.images import quantize
+from attackpsm.images import saved
 from attackpsm.metrics.base import Metric
 from attackpsm.twoafc import TARGETS, check_target, target_flipped
 
@@ -158,20 +158,24 @@ class TargetedAttack(Attack):
                 prepared_ref, adv[..., w:]
             )
 
-    def distances_uint8(
+    def distances_saved(
         self,
         metric: Metric,
         ref: torch.Tensor,
         prey: torch.Tensor,
         other: torch.Tensor,
         adv: torch.Tensor,
+        grid: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`distances` with every image of the triplet rounded to 8 bits."""
+        """:meth:`distances` once the perturbed image is saved (:func:`attackpsm.images.saved`).
+
+        As for the prey (``attackpsm.engine``): with the dataset's 8-bit images (``grid``) the
+        unperturbed images are those files as they are; with float inputs every image is saved.
+        """
         with torch.no_grad():
-            q_ref = quantize(ref)
-            return self.distances(
-                metric, q_ref, metric.prepare(q_ref), quantize(prey), quantize(other), quantize(adv)
-            )
+            if not grid:
+                ref, prey, other = saved(ref), saved(prey), saved(other)
+            return self.distances(metric, ref, metric.prepare(ref), prey, other, saved(adv))
 
 
 def build_attack(node: Any) -> Attack:

@@ -89,14 +89,49 @@ def finite_gradient(x: torch.Tensor) -> torch.Tensor:
 
 
 def select(prepared: Any, index: torch.Tensor) -> Any:
-    """Index the batch dimension of a prepared reference (a tensor or nested list/tuple/dict)."""
+    """Index the batch dimension of a prepared reference (a tensor or nested list/tuple/dict).
+
+    Plain numbers and ``None`` (a seed, the size of the batch the common draws were made
+    for) are batch-wide and pass unchanged.
+    """
     if torch.is_tensor(prepared):
         return prepared[index]
     if isinstance(prepared, (list, tuple)):
         return type(prepared)(select(p, index) for p in prepared)
     if isinstance(prepared, dict):
         return {k: select(v, index) for k, v in prepared.items()}
+    if prepared is None or isinstance(prepared, (bool, int, float, str)):
+        return prepared
     raise TypeError(f"cannot index prepared reference of type {type(prepared).__name__}")
+
+
+# --- common random numbers (randomised metrics) ------------------------------------------
+
+DRAWS = "common_draws"  # key of a prepared reference that holds its common draws
+
+
+def common_draws(n: int, seed: int, device: torch.device | str) -> dict[str, Any]:
+    """The common draws of a batch of ``n`` references, stored in its prepared reference.
+
+    A randomised metric decides with draws that depend only on ``(seed, j)`` for draw ``j``
+    and on the row a triplet had in this batch: ``rows`` follows the triplet through
+    :func:`select` (an attack that drops finished triplets), ``n`` is the size the draws
+    are made for. Both sides of every comparison of a triplet -- its clean ranking, every
+    flip check, the saved image's -- are therefore scored under the same draws (common
+    random numbers), and a zero perturbation scores exactly as the prey did.
+    """
+    return {"rows": torch.arange(n, device=device), "n": int(n), "seed": int(seed)}
+
+
+def draw_generator(draws: dict[str, Any], j: int, device: torch.device | str) -> torch.Generator:
+    """The generator of draw ``j`` of ``draws`` (:func:`common_draws`), on ``device``."""
+    seed = (int(draws["seed"]) * 1_000_003 + int(j)) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def taking_gradient(x: torch.Tensor) -> bool:
+    """A score of ``x`` is being differentiated: a randomised metric then draws afresh (EoT)."""
+    return torch.is_grad_enabled() and x.requires_grad
 
 
 class Metric(nn.Module):
@@ -110,7 +145,13 @@ class Metric(nn.Module):
     Attributes:
         name: config name (``metric=<name>``).
         differentiable: gradients w.r.t. the input are meaningful (white-box attacks).
-        stochastic: two calls on the same input may differ (attacks must average, EoT).
+        stochastic: the metric is randomised (E-LPIPS' transformations, a random shift,
+            Gaussian smoothing). Its :meth:`score` follows one rule: **without a gradient**
+            (decisions: the clean ranking, every flip check, the saved image's check) it
+            uses the common draws of the prepared reference (:func:`common_draws`), so two
+            images of a triplet are compared under the same draws and a call repeats
+            exactly; **with a gradient** (``x.requires_grad`` under grad mode) every call
+            draws afresh, as expectation over transformation needs (Athalye et al., 2018).
     """
 
     name: str = "metric"
@@ -164,11 +205,23 @@ class Metric(nn.Module):
 
         For a stochastic metric each call draws fresh randomness, so the gradient of the
         result is the average of ``draws`` gradients -- what an attack on it should follow.
-        A deterministic metric is scored once, whatever ``draws``.
+        A deterministic metric is scored once, whatever ``draws``; without a gradient a
+        stochastic one returns its decision score (the common draws, :meth:`score`).
         """
-        if not self.stochastic or draws <= 1:
+        if not self.stochastic or draws <= 1 or not taking_gradient(x):
             return self.score(prepared, x)
         return torch.stack([self.score(prepared, x) for _ in range(draws)]).mean(0)
+
+    def prepare_like(self, ref: torch.Tensor, like: Any) -> Any:
+        """:meth:`prepare` of ``ref`` that keeps the common draws of the prepared ``like``.
+
+        For a second version of the same references (the saved 8-bit images): the
+        comparisons made with it share the draws of those made with ``like``.
+        """
+        new = self.prepare(ref)
+        if isinstance(new, dict) and isinstance(like, dict) and DRAWS in like:
+            new[DRAWS] = like[DRAWS]
+        return new
 
     def forward(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.score(self.prepare(ref), x)

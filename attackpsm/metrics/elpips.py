@@ -28,12 +28,22 @@ are the same.
 
 How the paper uses it: E-LPIPS is *evaluated* -- its distances on the transferred
 adversarial examples (Table 5) and its scores in the distance tables -- never attacked
-white-box; the score, i.e. the full ensemble, is what its numbers rest on. The metric is
-stochastic: attacks on it here must average over draws (expectation over
-transformation). :meth:`score` already returns the mean of ``ensemble`` draws, so the
-gradient of one call is the average of ``ensemble`` draws' gradients; raise ``ensemble``
-(``metric.ensemble=<n>``) for a better estimate, or average several calls with
-:meth:`~attackpsm.metrics.base.Metric.expected_score`.
+white-box; the score, i.e. the full ensemble, is what its numbers rest on.
+
+**Decisions and gradients draw differently** (the rule of
+:class:`~attackpsm.metrics.base.Metric`):
+
+- a *decision* (a score without a gradient: the clean ranking, every flip check, the saved
+  image's check) is the mean over ``draws`` transformations that are common to every image
+  of a triplet: both images of a comparison see the same transformations, as in the
+  authors' tool, which compares two images under shared draws. With independent draws
+  for each side, sampling noise alone flips ranks (of 16 triplets, 3 "flipped" with no
+  perturbation at 8 draws); with common draws a zero perturbation scores exactly as the
+  prey did and never flips. ``draws`` defaults to 200, the default of the authors'
+  distance tool;
+- a *gradient* (an attack's step) averages ``ensemble`` fresh draws per call
+  (expectation over transformation); raise ``ensemble`` for a better estimate, or average
+  several calls with :meth:`~attackpsm.metrics.base.Metric.expected_score`.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from torch import nn
 
 from attackpsm.images import to_unit
 from attackpsm.metrics import weights
-from attackpsm.metrics.base import Metric
+from attackpsm.metrics.base import DRAWS, Metric, common_draws, draw_generator, taking_gradient
 from attackpsm.metrics.lpips import normalize_channels
 
 # torchvision VGG16 ``features`` conv indices, per block; a 2x2 average pool precedes every
@@ -69,13 +79,31 @@ class Draw:
     permutations: torch.Tensor  # (n, 3) colour channel order
     colors: torch.Tensor  # (n, 3) colour factors in [0.2, 1]
 
+    def take(self, rows: torch.Tensor) -> Draw:
+        """The draw of the pairs ``rows`` (the batch-wide parts unchanged)."""
+        return Draw(
+            self.scale,
+            self.scale_phase,
+            self.swap,
+            self.offsets[rows],
+            self.flips[rows],
+            self.permutations[rows],
+            self.colors[rows],
+        )
+
 
 class ELPIPS(Metric):
     """E-LPIPS-VGG distance (Kettunen et al., 2019) with its own linear layers; stochastic.
 
     Args:
-        ensemble: draws averaged by one :meth:`score` call (the Monte-Carlo estimate of
-            the expectation; its gradient averages the draws' gradients).
+        ensemble: fresh draws averaged by one :meth:`score` call that is differentiated
+            (the Monte-Carlo estimate of the expectation; its gradient averages the
+            draws' gradients).
+        draws: common draws averaged by a decision (a :meth:`score` without gradient),
+            200 as in the authors' distance tool. Cost grows linearly: on one CPU core a
+            64x64 pair takes about 53 ms per draw (10.6 s at 200); lower it for CPU runs.
+        seed: seed of the common draws (draw ``j`` of batch row ``i`` depends only on
+            ``seed``, ``j``, ``i`` and the batch size).
         scale_levels: largest downscaling factor (8 in the release).
         offset_max: largest translation in px (7).
         dropout_keep: keep probability of the dropout on convolution inputs (0.99).
@@ -98,6 +126,8 @@ class ELPIPS(Metric):
     def __init__(
         self,
         ensemble: int = 8,
+        draws: int = 200,
+        seed: int = 0,
         scale_levels: int = 8,
         offset_max: int = 7,
         dropout_keep: float = 0.99,
@@ -109,6 +139,10 @@ class ELPIPS(Metric):
         super().__init__()
         if int(ensemble) != ensemble or ensemble < 1:
             raise ValueError(f"E-LPIPS ensemble must be an integer >= 1, got {ensemble}")
+        if isinstance(draws, bool) or int(draws) != draws or draws < 1:
+            raise ValueError(f"E-LPIPS draws must be an integer >= 1, got {draws!r}")
+        self.draws = int(draws)
+        self.seed = int(seed)
         if not 0.0 < dropout_keep <= 1.0:
             raise ValueError(f"E-LPIPS dropout_keep must be in (0, 1], got {dropout_keep}")
         self.ensemble = int(ensemble)
@@ -143,19 +177,24 @@ class ELPIPS(Metric):
 
     # --- transformations ------------------------------------------------------------------
 
-    def sample(self, n: int, device: torch.device) -> Draw:
-        """Sample one transformation for ``n`` pairs (global torch RNG: seeded runs repeat)."""
-        probs = torch.tensor([1.0 / s**2 for s in range(1, self.scale_levels + 1)])
-        scale = int(torch.multinomial(probs, 1).item()) + 1
-        phase = tuple(int(v) for v in torch.randint(0, scale, (2,)))
+    def sample(
+        self, n: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Draw:
+        """Sample one transformation for ``n`` pairs (from ``generator`` on ``device``, or
+        the global torch RNG: seeded runs repeat)."""
+        g = {"generator": generator}
+        on = {"device": device if generator is not None else "cpu"}
+        probs = torch.tensor([1.0 / s**2 for s in range(1, self.scale_levels + 1)], **on)
+        scale = int(torch.multinomial(probs, 1, **g).item()) + 1
+        phase = tuple(int(v) for v in torch.randint(0, scale, (2,), **g, **on))
         return Draw(
             scale=scale,
             scale_phase=phase,
-            swap=bool(torch.randint(0, 2, ()).item()),
-            offsets=torch.randint(0, self.offset_max + 1, (n, 2), device=device),
-            flips=torch.randint(0, 4, (n,), device=device),
-            permutations=_PERMUTATIONS.to(device)[torch.randint(0, 6, (n,), device=device)],
-            colors=0.2 + 0.8 * torch.rand(n, 3, device=device),
+            swap=bool(torch.randint(0, 2, (), **g, **on).item()),
+            offsets=torch.randint(0, self.offset_max + 1, (n, 2), device=device, **g),
+            flips=torch.randint(0, 4, (n,), device=device, **g),
+            permutations=_PERMUTATIONS.to(device)[torch.randint(0, 6, (n,), device=device, **g)],
+            colors=0.2 + 0.8 * torch.rand(n, 3, device=device, **g),
         )
 
     def apply(self, draw: Draw, images: torch.Tensor) -> torch.Tensor:
@@ -193,8 +232,14 @@ class ELPIPS(Metric):
 
     # --- network --------------------------------------------------------------------------
 
-    def _features(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
-        """The 14 normalised layers of ``[-1, 1]`` images ``(2n, ...)``, pair-shared dropout."""
+    def _features(
+        self, x: torch.Tensor, n: int, common: tuple[torch.Generator, dict] | None = None
+    ) -> list[torch.Tensor]:
+        """The 14 normalised layers of ``[-1, 1]`` images ``(2n, ...)``, pair-shared dropout.
+
+        ``common``: (generator, draws) of a decision -- the dropout masks are drawn for the
+        whole batch the common draws were made for and taken at the pairs' rows.
+        """
         h = (x - self.shift) / self.scale
         outs = [normalize_channels(h)]
         for block, indices in enumerate(VGG_BLOCKS):
@@ -202,32 +247,66 @@ class ELPIPS(Metric):
                 h = F.avg_pool2d(h, 2)
             for index in indices:
                 if self.dropout_keep < 1.0:
-                    keep = torch.rand((n, *h.shape[1:]), device=h.device) < self.dropout_keep
+                    if common is None:
+                        u = torch.rand((n, *h.shape[1:]), device=h.device)
+                    else:
+                        gen, info = common
+                        size = (info["n"], *h.shape[1:])
+                        u = torch.rand(size, device=h.device, generator=gen)[info["rows"]]
+                    keep = u < self.dropout_keep
                     h = h * (keep.to(h.dtype) / self.dropout_keep).repeat(2, 1, 1, 1)
                 h = F.relu(self.convs[str(index)](h))
                 outs.append(normalize_channels(h))
         return outs
 
-    def draw_distance(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """E-LPIPS network distance of one random draw, ``(N,)``; inputs in ``[-1, 1]``."""
+    def draw_distance(
+        self, ref: torch.Tensor, x: torch.Tensor, common: dict | None = None, j: int = 0
+    ) -> torch.Tensor:
+        """E-LPIPS network distance of one random draw, ``(N,)``; inputs in ``[-1, 1]``.
+
+        ``common`` (:func:`~attackpsm.metrics.base.common_draws`): take common draw ``j``
+        instead of a fresh one.
+        """
         n = x.shape[0]
         both = torch.cat([to_unit(ref), to_unit(x)])
+        shared = None
+        if common is not None:
+            gen = draw_generator(common, j, x.device)
+            shared = (gen, common)
         if self.transforms:
-            both = self.apply(self.sample(n, x.device), both)
-        feats = self._features(both * 2.0 - 1.0, n)
+            if shared is None:
+                draw = self.sample(n, x.device)
+            else:
+                draw = self.sample(common["n"], x.device, gen).take(common["rows"])
+            both = self.apply(draw, both)
+        feats = self._features(both * 2.0 - 1.0, n, shared)
         total = 0.0
         for f, lin in zip(feats, self.lins, strict=True):
             total = total + lin((f[n:] - f[:n]) ** 2).mean(dim=(2, 3))
         return total.flatten()
 
-    def prepare(self, ref: torch.Tensor) -> torch.Tensor:
-        return ref  # transformations are drawn per call, so no reference work is reusable
+    def prepare(self, ref: torch.Tensor):
+        # transformations are drawn per call, so no reference work is reusable; a randomised
+        # metric keeps the batch's common draws next to the reference
+        if not self.stochastic:
+            return ref
+        return {"ref": ref, DRAWS: common_draws(ref.shape[0], self.seed, ref.device)}
 
-    def score(self, prepared: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def score(self, prepared, x: torch.Tensor) -> torch.Tensor:
+        """Mean of ``ensemble`` fresh draws (with a gradient) or of the ``draws`` common
+        draws (a decision)."""
+        if not self.stochastic:
+            return self.draw_distance(prepared, x)
+        ref = prepared["ref"]
+        if taking_gradient(x):
+            total = 0.0
+            for _ in range(self.ensemble):
+                total = total + self.draw_distance(ref, x)
+            return total / self.ensemble
         total = 0.0
-        for _ in range(self.ensemble):
-            total = total + self.draw_distance(prepared, x)
-        return total / self.ensemble
+        for j in range(self.draws):
+            total = total + self.draw_distance(ref, x, prepared[DRAWS], j)
+        return total / self.draws
 
 
 def _reflect_pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:

@@ -14,16 +14,25 @@ is defined on images, and its input check refuses anything else); Cohen et al.'s
 holds for any base classifier, so the certificate is that of the smoothed decision of
 "metric after clipping".
 
-As a :class:`~attackpsm.metrics.base.Metric`:
+As a :class:`~attackpsm.metrics.base.Metric` (randomised: decisions and gradients draw
+differently, the rule of :class:`~attackpsm.metrics.base.Metric`):
 
-- :meth:`Smoothed.score` is the base metric's clean distance, so the engine's ``d0``,
-  ``d1``, prey and ``s_other`` are those of the base metric -- the decision being smoothed;
-- :meth:`Smoothed.expected_score` (what the EoT attacks call, ``attack=apgd_eot`` or
-  ``min_eps`` with ``eot_samples > 1``) draws ``draws`` noisy copies and returns the *median*
-  noisy distance, whose gradient is that of the mean (expectation over transformation,
-  Athalye et al., 2018): ``median > s_other`` exactly when the majority of the draws flip,
-  so an attack's flip is a flip of the smoothed (majority) decision as estimated on those
-  draws.
+- a *decision* -- :meth:`Smoothed.score` without a gradient: the clean ranking (``d0``,
+  ``d1``, prey, ``s_other``), every flip check, the saved image's check -- is the *median*
+  distance of ``draws`` noisy copies whose noise is common to every image of the triplet:
+  draw ``j`` is a counter-based stream keyed by the reference's pixels and ``seed``
+  (:mod:`attackpsm.streams`), so it is the same whatever the batch. ``median(s_adv) > s_other`` exactly
+  when the majority of the draws put the candidate beyond ``s_other``: an attack's flip is a
+  flip of the smoothed (majority) decision, estimated on the same noise that ranked the
+  clean images, so a zero perturbation never flips. ``draws`` defaults to 100, the
+  selection sample size ``n0`` of Cohen et al.'s CERTIFY;
+- a *gradient*: :meth:`Smoothed.score` is one fresh noisy copy, and
+  :meth:`Smoothed.expected_score` (``attack=apgd_eot``, ``min_eps_smoothed``) the median of
+  ``eot_samples`` fresh copies whose gradient is that of their mean (expectation over
+  transformation, Athalye et al., 2018).
+
+``s_other`` is a constant for the prey's smoothed decision, so Cohen et al.'s Theorem 1
+applies to it as to any threshold (:mod:`attackpsm.certify`).
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from attackpsm.images import HIGH, LOW
-from attackpsm.metrics.base import Metric
+from attackpsm.metrics.base import DRAWS, Metric, taking_gradient
+from attackpsm.streams import image_keys, normal
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf" / "metric"
 
@@ -61,7 +71,7 @@ def build_base(name: str, **paths: Any) -> Metric:
         if key in node and value is not None:
             node[key] = value
     for key, value in list(node.items()):  # a path key without a value: the metric's default
-        if isinstance(value, str) and value.startswith("${paths."):
+        if isinstance(value, str) and value.startswith("${"):
             node.pop(key)
     return instantiate(node)
 
@@ -73,6 +83,9 @@ class Smoothed(Metric):
         base: the metric to smooth: a ``conf/metric`` option name (``lpips_alex``) or a
             :class:`~attackpsm.metrics.base.Metric`.
         sigma: noise standard deviation σ on the ``[-1, 1]`` scale (0.12).
+        draws: noisy copies per decision (100, Cohen et al.'s ``n0``), common to every
+            image of a triplet.
+        seed: seed of the common noise.
         weights_dir: weights folder handed to the base metric (``paths.weights_dir``).
         allow_fetch: handed to the base metric (``paths.allow_fetch``).
 
@@ -90,6 +103,8 @@ class Smoothed(Metric):
         self,
         base: str | Metric,
         sigma: float = 0.12,
+        draws: int = 100,
+        seed: int = 0,
         weights_dir: str | None = None,
         allow_fetch: bool | None = None,
     ):
@@ -103,25 +118,45 @@ class Smoothed(Metric):
         if isinstance(base, Smoothed):
             raise ValueError("metric.base cannot itself be smoothed")
         self.base = base.freeze()
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise ValueError(f"metric.draws must be an integer >= 1, got {draws!r}")
         self.sigma = float(sigma)
+        self.draws = int(draws)
+        self.seed = int(seed)
         self.name = f"smoothed_{base.name}_s{self.sigma:g}"
         self.differentiable = base.differentiable
 
     def prepare(self, ref: torch.Tensor) -> Any:
-        return self.base.prepare(ref)
+        return {"base": self.base.prepare(ref), DRAWS: image_keys(ref, self.seed)}
 
     def score(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
-        """The base metric's clean distance (the decision that is smoothed)."""
-        return self.base.score(prepared, x)
+        """A decision: the median noisy distance under the common noise; with a gradient:
+        one fresh noisy distance."""
+        if taking_gradient(x):
+            return self.noisy_scores(prepared, x, torch.randn_like(x))
+        keys = prepared[DRAWS]
+        scores = []
+        for j in range(self.draws):
+            noise = normal(keys, j, tuple(x.shape[1:]))
+            scores.append(self.noisy_scores(prepared, x, noise))
+        return torch.stack(scores).median(0).values
 
     def noisy_scores(self, prepared: Any, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``f(I_ref_i, clip(x_i + σ · noise_i))`` for standard normal ``noise`` of ``x``'s shape."""
+        """``f(I_ref_i, clip(x_i + σ · noise_i))`` for standard normal ``noise`` of ``x``'s shape.
+
+        ``prepared`` is this metric's prepared reference (or the base metric's).
+        """
+        if isinstance(prepared, dict) and DRAWS in prepared:
+            prepared = prepared["base"]
         noisy = x + self.sigma * noise.to(x.device, x.dtype)
         return self.base.score(prepared, noisy.clamp(LOW, HIGH))
 
     def expected_score(self, prepared: Any, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
-        """Median of ``draws`` noisy distances (its comparison with ``s_other`` is the
-        majority vote); the gradient is that of their mean (EoT)."""
+        """With a gradient: the median of ``draws`` fresh noisy distances (its comparison
+        with ``s_other`` is the majority vote), whose gradient is that of their mean (EoT).
+        Without one: the decision (:meth:`score`)."""
+        if not taking_gradient(x):
+            return self.score(prepared, x)
         scores = torch.stack(
             [self.noisy_scores(prepared, x, torch.randn_like(x)) for _ in range(max(draws, 1))]
         )
@@ -130,4 +165,4 @@ class Smoothed(Metric):
         return median.detach() + mean - mean.detach()
 
     def extra_repr(self) -> str:
-        return f"sigma={self.sigma}"
+        return f"sigma={self.sigma}, draws={self.draws}"

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from attackpsm.images import to_unit
 from attackpsm.metrics import weights
-from attackpsm.metrics.base import Metric
+from attackpsm.metrics.base import Metric, taking_gradient
 
 EPS = 1e-10
 BLOCK = 8
@@ -76,7 +76,10 @@ class WatsonDFT(Metric):
 
     Args:
         random_shift: shift both images by the same random 0..7 px (replication padding)
-            before each evaluation, as the release's default loss does (stochastic).
+            before each evaluation, as the release's default loss does (randomised). A
+            decision (a score without gradient) is the exact mean over all 64 shifts --
+            every image of a triplet under the same shifts, so a zero perturbation never
+            flips; a differentiated score draws one shift, as the release's loss does.
         weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
         weights_mirror: directory holding the official parameter file, used when its URL
             is unreachable (``paths.weights_mirror``).
@@ -138,10 +141,15 @@ class WatsonDFT(Metric):
         rgb = to_unit(images).permute(0, 2, 3, 1)
         return (rgb @ self.transform + self.bias).permute(0, 3, 1, 2)
 
-    def _shift(self, ref: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The release's random shift: pad by 4 (replicate), crop at the same random offset."""
+    def _shift(
+        self, ref: torch.Tensor, x: torch.Tensor, offset: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The release's random shift: pad by 4 (replicate), crop at the same random offset
+        (or at ``offset``)."""
         h, w = x.shape[-2:]
-        dy, dx = (int(v) for v in torch.randint(0, BLOCK, (2,)))
+        if offset is None:
+            offset = tuple(int(v) for v in torch.randint(0, BLOCK, (2,)))
+        dy, dx = offset
         pad = BLOCK // 2
 
         def crop(img: torch.Tensor) -> torch.Tensor:
@@ -174,8 +182,18 @@ class WatsonDFT(Metric):
 
     def score(self, prepared, x: torch.Tensor) -> torch.Tensor:
         if self.random_shift:
-            ref, x = self._shift(prepared, x)
-            prepared = self._prepare(ref)
+            if taking_gradient(x):
+                ref, x = self._shift(prepared, x)
+                return self._score(self._prepare(ref), x)
+            total = 0.0
+            for dy in range(BLOCK):  # a decision: the expectation over every shift, exactly
+                for dx in range(BLOCK):
+                    ref, moved = self._shift(prepared, x, (dy, dx))
+                    total = total + self._score(self._prepare(ref), moved)
+            return total / BLOCK**2
+        return self._score(prepared, x)
+
+    def _score(self, prepared, x: torch.Tensor) -> torch.Tensor:
         ycc = self._ycbcr(x)
         total = 0.0
         for ch, (amp_ref, phase_ref, s) in enumerate(prepared):

@@ -2,7 +2,9 @@
 
 A craft run (``python -m attackpsm.craft``, which runs an ordinary run with
 ``craft=<dir>``) hands every attacked batch to :class:`CraftWriter`. It saves, for every
-triplet, the reference, both distortions and the adversarial image as lossless 8-bit PNGs
+triplet, the reference, both distortions (the dataset's 8-bit images, stored exactly) and
+the adversarial image (saved by the package's one rule, :func:`attackpsm.images.saved`:
+truncated, as the released ``tensor2im``) as 8-bit PNGs
 under ``<dir>/images/<triplet_id>/``, and one manifest part per batch under
 ``<dir>/manifest.parts/``; :func:`finalize_manifest` merges them into
 ``<dir>/manifest.parquet`` once every shard is done. A row holds the source metric, attack
@@ -26,7 +28,7 @@ import yaml
 from PIL import Image
 
 from attackpsm.data.transfer import MANIFEST, SIDES, image_dir
-from attackpsm.images import to_uint8
+from attackpsm.images import on_grid, to_uint8, to_uint8_truncated
 from attackpsm.metrics.base import Metric
 from attackpsm.stats import PAPER_COLUMNS, perturbation_stats
 from attackpsm.storage.atomic import write_atomic, write_text_atomic
@@ -69,12 +71,14 @@ class CraftWriter:
         keep = np.isfinite(rows["s_adv"].to_numpy(dtype=float))
         if not keep.any():
             return
+        # the adversarial image is saved by the package's one rule (truncation, as the
+        # released tensor2im; attackpsm.images.saved); the dataset's 8-bit images are stored
+        # as they are, float ones by the same rule
         images = {
-            "ref": to_uint8(batch.ref),
-            "p0": to_uint8(batch.p0),
-            "p1": to_uint8(batch.p1),
-            "adv": to_uint8(adv),
+            side: to_uint8(x) if on_grid(x) else to_uint8_truncated(x)
+            for side, x in (("ref", batch.ref), ("p0", batch.p0), ("p1", batch.p1))
         }
+        images["adv"] = to_uint8_truncated(adv)
         # the flip as the evaluation stage will see it: every image read back from 8 bits
         saved = {k: v.float() / 127.5 - 1.0 for k, v in images.items()}
         with torch.no_grad():
@@ -110,7 +114,6 @@ class CraftWriter:
                     ),
                     "human_agrees": rows["human_agrees"].iloc[i],
                     "flipped": bool(rows["flipped"].iloc[i]),
-                    "flipped_uint8": bool(rows["flipped_uint8"].iloc[i]),
                     "rmse": float(rows[PAPER_COLUMNS["rmse"]].iloc[i]),
                     "d0_saved": float(d0[i]),
                     "d1_saved": float(d1[i]),

@@ -284,8 +284,10 @@ def headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
     return {
         "samples": n,
         "skipped": skipped,
+        "flipped": int(flipped.sum()) if n else 0,
+        "flipped_saved": int(table["flipped_saved"].astype(bool).sum()) if n else 0,
         "flip_rate": float(flipped.mean()) if n else nan,
-        "flip_rate_uint8": float(table["flipped_uint8"].astype(bool).mean()) if n else nan,
+        "flip_rate_saved": float(table["flipped_saved"].astype(bool).mean()) if n else nan,
         "stalled": int(table["stalled"].astype(bool).sum()) if n and "stalled" in table else 0,
         "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else nan,
         "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean())

@@ -125,7 +125,7 @@ def long_render(part: pd.DataFrame) -> pd.DataFrame:
     )
     if has_paper(part, "paper_flipped"):
         out["Paper #Flipped"] = [paper_flip_cell(r) for _, r in part.iterrows()]
-    out["Flipped (uint8)"] = part["flipped_uint8"].map(num).to_numpy()
+    out["Flipped after saving"] = part["flipped_saved"].map(num).to_numpy()
     if part["mean_eps"].notna().any():
         out["Mean ε"] = part["mean_eps"].map(lambda v: num(v, 4)).to_numpy()
         if has_paper(part, "paper_mean_eps"):

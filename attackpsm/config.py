@@ -146,6 +146,8 @@ def target_parameters(target: str) -> dict[str, Any] | None:
 
     from hydra.utils import get_class
 
+    if not target:  # a node without a target (Hydra would log "Empty path")
+        return None
     try:
         cls = get_class(target)
         signature = inspect.signature(cls.__init__)

@@ -37,7 +37,9 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-PGD_KEYS = "eps (float), alpha (float), max_iterations (int), early_stop (bool)"
+PGD_KEYS = (
+    "eps (float), alpha (float), max_iterations (int), checks (int | None), early_stop (bool)"
+)
 BAD_INPUTS = [
     (["attack.eps=abc"], ["attack.eps='abc'", "expected float", PGD_KEYS]),
     (["attack.epsilon=0.01"], ["attack.epsilon=0.01", "no key 'epsilon'", "attack.eps?", PGD_KEYS]),

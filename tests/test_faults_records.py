@@ -486,9 +486,13 @@ def test_bad_values_refused_before_the_run_directory_exists(cfg_factory, tmp_pat
 
 
 def test_bad_value_on_the_command_line_names_the_bound(tmp_path):
-    """``seed=nan`` on the command line: exit 1 with the bound, not a bare ``TypeError``."""
+    """``seed=nan`` on the command line: one line with the bound (a configuration error,
+    exit 2), not a bare ``TypeError``."""
     proc = app([*TINY, "seed=nan"], tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "Error: seed must be an integer in [0, 4294967295] (2**32 - 1), got nan"
+    ]
     assert "seed must be an integer in [0, 4294967295] (2**32 - 1), got nan" in proc.stderr
     assert "TypeError" not in proc.stderr
     assert not (tmp_path / "results").exists()

@@ -309,6 +309,11 @@ def minimize(
         p.join()
         if p.error is not None:
             raise p.error
+    return _result(problems, device, dtype)
+
+
+def _result(problems: list, device: torch.device, dtype: torch.dtype) -> LBFGSResult:
+    """The per-problem outcomes of either driver as one batched :class:`LBFGSResult`."""
     return LBFGSResult(
         x=torch.from_numpy(np.stack([p.x for p in problems])).to(device=device, dtype=dtype),
         loss=torch.tensor([p.loss for p in problems], dtype=dtype, device=device),
@@ -337,13 +342,4 @@ def _minimize_direct(fg: Objective, problems: list[_Direct], x0: torch.Tensor) -
         for j, p in enumerate(waiting):
             p.answer(float(f[j]), g[j], bool(stop[j]))
         waiting = [p for p in waiting if p.advance()]
-    return LBFGSResult(
-        x=torch.from_numpy(np.stack([p.x for p in problems])).to(device=device, dtype=dtype),
-        loss=torch.tensor([p.loss for p in problems], dtype=dtype, device=device),
-        iterations=torch.tensor([p.iterations for p in problems], dtype=torch.long, device=device),
-        evaluations=torch.tensor(
-            [p.evaluations for p in problems], dtype=torch.long, device=device
-        ),
-        status=torch.tensor([p.status for p in problems], dtype=torch.long, device=device),
-        trace=[p.trace for p in problems],
-    )
+    return _result(problems, device, dtype)

@@ -24,19 +24,19 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install attackpsm with its dependencies
 
 weights: install ## Fetch and verify all pretrained weights into the cache (run before going offline; MIRROR=dir of official files)
-	$(PY) -m attackpsm.metrics.weights $(if $(MIRROR),--mirror $(MIRROR))
+	$(PY) -m attackpsm weights $(if $(MIRROR),--mirror $(MIRROR))
 
 run: weights ## The main job: PGD on LPIPS(Alex), embedded synthetic dataset, 64x64
 	$(PY) -m attackpsm
 
 calibrate: weights ## Synthetic set vs BAPPS: clean accuracy (Table 1) and margins (Table 3) per metric
-	$(PY) -m attackpsm.calibrate $(CALIBRATE_ARGS)
+	$(PY) -m attackpsm calibrate $(CALIBRATE_ARGS)
 
 data-bapps: install ## Download the BAPPS 2AFC val set (the paper's) into $(DATA)/bapps (needs internet)
-	$(PY) -m attackpsm.data download bapps --root $(DATA)/bapps
+	$(PY) -m attackpsm data download bapps --root $(DATA)/bapps
 
 data-pieapp: install ## Download PieAPP into $(DATA)/pieapp (needs internet; 2.2 GB)
-	$(PY) -m attackpsm.data download pieapp --root $(DATA)/pieapp
+	$(PY) -m attackpsm data download pieapp --root $(DATA)/pieapp
 
 test: weights ## Fast test suite (under 20 minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
@@ -48,19 +48,19 @@ test-cluster: weights ## Real SLURM job arrays: needs a cluster (sudo launchers/
 	ATTACKPSM_REQUIRE_SLURM=1 $(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
 bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, same decisions (bench.json)
-	$(PY) -m attackpsm.bench --out bench.json $(BENCH_ARGS)
+	$(PY) -m attackpsm bench --out bench.json $(BENCH_ARGS)
 
 bench-certify: weights ## Certification throughput: noisy samples/s of attack=certify, LPIPS(Alex) (bench-certify.json)
-	$(PY) -m attackpsm.bench --certify lpips_alex --out bench-certify.json $(BENCH_ARGS)
+	$(PY) -m attackpsm bench --certify lpips_alex --out bench-certify.json $(BENCH_ARGS)
 
 bench-logging: weights ## W&B logging overhead: one job with logger=none vs wandb offline (bench-logging.json)
-	$(PY) -m attackpsm.bench --logging --out bench-logging.json $(BENCH_ARGS)
+	$(PY) -m attackpsm bench --logging --out bench-logging.json $(BENCH_ARGS)
 
 gpu-bundle: weights ## Wheels and weights in .gpu/ for an offline GPU machine; there: launchers/gpu_check.sh OUT_DIR
 	PY=$(PY) launchers/gpu_bundle.sh
 
 report: weights ## Paper tables and figures of a results or sweep dir: make report RESULTS=results (writes <dir>/report)
-	$(PY) -m attackpsm.report $(RESULTS) $(REPORT_ARGS)
+	$(PY) -m attackpsm report $(RESULTS) $(REPORT_ARGS)
 
 notebook: weights ## Execute notebooks/analysis.ipynb on $(RESULTS): a copy with its outputs in $(RESULTS)/analysis.ipynb
 	@test -d "$(RESULTS)" || { echo "no $(RESULTS)/ yet: make run (or a sweep) writes it; or make notebook RESULTS=dir"; exit 1; }
@@ -79,7 +79,7 @@ CERTIFY_SIGMA ?= 0.02
 # (symmetric ones: attack.target=reference needs f(ref, x) = f(x, ref))
 TARGET_METRICS ?= l2,ssim,lpips_alex,lpips_vgg,dists
 TARGET_ATTACKS ?= apgd
-# gradient-masking diagnostics of these metrics (python -m attackpsm.diagnose); exit 1 =
+# gradient-masking diagnostics of these metrics (python -m attackpsm diagnose); exit 1 =
 # flagged, shown in the leaderboard and the cards, not a failure of the target
 DIAGNOSE_METRICS ?= $(LEADERBOARD_METRICS)
 DIAGNOSE_ARGS ?=
@@ -92,10 +92,10 @@ leaderboard: weights ## Robustness leaderboard: sweep metrics x attacks, diagnos
 	$(PY) -m attackpsm -m logger=none progress=false metric=smoothed metric.base=$(CERTIFY_METRICS) metric.sigma=$(CERTIFY_SIGMA) attack=certify,min_eps_smoothed paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	$(PY) -m attackpsm -m logger=none progress=false metric=$(TARGET_METRICS) attack=$(TARGET_ATTACKS) attack.target=reference,both paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS)
 	for m in $$(echo $(DIAGNOSE_METRICS) | tr , ' '); do \
-		$(PY) -m attackpsm.diagnose metric=$$m paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS) || [ $$? -eq 1 ] || exit 1; \
+		$(PY) -m attackpsm diagnose metric=$$m paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS) || [ $$? -eq 1 ] || exit 1; \
 	done
-	$(if $(DIAGNOSE_CONTROL),$(PY) -m attackpsm.diagnose $(DIAGNOSE_CONTROL) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS); test $$? -eq 1 || { echo "negative control not flagged: $(DIAGNOSE_CONTROL)"; exit 1; })
-	$(PY) -m attackpsm.leaderboard $(RESULTS)
+	$(if $(DIAGNOSE_CONTROL),$(PY) -m attackpsm diagnose $(DIAGNOSE_CONTROL) paths.results_dir=$(RESULTS) $(LEADERBOARD_ARGS) $(DIAGNOSE_ARGS); test $$? -eq 1 || { echo "negative control not flagged: $(DIAGNOSE_CONTROL)"; exit 1; })
+	$(PY) -m attackpsm leaderboard $(RESULTS)
 
 lint: install ## Ruff lint and format check, and the import layers of the package (pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,7 @@
 Implements, batched and at cluster scale, the study "Attacking Perceptual Similarity
 Metrics" (Ghildyal & Liu, TMLR 2023). The pipeline is
 
-    data -> metrics -> attacks -> stats -> results -> report
+    data -> metrics -> attacks -> engine -> summary -> storage -> job -> report -> cluster
 
 Image convention inside the package: ``float32`` tensors, NCHW, RGB, values in
 ``[-1, 1]`` -- the scale on which the paper states every epsilon (Sec. 3). Adapters that
@@ -25,9 +25,9 @@ __version__ = "0.4.0"
 # The Python API (attackpsm/api.py), imported on first use so that `import attackpsm` stays
 # light: attackpsm.metric("lpips_alex"), attackpsm.attack("pgd", eps=0.01),
 # attackpsm.evaluate(metric, attack, ref, p0, p1), attackpsm.dataset("synthetic"), and
-# attackpsm.run([...overrides]) -- the module attackpsm.run is callable for that.
-_API = ("metric", "attack", "dataset", "evaluate")
-__all__ = ["__version__", "run", *_API]
+# attackpsm.run([...overrides]).
+_API = ("metric", "attack", "dataset", "evaluate", "run")
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
@@ -35,6 +35,4 @@ def __getattr__(name: str):
 
     if name in _API:
         return getattr(importlib.import_module("attackpsm.api"), name)
-    if name == "run":
-        return importlib.import_module("attackpsm.run")
     raise AttributeError(f"module 'attackpsm' has no attribute {name!r}")

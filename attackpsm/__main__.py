@@ -1,4 +1,8 @@
-"""``python -m attackpsm [overrides] [-m] [overrides]``.
+"""``python -m attackpsm [overrides] [-m] [overrides]`` and ``python -m attackpsm <command> [args]``.
+
+A first word that names a command (:data:`attackpsm.commands.COMMANDS`: ``report``,
+``leaderboard``, ``bench``, ...) runs that command; Hydra overrides are ``key=value`` words,
+so the two never overlap. Anything else is a job or a sweep:
 
 The command line is normalised first (:func:`attackpsm.config.normalise_argv`: ``-m``
 anywhere, ``resolution=64`` as a group choice, any ``resolution=N`` as a generated option),
@@ -28,10 +32,15 @@ __all__ = ["MULTIRUN_FLAGS", "main", "normalise_argv", "quote_numeric_choices"]
 
 def main() -> None:
     args = sys.argv[1:]
-    from attackpsm.app import interrupted_line
+    from attackpsm.commands import COMMANDS, dispatch
+
+    if args and args[0] in COMMANDS:
+        sys.argv = [f"python -m attackpsm {args[0]}", *args[1:]]
+        sys.exit(dispatch(args[0], args[1:]))
+    from attackpsm.commands.app import interrupted_line
 
     try:
-        from attackpsm.app import error_line, help_text
+        from attackpsm.commands.app import error_line, help_text
 
         if any(a in ("-h", "--help") for a in args):
             print(help_text())
@@ -46,7 +55,7 @@ def main() -> None:
             print(error_line(exc), file=sys.stderr)
             sys.exit(2)
         sys.argv = [sys.argv[0], *normalise_argv(args)]
-        from attackpsm.app import main as app
+        from attackpsm.commands.app import main as app
 
         app()
     except KeyboardInterrupt as exc:

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,12 +36,12 @@ from attackpsm.attacks.base import Attack
 from attackpsm.config import ConfigError, build, check_node, compose, option_names
 from attackpsm.data.base import Batch, TripletDataset, collate
 from attackpsm.engine import FittingBatches
+from attackpsm.job.run import run as run_job
+from attackpsm.job.run import seed_everything
 from attackpsm.metrics.base import Metric
-from attackpsm.run import run_command, seed_everything
+from attackpsm.storage import read_run
 
 __all__ = ["attack", "dataset", "evaluate", "metric", "run"]
-
-run = run_command
 
 
 def _node(group: str, name: str, overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
@@ -214,3 +215,43 @@ def evaluate(
     ids = list(table["triplet_id"]) if len(table) else []
     adv = torch.stack([adv_of[i] for i in ids]) if ids else torch.empty(0, 3, 0, 0)
     return table, adv
+
+
+def run(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Run one job from Python as ``python -m attackpsm <overrides>`` does; its triplet table.
+
+    The same ``conf/`` files, checks and :func:`attackpsm.job.run.run` as the command line; a finished job is
+    reused, an interrupted one resumes. The returned per-triplet table (the columns of
+    ``results.parquet``) carries ``attrs["run_dir"]`` (absolute) and ``attrs["headline"]``
+    (the numbers :func:`attackpsm.job.run.run` returns). With ``shard.count`` > 1 it holds the shards finished
+    so far.
+
+    Examples:
+        >>> import attackpsm
+        >>> table = attackpsm.run(["metric=l2", "attack=fgsm", "dataset.num_triplets=4",
+        ...                        "logger=none", "progress=false"])  # doctest: +ELLIPSIS
+        <BLANKLINE>
+        synthetic · l2 · fgsm · res 64 (all shards) -> /.../results/synthetic/l2/fgsm/res64-...
+        | Metric | Attack | Same rank by human & metric | Samples | #Flipped | ...
+        >>> len(table), table.attrs["headline"]["samples"]
+        (4, 4)
+        >>> sorted(table["triplet_id"]) == sorted(set(table["triplet_id"]))
+        True
+    """
+    from attackpsm.config import MULTIRUN_FLAGS, check_overrides, compose
+
+    args = [str(a) for a in overrides]
+    if any(a in MULTIRUN_FLAGS for a in args):
+        raise ConfigError(
+            "attackpsm.run runs one job; run a sweep (-m) with python -m attackpsm "
+            + " ".join(args)
+            + ", or call attackpsm.run once per combination"
+        )
+    check_overrides(args)
+    numbers = run_job(compose(args))
+    run_dir = Path(numbers["run_dir"]).resolve()
+    got = read_run(run_dir)
+    table = got[0] if got is not None else pd.DataFrame()
+    table.attrs["run_dir"] = str(run_dir)
+    table.attrs["headline"] = {k: v for k, v in numbers.items() if k != "run_dir"}
+    return table

@@ -1,10 +1,10 @@
 """The batched 2AFC attack step shared by every attack (Sec. 3, Algorithms 1-3, lines 1-5).
 
 For a batch of triplets: score both distortions against the reference, pick the prey
-(:func:`attackpsm.twoafc.choose_prey`), run the attack, decide the flip again on the 8-bit
+(:func:`attackpsm.protocol.twoafc.choose_prey`), run the attack, decide the flip again on the 8-bit
 image the attack's output becomes when saved (:func:`attackpsm.images.saved`), and compute
 the perturbation statistics. The rules themselves (prey, flip, human agreement) live in
-:mod:`attackpsm.twoafc`.
+:mod:`attackpsm.protocol.twoafc`.
 
 A randomised metric scores every image of a batch under the batch's common draws, kept in
 the prepared reference (:func:`attackpsm.metrics.base.common_draws`): the clean ranking,
@@ -26,8 +26,8 @@ from attackpsm.attacks.base import Attack, Triplets
 from attackpsm.data.base import Batch
 from attackpsm.images import on_grid, saved
 from attackpsm.metrics.base import Metric, select
-from attackpsm.stats import perturbation_stats
-from attackpsm.twoafc import Prey, choose_prey, human_agrees, target_flipped
+from attackpsm.protocol.stats import perturbation_stats
+from attackpsm.protocol.twoafc import Prey, choose_prey, human_agrees, target_flipped
 
 log = logging.getLogger("attackpsm")
 

@@ -60,7 +60,7 @@ def saved(images: torch.Tensor) -> torch.Tensor:
     (:func:`to_uint8_truncated`): it is the only 8-bit conversion of an attack's output in
     the released code, and the paper's RMSE and PSNR (Table 2, Table 4) were measured
     between such images. The same rule decides ``flipped_saved`` (and ``attack.flip_on=saved``),
-    the 8-bit RMSE/PSNR and the 8-bit "% pixels" columns (:mod:`attackpsm.stats`) and the
+    the 8-bit RMSE/PSNR and the 8-bit "% pixels" columns (:mod:`attackpsm.protocol.stats`) and the
     PNGs the transfer craft writes, so a saved file scores exactly as the table says.
 
     A consequence of computing ``(x + 1) * 127.5`` in float32 as ``tensor2im`` does: the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare .gpu/ for a GPU machine that has Python 3.12 with PyTorch but no package index and no
-# internet: the pure-Python wheels attackpsm.bench needs beyond PyTorch, and the LPIPS backbone
+# internet: the pure-Python wheels attackpsm.commands.bench needs beyond PyTorch, and the LPIPS backbone
 # weights from the local cache (xz-compressed so that both backbones fit a 64 MiB transfer).
 #
 #   launchers/gpu_bundle.sh            # writes .gpu/whl/*.whl and .gpu/weights/*.pt.xz

@@ -31,12 +31,12 @@ export ATTACKPSM_WEIGHTS=$weights ATTACKPSM_ALLOW_FETCH=false PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-  "$PY" -m attackpsm.bench --device "${BENCH_DEVICE:-cuda}" --out "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md" "$@"
-  "$PY" -m attackpsm.bench --device "${BENCH_DEVICE:-cuda}" --certify lpips_alex --out "$OUT_DIR/certify.json"
+  "$PY" -m attackpsm bench --device "${BENCH_DEVICE:-cuda}" --out "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md" "$@"
+  "$PY" -m attackpsm bench --device "${BENCH_DEVICE:-cuda}" --certify lpips_alex --out "$OUT_DIR/certify.json"
   if [ "${ENGINE_MODES:-1}" != 0 ]; then
-    "$PY" -m attackpsm.bench --device "${BENCH_DEVICE:-cuda}" --engine-mode shrink,masked,masked:5,compact:5,compact:10 \
+    "$PY" -m attackpsm bench --device "${BENCH_DEVICE:-cuda}" --engine-mode shrink,masked,masked:5,compact:5,compact:10 \
       --out "$OUT_DIR/engine_modes.json" --markdown "$OUT_DIR/engine_modes.md"
-    "$PY" -m attackpsm.bench --device "${BENCH_DEVICE:-cuda}" --engine-mode masked --compile default,reduce-overhead \
+    "$PY" -m attackpsm bench --device "${BENCH_DEVICE:-cuda}" --engine-mode masked --compile default,reduce-overhead \
       --out "$OUT_DIR/engine_compile.json" --markdown "$OUT_DIR/engine_compile.md"
   fi
 } 2>&1 | tee "$OUT_DIR/bench.log"

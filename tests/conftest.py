@@ -93,11 +93,11 @@ def synthetic_batch(num_triplets: int, seed: int, size: int = 32, variant: str =
 
 
 def select_prey(metric, batch, reverse=False):
-    """The engine's prey selection (:func:`attackpsm.twoafc.choose_prey`) on a batch.
+    """The engine's prey selection (:func:`attackpsm.protocol.twoafc.choose_prey`) on a batch.
 
     Returns the prepared references, the image to attack and the score of the other one.
     """
-    from attackpsm.twoafc import choose_prey
+    from attackpsm.protocol.twoafc import choose_prey
 
     prepared = metric.prepare(batch.ref)
     with torch.no_grad():
@@ -110,7 +110,7 @@ def assert_config_runs(cfg_factory, name: str, overrides: list[str]) -> None:
     """``attack=<name>`` runs end to end on 3 L2 triplets at 16 px and adds its columns."""
     import pandas as pd
 
-    from attackpsm.run import build, run
+    from attackpsm.job.run import build, run
 
     cfg = cfg_factory(
         [f"attack={name}", "metric=l2", "dataset.num_triplets=3", "resolution.size=16", *overrides]

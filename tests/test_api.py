@@ -29,13 +29,6 @@ def test_api_docstring_examples_run(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # attackpsm.run's example writes ./results
     _doctest(attackpsm.api)
-
-
-def test_run_docstring_example_runs(tmp_path, monkeypatch):
-    import attackpsm.run
-
-    monkeypatch.chdir(tmp_path)
-    _doctest(attackpsm.run)
     assert list(tmp_path.glob("results/synthetic/l2/fgsm/*/results.parquet"))
 
 

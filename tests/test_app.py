@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from attackpsm.__main__ import normalise_argv
-from attackpsm.results import BASE_COLUMNS
-from attackpsm.run import run
+from attackpsm.job.run import run
+from attackpsm.summary.results import BASE_COLUMNS
 from tests import wandb_offline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +232,7 @@ def test_an_experiment_sweep_without_multirun_stops_with_the_command(tmp_path):
 
 def test_a_seed_that_leaves_the_data_unchanged_says_so():
     from attackpsm.config import compose
-    from attackpsm.run import seed_note
+    from attackpsm.job.run import seed_note
 
     assert seed_note(compose(["seed=0"])) is None
     note = seed_note(compose(["seed=1"]))

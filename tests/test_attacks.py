@@ -28,7 +28,7 @@ from attackpsm.engine import attack_batch
 from attackpsm.images import on_grid, quantize, saved
 from attackpsm.metrics.base import select
 from attackpsm.metrics.classic import L2
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.twoafc import rank_flipped
 from tests.conftest import assert_config_runs, select_prey, synthetic_batch
 
 

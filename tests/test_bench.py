@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attackpsm.bench import Workload, format_table, measure
+from attackpsm.commands.bench import Workload, format_table, measure
 
 
 def test_pgd_engine_matches_algorithm_1_loop(lpips_alex):
@@ -24,7 +24,7 @@ def test_fgsm_engine_matches_algorithm_3_scan():
 
 def test_warning_row_when_an_engine_is_slower_than_its_loop():
     """A row whose engine is slower than its loop gets a warning row; a faster one none."""
-    from attackpsm.bench import SLOWER, Row
+    from attackpsm.commands.bench import SLOWER, Row
 
     def row(name: str, ref: float, eng: float) -> Row:
         return Row(name, "cpu", 8, 8, ref, eng, eng / ref, 1.0, 1.0, 8, 0, 0, 0.5)
@@ -44,7 +44,7 @@ def test_stadv_engine_matches_its_loop_over_alternating_passes(lpips_alex, capsy
     when the engine is the slower side; ``profile`` prints both sides' profiles."""
     import torch
 
-    from attackpsm.bench import SLOWER
+    from attackpsm.commands.bench import SLOWER
 
     w = Workload(
         "stadv", "lpips_alex", 32, "stadv", {"max_iterations": 5}, triplets=3, batch_size=3

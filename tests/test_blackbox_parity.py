@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from attackpsm.attacks.apgd import APGD
 from attackpsm.attacks.square import Square
 from attackpsm.metrics.base import select
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.twoafc import rank_flipped
 from tests.conftest import select_prey, synthetic_batch
 
 torchattacks = pytest.importorskip("torchattacks")

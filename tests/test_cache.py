@@ -244,7 +244,7 @@ def test_bad_settings_are_refused(bapps_root, tmp_path):
 
 
 def test_run_with_cache_gives_the_same_table_bit_for_bit(bapps_root, tmp_path):
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     Path(bapps_path(bapps_root, "cnn", "ref", 3)).write_bytes(b"broken")  # recorded, skipped
     tables = {}
@@ -278,7 +278,7 @@ def test_run_with_cache_gives_the_same_table_bit_for_bit(bapps_root, tmp_path):
 
 
 def test_bench_loading_rows(tmp_path):
-    from attackpsm.bench import format_pipeline, loading, make_bapps_layout
+    from attackpsm.commands.bench import format_pipeline, loading, make_bapps_layout
 
     root = make_bapps_layout(tmp_path / "bapps", triplets=5, unique=2)
     ds = BAPPS(size=SIZE, root=root, filter="all")
@@ -303,7 +303,7 @@ def test_cache_option_is_not_part_of_the_run_identity(tmp_path):
 
 
 def test_cli_builds_the_cache_a_run_then_uses(bapps_root, tmp_path, capsys):
-    from attackpsm.data.__main__ import main
+    from attackpsm.commands.data import main
 
     args = ["cache", "bapps", f"dataset.root={bapps_root}", f"paths.cache_dir={tmp_path / 'c'}"]
     assert main([*args, "resolution=64", "resolution.size=16", "--workers", "1"]) == 0

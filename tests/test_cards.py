@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attackpsm.cards import CARD_SCHEMA, CardError, explicit_check, read_cards, validate
-from attackpsm.leaderboard import (
+from attackpsm.job.run import run
+from attackpsm.report.cards import CARD_SCHEMA, CardError, explicit_check, read_cards, validate
+from attackpsm.report.leaderboard import (
     build_leaderboard,
     leaderboard_from_cards,
     leaderboard_markdown,
     write_leaderboard,
 )
 from attackpsm.report.load import load_runs
-from attackpsm.run import run
 
 CHEAP = {
     "none": [],
@@ -32,7 +32,7 @@ CHEAP = {
 def board(tmp_path_factory):
     """LPIPS(Alex) (real weights) and L2 under four attacks on 6 triplets at 32 px, with
     the diagnostics of LPIPS(Alex); then the leaderboard and its cards."""
-    from attackpsm.diagnose import main as diagnose
+    from attackpsm.commands.diagnose import main as diagnose
     from tests.conftest import make_cfg
 
     tmp = tmp_path_factory.mktemp("cards")
@@ -76,7 +76,7 @@ def test_every_entry_has_a_valid_card_that_round_trips(board):
         entry = json.loads(
             (folder / f"{card['metric']['name']}.{card['threat_model']['name']}.json").read_text()
         )
-        from attackpsm.cards import entry_from_card
+        from attackpsm.report.cards import entry_from_card
 
         assert entry_from_card(card) == entry
     assert leaderboard_from_cards(tmp / "board" / "cards") == leaderboard_markdown(entries)

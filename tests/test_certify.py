@@ -11,17 +11,17 @@ import torch
 from scipy.optimize import brentq
 from scipy.stats import binom, ncx2
 
-from attackpsm.certify import Certify, certified_radius, clopper_pearson_lower
-from attackpsm.leaderboard import (
+from attackpsm.attacks.certify import Certify, certified_radius, clopper_pearson_lower
+from attackpsm.job.run import run
+from attackpsm.metrics.classic import L2
+from attackpsm.metrics.smoothed import Smoothed
+from attackpsm.report.leaderboard import (
     build_leaderboard,
     check_certified,
     leaderboard_markdown,
     write_leaderboard,
 )
-from attackpsm.metrics.classic import L2
-from attackpsm.metrics.smoothed import Smoothed
 from attackpsm.report.load import load_runs
-from attackpsm.run import run
 from attackpsm.storage.shards import read_meta, write_parquet
 from tests.conftest import make_cfg
 
@@ -196,7 +196,7 @@ def test_certified_radii_above_the_empirical_ones_are_counted_against_alpha(capl
 
 
 def test_bench_certify_reports_samples_per_second(tmp_path):
-    from attackpsm.bench import certify_throughput, main
+    from attackpsm.commands.bench import certify_throughput, main
 
     result = certify_throughput("l2", triplets=2, samples=20, max_batch=16)
     assert result["samples_per_triplet"] == 22 and result["samples_per_s"] > 0

@@ -28,10 +28,10 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from attackpsm.cluster.__main__ import main as cluster_main
-from attackpsm.loggers import shard_run_id
+from attackpsm.commands.cluster import main as cluster_main
+from attackpsm.job.loggers import shard_run_id
+from attackpsm.job.run import run
 from attackpsm.metrics.weights import WeightsUnavailable
-from attackpsm.run import run
 from tests import wandb_offline
 from tests.conftest import make_cfg
 

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf, open_dict
 
 from attackpsm.data.files import DatasetLayoutError
 from attackpsm.data.transfer import CraftMissing
+from attackpsm.job.run import build
 from attackpsm.metrics.weights import WeightsUnavailable
-from attackpsm.run import build
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("dataset", "metric", "attack", "resolution", "logger", "experiment")
@@ -87,7 +87,7 @@ def test_every_option_composes_and_builds(tmp_path, group, option):
         except InstantiationException as e:
             if (group, option) in CRAFTS:
                 assert isinstance(e.__cause__, CraftMissing), f"dataset={option}: {e}"
-                assert "python -m attackpsm.craft stadv" in str(e), str(e)
+                assert "python -m attackpsm craft stadv" in str(e), str(e)
                 return
             assert (group, option) in NEEDS_FILES, f"{group}={option} failed to build: {e}"
             assert isinstance(e.__cause__, DatasetLayoutError), f"dataset={option}: {e}"

@@ -177,7 +177,7 @@ def test_make_notebook_executes_the_analysis_on_a_results_dir(cfg_factory, tmp_p
     """`make notebook` with what `make install` provides (nbclient's `jupyter execute`)."""
     import shutil
 
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
@@ -242,8 +242,8 @@ def test_progress_moves_inside_a_batch():
 
     from tqdm import tqdm
 
+    from attackpsm.job.run import MetricCalls
     from attackpsm.metrics.classic import L2
-    from attackpsm.run import MetricCalls
 
     stream = io.StringIO()
     bar = tqdm(total=1, file=stream, desc="l2 pgd", unit="batch", mininterval=0)
@@ -296,8 +296,8 @@ def test_missing_data_or_weights_is_one_line_naming_the_fetch(tmp_path):
 @pytest.mark.slow
 def test_report_says_each_stage_and_where_it_wrote(cfg_factory, tmp_path, capsys):
     """The report regenerates example grids (an attack each): it says so, with a bar."""
+    from attackpsm.job.run import run
     from attackpsm.report.build import build_report
-    from attackpsm.run import run
 
     run(cfg_factory(["metric=l2", "attack=fgsm", "dataset.num_triplets=4", "resolution.size=32"]))
     capsys.readouterr()

@@ -233,7 +233,7 @@ def test_resize_is_identical_for_the_three_images(tmp_path):
 def test_resolution_group_sizes():
     from hydra import compose, initialize_config_dir
 
-    from attackpsm.app import CONFIG_DIR
+    from attackpsm.commands.app import CONFIG_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         sizes = {

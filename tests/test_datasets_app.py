@@ -1,6 +1,6 @@
 """The three on-disk datasets through the app: ``python -m attackpsm dataset=<name>
 dataset.root=<path>``, bad data recorded and counted while the run goes on, roots from
-the environment, and ``python -m attackpsm.data count``."""
+the environment, and ``python -m attackpsm data count``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from attackpsm.app import CONFIG_DIR
+from attackpsm.commands.app import CONFIG_DIR
 from attackpsm.data.files import DatasetLayoutError
-from attackpsm.run import run
+from attackpsm.job.run import run
 from tests.dataset_fixtures import bapps_path, make_bapps, make_clic, make_pieapp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,13 +97,27 @@ def test_root_from_environment_and_missing_root(tmp_path, monkeypatch):
 
 def test_count_command(tmp_path):
     root = make_bapps(tmp_path / "bapps", {"cnn": [0.0, 0.4, 1.0], "color": [1.0]})
-    cmd = [sys.executable, "-m", "attackpsm.data", "count", "bapps", f"dataset.root={root}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "attackpsm.commands.data",
+        "count",
+        "bapps",
+        f"dataset.root={root}",
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     lines = {ln.split()[0]: ln.split()[1:] for ln in out.stdout.splitlines() if ln.strip()}
     assert (
         lines["cnn"] == ["2", "0"] and lines["color"] == ["1", "0"] and lines["total"] == ["3", "0"]
     )
-    missing = [sys.executable, "-m", "attackpsm.data", "count", "clic", f"dataset.root={root}/no"]
+    missing = [
+        sys.executable,
+        "-m",
+        "attackpsm.commands.data",
+        "count",
+        "clic",
+        f"dataset.root={root}/no",
+    ]
     out = subprocess.run(missing, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Expected layout" in out.stderr and "oracle.csv" in out.stderr
 

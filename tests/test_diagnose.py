@@ -1,4 +1,4 @@
-"""Gradient-masking diagnostics (``python -m attackpsm.diagnose``): the two controls.
+"""Gradient-masking diagnostics (``python -m attackpsm diagnose``): the two controls.
 
 Negative control: DISTS called as the ``DISTS_pytorch`` package calls it by default
 (``metric.require_grad=false``: VGG stages under ``no_grad``) gives attacks the gradient
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from attackpsm.commands.diagnose import allowed_drop, diagnose, main
 from attackpsm.config import compose
-from attackpsm.diagnose import allowed_drop, diagnose, main
 
 ROOT = Path(__file__).resolve().parent.parent
 # a small configuration of the checks that runs on a CPU in about a minute per metric
@@ -97,7 +97,7 @@ def test_the_command_exits_0_when_every_check_passes(tmp_path):
         [
             sys.executable,
             "-m",
-            "attackpsm.diagnose",
+            "attackpsm.commands.diagnose",
             "metric=lpips_alex",
             *SMALL,
             f"paths.results_dir={tmp_path}",

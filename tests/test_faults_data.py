@@ -28,7 +28,7 @@ from PIL import Image
 from attackpsm.data.bapps import BAPPS
 from attackpsm.data.base import DataUnavailable
 from attackpsm.data.digests import DigestMemo, combine, digest_bytes
-from attackpsm.run import run
+from attackpsm.job.run import run
 from attackpsm.storage.shards import ShardStore
 from tests.conftest import make_cfg
 from tests.dataset_fixtures import bapps_path, make_bapps, save_png, smooth_image

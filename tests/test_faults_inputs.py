@@ -34,12 +34,12 @@ from attackpsm.data.pieapp import PieAPP
 from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.data.transfer import MANIFEST, TransferTriplets
 from attackpsm.engine import FittingBatches, attack_batch, contract_violations
+from attackpsm.job.preflight import check_resolution, metric_minimum_size
+from attackpsm.job.run import build
 from attackpsm.metrics import weights
 from attackpsm.metrics.classic import L2
-from attackpsm.preflight import check_resolution, metric_minimum_size
 from attackpsm.report.examples import check_targets, regenerate
 from attackpsm.report.load import Run
-from attackpsm.run import build
 from tests.conftest import synthetic_batch
 from tests.dataset_fixtures import make_bapps, make_clic, make_pieapp, save_png
 
@@ -332,7 +332,7 @@ def _planted_run(tmp_path: Path, metric: dict) -> Run:
 
 
 @pytest.mark.parametrize(
-    "target", ["os.system", "attackpsm.metrics.weights.os.system", "attackpsm.run.run"]
+    "target", ["os.system", "attackpsm.metrics.weights.os.system", "attackpsm.job.run.run"]
 )
 def test_planted_identity_target_is_refused(tmp_path, target):
     marker = tmp_path / "pwned"
@@ -467,7 +467,7 @@ NO_DATA = ["dataset=bapps", "dataset.root=/nonexistent/bapps"]
     ],
 )
 def test_bad_run_values_stop_before_the_data(cfg_factory, overrides, message):
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     with pytest.raises((ValueError, InstantiationException), match=message):
         run(cfg_factory([*NO_DATA, *overrides]))  # Hydra wraps a constructor's ValueError

@@ -60,7 +60,7 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
 
 MERGE = (
     "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
-    "from attackpsm.cluster.__main__ import main; sys.exit(main(['merge', *sys.argv[1:]]))"
+    "from attackpsm.commands.cluster import main; sys.exit(main(['merge', *sys.argv[1:]]))"
 )
 
 
@@ -113,7 +113,7 @@ def test_planted_payloads_never_run(finished, tmp_path):
 
     started = time.monotonic()
     report = run_python(
-        "import sys; from attackpsm.report.__main__ import main;"
+        "import sys; from attackpsm.commands.report import main;"
         "sys.exit(main([sys.argv[1], '--wandb', 'none', '--examples', '1']))",
         str(results),
     )
@@ -316,7 +316,7 @@ def test_concurrent_merges_wait_for_a_shard_being_repaired(finished, tmp_path):
     go = tmp_path / "go"
     wait = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
     merge = wait + (
-        "import sys\nfrom attackpsm.cluster.__main__ import main\n"
+        "import sys\nfrom attackpsm.commands.cluster import main\n"
         "codes = [main(['merge', sys.argv[1], '--no-wandb']) for _ in range(3)]\n"
         "sys.exit(max(codes))\n"
     )
@@ -477,7 +477,7 @@ def test_requeue_needs_a_dead_owner_or_a_grown_restart_count(tmp_path, monkeypat
     ],
 )
 def test_bad_values_refused_before_the_run_directory_exists(cfg_factory, tmp_path, override, bound):
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     cfg = cfg_factory([*TINY, override])
     with pytest.raises(ValueError, match=bound):

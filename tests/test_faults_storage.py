@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attackpsm.cluster.__main__ import main as cluster_main
+from attackpsm.commands.cluster import main as cluster_main
 from attackpsm.storage import Lease, LeaseHeld, LeaseLost, StorageError, merge_shards, read_identity
 from attackpsm.storage.shards import read_meta, write_parquet
 from tests.dataset_fixtures import bapps_path, make_bapps, save_png, smooth_image
@@ -224,7 +224,7 @@ def test_truncated_shard_and_results_files_are_rebuilt(finished, tmp_path):
 
     proc = python(
         "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
-        "from attackpsm.cluster.__main__ import main; sys.exit(main(['merge', *sys.argv[1:], '--no-wandb']))",
+        "from attackpsm.commands.cluster import main; sys.exit(main(['merge', *sys.argv[1:], '--no-wandb']))",
         str(bad_shard),
         str(bad_results),
     )
@@ -255,7 +255,7 @@ def test_sigkill_during_merge_then_rerun(finished, tmp_path):
         "        open(sys.argv[2], 'w').close(); time.sleep(300)\n"
         "    return real(src, dst)\n"
         "os.replace = held\n"
-        "from attackpsm.cluster.__main__ import main; main(['merge', sys.argv[1], '--no-wandb'])",
+        "from attackpsm.commands.cluster import main; main(['merge', sys.argv[1], '--no-wandb'])",
         str(run_dir),
         str(marker),
     )
@@ -344,7 +344,7 @@ def test_changed_data_is_never_mixed(tmp_path):
     for name in ("shard-00001-of-00002.parquet", "shard-00001-of-00002.errors.parquet"):
         shutil.copy(new / name, old / name)
     proc = python(
-        "import sys; from attackpsm.cluster.__main__ import main;"
+        "import sys; from attackpsm.commands.cluster import main;"
         "sys.exit(main(['merge', sys.argv[1], '--no-wandb']))",
         str(old),
     )

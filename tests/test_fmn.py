@@ -16,7 +16,7 @@ import torch
 
 from attackpsm.attacks.fmn import FMN, cosine_annealing
 from attackpsm.metrics.base import select
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.twoafc import rank_flipped
 from tests.conftest import assert_config_runs, select_prey, synthetic_batch
 
 NUM, SIZE, STEPS = 12, 32, 100

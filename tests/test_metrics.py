@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from skimage import data as skdata
 
-from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.images import from_uint8, resize
+from attackpsm.job.run import build
 from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric, select
-from attackpsm.run import build
-from attackpsm.twoafc import twoafc_scores
+from attackpsm.protocol.twoafc import twoafc_scores
+from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 OFFLINE = [
@@ -424,7 +424,7 @@ def test_clean_accuracy_per_subset_and_overall():
 
 
 def test_attack_none_writes_the_table1_layout(cfg_factory):
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     cfg = cfg_factory(["metric=ms_ssim", "attack=none", "dataset.num_triplets=12"])
     out = run(cfg)

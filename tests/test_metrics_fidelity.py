@@ -25,6 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from skimage import data as skdata
 
 from attackpsm.images import from_uint8, to_unit
+from attackpsm.job.run import build
 from attackpsm.metrics.classic import (
     MSSSIMIQA,
     SSIM,
@@ -35,7 +36,6 @@ from attackpsm.metrics.classic import (
 )
 from attackpsm.metrics.cw_ssim import CWSSIM
 from attackpsm.metrics.iqa import VIF
-from attackpsm.run import build
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

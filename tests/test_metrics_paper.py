@@ -41,8 +41,8 @@ from hydra import compose, initialize_config_dir
 from skimage import data as skdata
 
 from attackpsm.images import from_uint8
+from attackpsm.job.run import build
 from attackpsm.metrics import weights
-from attackpsm.run import build
 from attackpsm.storage import run_identity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +311,7 @@ def unreachable_web(monkeypatch) -> None:
 def _fetch_process(
     cache: Path, env_mirror: Path | None, *names: str
 ) -> subprocess.CompletedProcess:
-    """``python -m attackpsm.metrics.weights`` with the web made unreachable (a dead proxy)."""
+    """``python -m attackpsm weights`` with the web made unreachable (a dead proxy)."""
     env = {k: v for k, v in os.environ.items() if k != weights.ENV_MIRROR}
     env.update(
         HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", PYTHONPATH=str(ROOT)
@@ -321,7 +321,7 @@ def _fetch_process(
     cmd = [
         sys.executable,
         "-m",
-        "attackpsm.metrics.weights",
+        "attackpsm.commands.weights",
         *names,
         "--cache-dir",
         str(cache),

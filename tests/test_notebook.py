@@ -22,7 +22,7 @@ def test_notebook_is_stored_without_outputs():
 def test_notebook_executes_on_a_fresh_run(cfg_factory, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     for overrides in (
         ["metric=l2", "attack=pgd"],

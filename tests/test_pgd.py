@@ -9,7 +9,7 @@ from attackpsm.attacks.pgd import PGD
 from attackpsm.data.base import collate
 from attackpsm.engine import attack_batch
 from attackpsm.metrics.classic import L2
-from attackpsm.twoafc import rank_loss
+from attackpsm.protocol.twoafc import rank_loss
 from tests.conftest import select_prey, synthetic_batch
 
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from attackpsm.accuracy import clean_accuracy
 from attackpsm.attacks import FGSM, PGD, ReversePGD
 from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.data.base import Batch, collate
@@ -24,10 +23,8 @@ from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
 from attackpsm.images import from_uint8, quantize, saved
 from attackpsm.metrics.classic import L2
-from attackpsm.results import summarize, summary_markdown
-from attackpsm.stats import perturbation_stats
-from attackpsm.storage import headline
-from attackpsm.twoafc import (
+from attackpsm.protocol.stats import perturbation_stats
+from attackpsm.protocol.twoafc import (
     agreement,
     choose_prey,
     human_agrees,
@@ -36,6 +33,9 @@ from attackpsm.twoafc import (
     reverse_rank_loss,
     twoafc_scores,
 )
+from attackpsm.storage import headline
+from attackpsm.summary.accuracy import clean_accuracy
+from attackpsm.summary.results import summarize, summary_markdown
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

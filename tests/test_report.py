@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from attackpsm.commands.report import main as report_main
 from attackpsm.report import paper
-from attackpsm.report.__main__ import main as report_main
 from attackpsm.report.build import build_report, log_to_wandb
 from attackpsm.report.load import load_runs
 from attackpsm.report.tables import build_tables, fmt_flips, wilson_interval
-from attackpsm.results import BASE_COLUMNS
+from attackpsm.summary.results import BASE_COLUMNS
 from tests.conftest import write_finished_run
 
 TABLES_TXT = Path(__file__).resolve().parents[2] / "shared" / "paper" / "tables.txt"
@@ -404,8 +404,8 @@ def test_wandb_report_run_offline(results, tmp_path):
 
 
 def test_examples_regenerate_a_real_run(cfg_factory, tmp_path):
+    from attackpsm.job.run import run
     from attackpsm.report import examples
-    from attackpsm.run import run
 
     out = run(cfg_factory(["metric=l2", "attack=pgd", "dataset.num_triplets=8"]))
     (loaded,) = load_runs(tmp_path / "results")

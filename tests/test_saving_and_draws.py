@@ -23,8 +23,8 @@ from attackpsm.data.transfer import image_dir
 from attackpsm.engine import attack_batch
 from attackpsm.images import from_uint8, saved, to_uint8, to_uint8_truncated
 from attackpsm.metrics.classic import L2
+from attackpsm.protocol.twoafc import rank_flipped
 from attackpsm.storage.craft import CraftWriter
-from attackpsm.twoafc import rank_flipped
 from tests.conftest import synthetic_batch
 
 # --- common random numbers ----------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_every_stop_rule_stops_on_the_saved_image(name):
 
 def test_flip_on_saved_with_float_inputs_stops_before_any_data():
     from attackpsm.config import compose
-    from attackpsm.preflight import check_run
+    from attackpsm.job.preflight import check_run
 
     cfg = compose(["attack.flip_on=saved", "dataset.quantize=false", "logger=none"])
     with pytest.raises(ValueError, match="dataset.quantize=true .* or attack.flip_on=float"):

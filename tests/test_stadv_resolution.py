@@ -15,9 +15,9 @@ from attackpsm.attacks.stadv import StAdv
 from attackpsm.data.base import collate
 from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
+from attackpsm.job.run import run
 from attackpsm.metrics.base import Metric
-from attackpsm.results import summarize, summary_markdown
-from attackpsm.run import run
+from attackpsm.summary.results import summarize, summary_markdown
 from tests.conftest import synthetic_batch
 
 # Calibrated synthetic triplets (seed 0) on which stAdv flips quickly at 64 and 256 px

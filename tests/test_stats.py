@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from attackpsm.stats import perturbation_stats
+from attackpsm.protocol.stats import perturbation_stats
 
 
 def test_scales_and_thresholds():

@@ -23,10 +23,10 @@ from attackpsm.attacks.onepixel import OnePixel
 from attackpsm.attacks.pgd import PGD
 from attackpsm.attacks.square import Square, centred_bump, meta_square, square_fraction
 from attackpsm.attacks.stadv import StAdv, StAdvPGD
+from attackpsm.job.run import run
 from attackpsm.metrics.base import Metric
 from attackpsm.metrics.classic import L2, SSIM
-from attackpsm.run import run
-from attackpsm.twoafc import flip_margin
+from attackpsm.protocol.twoafc import flip_margin
 from tests.conftest import assert_config_runs, synthetic_batch
 from tests.conftest import select_prey as _prey
 
@@ -328,7 +328,7 @@ def test_square_rejects_bad_parameters():
 
 def test_square_sweep_prints_one_row_per_setting(capsys):
     """The sweep behind Square's defaults (docs/research.md, "Square attack p_init") runs end to end."""
-    from attackpsm.attacks.square_sweep import main
+    from attackpsm.commands.square_sweep import main
 
     main(["--sizes", "32", "--queries", "4", "--p-init", "0.3", "0.8", "--num-triplets", "2"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| l")]
@@ -451,7 +451,7 @@ def test_configs_run_end_to_end(name, cfg_factory):
 
 
 def test_leaderboard_from_runs(cfg_factory, tmp_path):
-    from attackpsm.leaderboard import write_leaderboard
+    from attackpsm.report.leaderboard import write_leaderboard
 
     tables = {}
     for metric in ("l2", "ssim"):

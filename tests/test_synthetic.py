@@ -149,11 +149,11 @@ def test_bad_parameters():
 
 
 def test_calibration_table_against_the_paper(capsys):
-    """`python -m attackpsm.calibrate` prints synthetic vs paper per metric; the
+    """`python -m attackpsm calibrate` prints synthetic vs paper per metric; the
     summary's numbers follow from the per-triplet rows."""
     import pandas as pd
 
-    from attackpsm.calibrate import main, summarize
+    from attackpsm.commands.calibrate import main, summarize
 
     rows = pd.DataFrame(
         {

@@ -2,7 +2,7 @@
 
 Each flip is checked independently of the attack's bookkeeping: the returned images are
 scored again with the metric's own ``forward(ref, x)`` (the paper's ``f(I_ref, I_i)``),
-and the rule of :func:`attackpsm.twoafc.target_flipped` is applied by hand.
+and the rule of :func:`attackpsm.protocol.twoafc.target_flipped` is applied by hand.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from attackpsm.attacks import APGD, PGD, ReversePGD, StAdv
 from attackpsm.attacks.target import TargetedAttack
 from attackpsm.config import compose, normalise_argv
 from attackpsm.engine import attack_batch
-from attackpsm.run import run
-from attackpsm.twoafc import choose_prey, target_flipped
+from attackpsm.job.run import run
+from attackpsm.protocol.twoafc import choose_prey, target_flipped
 from tests.conftest import synthetic_batch
 
 EPS = 0.03
@@ -127,7 +127,7 @@ def test_every_target_runs_end_to_end(cfg_factory, target):
 def test_leaderboard_and_cards_give_each_target_its_own_rows(cfg_factory, tmp_path):
     import json
 
-    from attackpsm.leaderboard import write_leaderboard
+    from attackpsm.report.leaderboard import write_leaderboard
 
     for target in ("prey", "reference"):
         run(

@@ -16,6 +16,8 @@ from attackpsm.attacks.cascade import Cascade
 from attackpsm.attacks.eot import EoT
 from attackpsm.attacks.none import NoAttack
 from attackpsm.attacks.saved import SavedAdversarial
+from attackpsm.commands.transfer import main as table5_main
+from attackpsm.commands.transfer import table5
 from attackpsm.data.base import collate
 from attackpsm.data.transfer import (
     MANIFEST,
@@ -26,11 +28,9 @@ from attackpsm.data.transfer import (
     selected_ids,
 )
 from attackpsm.engine import attack_batch
+from attackpsm.job.run import run
 from attackpsm.metrics.classic import L2
-from attackpsm.run import run
-from attackpsm.stats import perturbation_stats
-from attackpsm.transfer import main as table5_main
-from attackpsm.transfer import table5
+from attackpsm.protocol.stats import perturbation_stats
 
 SOURCE = ["dataset.num_triplets=6", "attack.max_iterations=20"]
 
@@ -49,10 +49,10 @@ def _overrides(metric: str, column: str = "stadv", *extra: str) -> list[str]:
 
 
 def _craft_command(error: CraftMissing) -> list[str]:
-    """The arguments of the ``python -m attackpsm.craft`` line an error names."""
-    line = next(x.strip() for x in str(error).splitlines() if "python -m attackpsm.craft" in x)
+    """The arguments of the ``python -m attackpsm craft`` line an error names."""
+    line = next(x.strip() for x in str(error).splitlines() if "python -m attackpsm craft" in x)
     words = shlex.split(line)
-    assert words[:3] == ["python", "-m", "attackpsm.craft"], line
+    assert words[:3] == ["python", "-m", "attackpsm.commands.craft"], line
     return words[3:]
 
 
@@ -93,7 +93,7 @@ def test_a_missing_craft_names_the_craft_command_and_the_directory(tmp_path):
     cfg = make_cfg(tmp_path, _overrides("l2", "pgd10", f"dataset.select_manifest={hand}"))
     with pytest.raises(CraftMissing, match=f"crafted at {hand}, ") as missing:
         run(cfg)
-    assert "python -m attackpsm.craft" not in str(missing.value)
+    assert "python -m attackpsm craft" not in str(missing.value)
 
 
 def test_the_craft_command_makes_the_evaluation_work(evaluated):
@@ -203,7 +203,7 @@ def test_table5_layout(evaluated, capsys):
         row = frame[frame["metric"] == metric].iloc[0]
         assert row["accurate"] == accurate.sum()
         assert row["flipped"] == (results["flipped"].astype(bool) & accurate).sum()
-    assert table5_main([str(tmp / "results")]) == 0  # python -m attackpsm.transfer results
+    assert table5_main([str(tmp / "results")]) == 0  # python -m attackpsm transfer results
     saved = pd.read_csv(tmp / "results" / "transfer" / "table5.csv")
     assert saved["flipped"].tolist() == frame["flipped"].tolist()
     assert "Table 5" in capsys.readouterr().out

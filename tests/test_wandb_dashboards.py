@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from attackpsm import dashboard
-from attackpsm.run import run
+from attackpsm.job.run import run
 from tests import wandb_offline
 
 # l2 at 64x64: seconds per run; a budget where about half of the triplets flip
@@ -166,7 +166,7 @@ def test_summary_splits_every_headline_number(shard):
 def test_single_shard_run_is_complete_and_logs_its_curves(shard):
     """A configuration of one shard: its run is the whole run, complete once finished, with
     the flat keys and its robustness curves (read by W&B's own reader)."""
-    from attackpsm.loggers import RUN_KEYS
+    from attackpsm.job.loggers import RUN_KEYS
 
     table, path = shard
     state = wandb_offline.leet(path, summary=True)
@@ -186,7 +186,7 @@ def test_resumed_shard_continues_its_run_without_duplicated_steps(
 ):
     """A shard that fails after two batches and is re-run: the second attempt logs to the
     same run id, at the steps after those already logged, with running totals of both."""
-    import attackpsm.run as runner
+    import attackpsm.job.run as runner
     from attackpsm.engine import FittingBatches
 
     cfg = cfg_factory([*ARGS, "dataset.num_triplets=16"])
@@ -291,7 +291,7 @@ def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path,
     assert dashboard.main([*args, "--offline"]) == 0
     assert "--apply" in capsys.readouterr().out
     spec = json.loads(spec_file.read_text())
-    from attackpsm.loggers import sweep_group
+    from attackpsm.job.loggers import sweep_group
 
     runs = sorted("/".join(d.parts[-4:]) for d in run_dirs)
     assert spec["groups"] == sorted([*runs, sweep_group(runs)])
@@ -315,7 +315,7 @@ def test_examples_keep_both_rows_within_a_bound():
     import torch
 
     from attackpsm.images import to_uint8
-    from attackpsm.loggers import NullLogger, ShardProgress, example_strip
+    from attackpsm.job.loggers import NullLogger, ShardProgress, example_strip
     from tests.conftest import synthetic_batch
 
     class Capture(NullLogger):
@@ -365,7 +365,7 @@ def test_examples_keep_both_rows_within_a_bound():
 def test_distributions_of_min_eps_leave_out_the_unflipped():
     """``attack=min_eps``: ε = inf marks a triplet never flipped (Sec. 3.3's search up to
     ``eps_max``); the histogram holds the finite minimal ε, the summary counts the rest."""
-    from attackpsm.loggers import distributions
+    from attackpsm.job.loggers import distributions
 
     table = pd.DataFrame(
         {
@@ -408,7 +408,7 @@ def test_dashboard_without_network_writes_the_specification(tmp_path, monkeypatc
 
 
 def test_bench_measures_the_logging_overhead(tmp_path):
-    from attackpsm.bench import main as bench
+    from attackpsm.commands.bench import main as bench
 
     out = tmp_path / "bench-logging.json"
     args = ["dataset.num_triplets=4", "metric=l2", "attack.max_iterations=2", "resolution=64"]
@@ -485,7 +485,7 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
     (flip rate of ✓ triplets against ε and against PGD's iterations), aggregate runs carry
     the shards' flat keys and ``complete``, the sweep run overlays one curve per metric and
     ranks the metrics, and the workspace's first panel plots that curve table."""
-    from attackpsm.loggers import RUN_KEYS
+    from attackpsm.job.loggers import RUN_KEYS
 
     tmp, sweep_dir, runs = offline_sweep
     by_type: dict[str, list] = {}
@@ -614,7 +614,7 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
 def test_curves_take_any_minimal_eps_column():
     """A per-triplet minimal ε (``eps_star``, ``min_eps``, FGSM's ``eps_found``; NaN or inf:
     never flipped) gives the flip rate of the ✓ triplets at every ε where it changes."""
-    from attackpsm.loggers import leaderboard, leaderboard_row, robustness_curves
+    from attackpsm.job.loggers import leaderboard, leaderboard_row, robustness_curves
 
     table = pd.DataFrame(
         {
@@ -670,9 +670,9 @@ def test_curves_take_any_minimal_eps_column():
 @pytest.mark.slow
 def test_fgsm_scan_curve_through_merge_and_its_sweep_run(cfg_factory, tmp_path, capsys):
     """FGSM's scan (Alg. 3) measures each triplet's first flipping ε: its run's curve has a
-    point at every such ε. ``python -m attackpsm.cluster merge --wandb-dir`` logs the
+    point at every such ε. ``python -m attackpsm cluster merge --wandb-dir`` logs the
     aggregate and the sweep run once; the dashboard of that results directory shows both."""
-    from attackpsm.cluster.__main__ import main as merge
+    from attackpsm.commands.cluster import main as merge
 
     args = ["logger=wandb", "logger.mode=offline", "metric=l2", "attack=fgsm"]
     out = run(cfg_factory([*args, "attack.max_eps=0.02", "dataset.num_triplets=12"]))

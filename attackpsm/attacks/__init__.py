@@ -29,7 +29,7 @@ from attackpsm.attacks.pgd import PGD, ReversePGD
 from attackpsm.attacks.saved import SavedAdversarial
 from attackpsm.attacks.square import Square
 from attackpsm.attacks.stadv import StAdv, StAdvPGD
-from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
+from attackpsm.protocol.twoafc import rank_flipped, rank_loss, reverse_rank_loss
 
 __all__ = [
     "APGD",

@@ -26,8 +26,8 @@ from attackpsm.attacks.base import (
 )
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
-from attackpsm.streams import image_keys, uniform
-from attackpsm.twoafc import flip_margin, rank_flipped
+from attackpsm.protocol.streams import image_keys, uniform
+from attackpsm.protocol.twoafc import flip_margin, rank_flipped
 
 NORMS = ("linf", "l2")
 

@@ -4,7 +4,7 @@ The engine picks the prey -- the distortion the metric ranks closer to the refer
 and hands each attack the prey, the prepared reference and ``s_other``. An attack
 returns the adversarial image, its score ``s_adv`` and whether the rank flipped
 (``s_adv > s_other``; reversed for the reverse attack of Appendix F). The prey rule, the
-flip rule and the losses of Eq. 1 and Eq. 7 live in :mod:`attackpsm.twoafc`.
+flip rule and the losses of Eq. 1 and Eq. 7 live in :mod:`attackpsm.protocol.twoafc`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from attackpsm.images import saved
 from attackpsm.metrics.base import Metric
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.twoafc import rank_flipped
 
 # What an attack's stop rule judges (``attack.flip_on``): the float image the attack holds
 # (the paper, whose released PGD decided on float tensors) or the 8-bit image it would save
@@ -98,7 +98,7 @@ def judge(
     given by a deterministic metric, else a score without gradient -- for a randomised
     metric that is the score under the triplet's common draws, never the draws of a
     gradient step (:class:`~attackpsm.metrics.base.Metric`). ``stop`` is the flip
-    (:func:`~attackpsm.twoafc.rank_flipped`) of the float image (``flip_on="float"``, the
+    (:func:`~attackpsm.protocol.twoafc.rank_flipped`) of the float image (``flip_on="float"``, the
     paper) or of the 8-bit image the attack would save (``"saved"``,
     :func:`attackpsm.images.saved`).
 

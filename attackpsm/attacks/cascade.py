@@ -13,7 +13,7 @@ import torch
 
 from attackpsm.attacks.base import Attack, AttackResult, Triplets
 from attackpsm.metrics.base import Metric, select
-from attackpsm.twoafc import flip_margin
+from attackpsm.protocol.twoafc import flip_margin
 
 
 class Cascade(Attack):

@@ -18,7 +18,7 @@ from attackpsm.attacks.base import (
 )
 from attackpsm.images import HIGH, LOW, saved
 from attackpsm.metrics.base import Metric, select
-from attackpsm.twoafc import rank_flipped, rank_loss
+from attackpsm.protocol.twoafc import rank_flipped, rank_loss
 
 
 class FGSM(Attack):

@@ -3,7 +3,7 @@
 Where PGD asks "does the rank flip within ε?", FMN asks "what is the smallest perturbation
 that flips it?". It walks along the normalised gradient of the rank-flip margin
 ``s_adv - s_other`` (positive exactly when the paper's flip ``s_adv > s_other`` holds,
-:func:`attackpsm.twoafc.flip_margin`) while adapting a norm constraint ``ε_k``:
+:func:`attackpsm.protocol.twoafc.flip_margin`) while adapting a norm constraint ``ε_k``:
 
 * not yet flipped, no flip found so far: ``ε_k = ‖δ‖ + |margin| / ‖∇margin‖_*``, the
   first-order distance to the decision boundary (``‖·‖_*`` the dual norm: ℓ1 for ℓ∞, ℓ2
@@ -40,7 +40,7 @@ from attackpsm.attacks.apgd import NORMS, project
 from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric
-from attackpsm.twoafc import flip_margin, rank_flipped
+from attackpsm.protocol.twoafc import flip_margin, rank_flipped
 
 
 def cosine_annealing(start: float, end: float, k: int, steps: int) -> float:

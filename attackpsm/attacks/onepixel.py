@@ -10,8 +10,8 @@ import torch
 from attackpsm.attacks.base import Attack, AttackResult, check_flip_on, check_int, check_positive
 from attackpsm.images import saved
 from attackpsm.metrics.base import Metric, select
-from attackpsm.streams import counter_uniform, image_keys
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.streams import counter_uniform, image_keys
+from attackpsm.protocol.twoafc import rank_flipped
 
 __all__ = ["OnePixel", "counter_uniform", "image_keys"]
 

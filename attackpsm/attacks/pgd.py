@@ -22,7 +22,7 @@ from attackpsm.attacks.base import (
 )
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
-from attackpsm.twoafc import rank_flipped, rank_loss, reverse_rank_loss
+from attackpsm.protocol.twoafc import rank_flipped, rank_loss, reverse_rank_loss
 
 log = logging.getLogger("attackpsm")
 

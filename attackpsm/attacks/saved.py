@@ -1,7 +1,7 @@
 """Transfer attack (Sec. 4.2, Table 5): the adversarial image a craft saved for a source metric.
 
 ``attack=saved`` never queries the target metric to make its image: it reads the PNG that
-the craft (``python -m attackpsm.craft``) saved for each triplet and scores it on the target.
+the craft (``python -m attackpsm craft``) saved for each triplet and scores it on the target.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from attackpsm.attacks.base import Attack, AttackResult, Triplets
 from attackpsm.data.files import outside_root
 from attackpsm.data.transfer import craft_location, load_png, read_manifest
 from attackpsm.metrics.base import Metric
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.twoafc import rank_flipped
 
 
 def _spec(node: Mapping[str, Any] | DictConfig) -> dict[str, Any]:

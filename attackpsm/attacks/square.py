@@ -14,7 +14,7 @@ gradient is ever formed.
   first window per channel so that the total norm is again exactly ε (before clipping to
   the image range).
 
-Every random draw comes from the triplet's own stream (:mod:`attackpsm.streams`,
+Every random draw comes from the triplet's own stream (:mod:`attackpsm.protocol.streams`,
 keyed by the prey's pixels and ``seed``; query ``q`` uses step ``q``), so a triplet's result
 does not depend on the batch it is attacked in.
 """
@@ -37,8 +37,8 @@ from attackpsm.attacks.base import (
 )
 from attackpsm.images import HIGH, LOW, saved
 from attackpsm.metrics.base import Metric, select
-from attackpsm.streams import below, image_keys, signs, uniform
-from attackpsm.twoafc import flip_margin, rank_flipped
+from attackpsm.protocol.streams import below, image_keys, signs, uniform
+from attackpsm.protocol.twoafc import flip_margin, rank_flipped
 
 NORMS = ("linf", "l2")
 

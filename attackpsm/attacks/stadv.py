@@ -21,8 +21,8 @@ from attackpsm.attacks.base import (
 from attackpsm.attacks.pgd import PGD
 from attackpsm.images import saved
 from attackpsm.metrics.base import Metric, select
-from attackpsm.stats import perturbation_stats
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.stats import perturbation_stats
+from attackpsm.protocol.twoafc import rank_flipped
 
 VARIANTS = ("paper", "official")
 REFERENCE_SIZE = 64  # the paper's image side (Sec. 4): alpha and beta are its weights there
@@ -274,7 +274,7 @@ class StAdvPGD(StAdv):
     the original prey instead, as the released code did.
 
     Extra per-triplet columns: ``stadv_flipped`` and ``stadv_rmse`` (the stAdv stage; RMSE
-    between the 8-bit images as in the paper, see :mod:`attackpsm.stats`).
+    between the 8-bit images as in the paper, see :mod:`attackpsm.protocol.stats`).
 
     Args:
         pgd_steps: PGD steps (10; Table 5 uses 5, 10, 15, 20).

@@ -18,7 +18,7 @@ the attacked image is the candidate:
   s_other)``. Flow-based attacks (stAdv) would warp across the seam and are refused.
 
 Whatever the view said, the flip is decided afterwards with the metric itself, in the
-paper's argument order, by :func:`attackpsm.twoafc.target_flipped`; ``s_adv`` is the
+paper's argument order, by :func:`attackpsm.protocol.twoafc.target_flipped`; ``s_adv`` is the
 prey's re-measured distance and the column ``s_other_adv`` the other's.
 """
 
@@ -31,7 +31,7 @@ import torch
 from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.images import saved
 from attackpsm.metrics.base import Metric
-from attackpsm.twoafc import TARGETS, check_target, target_flipped
+from attackpsm.protocol.twoafc import TARGETS, check_target, target_flipped
 
 SYMMETRY_TOLERANCE = 1e-4  # relative: f(I_ref, I_prey) vs f(I_prey, I_ref)
 

@@ -7,7 +7,7 @@ pieces make it a study that can be killed and resumed at any point:
 * ``conf/hydra/default.yaml`` sets ``hydra.sweeper.params`` to
   ``shard.index: range(0,${shard.count})``, so ``shard.count=N`` gives N jobs per
   configuration without the user writing the range (an explicit ``shard.index=...`` wins).
-* Every job is :func:`attackpsm.run.run`, which keys its results by the run's identity,
+* Every job is :func:`attackpsm.job.run.run`, which keys its results by the run's identity,
   checkpoints each batch, resumes an unfinished shard and skips a finished one
   (:func:`attackpsm.storage.finished_shard`: no computation, no new W&B run). A task that SLURM preempts,
   times out (submitit requeues it) or kills loses at most the batch in flight.
@@ -19,10 +19,10 @@ pieces make it a study that can be killed and resumed at any point:
 The launchers (``hydra_plugins/attackpsm_launchers``) leave finished shards out of a re-run's
 job array and record them here (:func:`write_record`) as their jobs would have done. After a
 sweep that failed or was killed, the same end-of-sweep step is the command line of
-:mod:`attackpsm.cluster.__main__`::
+:mod:`attackpsm.commands.cluster`::
 
-    python -m attackpsm.cluster merge logs/multiruns/<date>    # a sweep directory
-    python -m attackpsm.cluster merge results                   # every run under a results dir
+    python -m attackpsm cluster merge logs/multiruns/<date>    # a sweep directory
+    python -m attackpsm cluster merge results                   # every run under a results dir
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from attackpsm.accuracy import clean_accuracy_markdown, sweep_clean_accuracy
-from attackpsm.results import SUMMARY_COLUMNS
 from attackpsm.storage import (
     RunStatus,
     ShardStore,
@@ -55,6 +53,8 @@ from attackpsm.storage import (
     write_text_atomic,
 )
 from attackpsm.storage.records import RecordError, build_from_record, load_mapping
+from attackpsm.summary.accuracy import clean_accuracy_markdown, sweep_clean_accuracy
+from attackpsm.summary.results import SUMMARY_COLUMNS
 
 log = logging.getLogger("attackpsm")
 
@@ -69,7 +69,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-LOGGER_MODULES = ("attackpsm.loggers.",)  # what a job record's logger may name
+LOGGER_MODULES = ("attackpsm.job.loggers.",)  # what a job record's logger may name
 
 
 def log_aggregate(
@@ -86,7 +86,7 @@ def log_aggregate(
     ``logger_spec`` comes from a file (``source``): it is built only when, resolved, it
     names one of the package's loggers (:func:`attackpsm.storage.records.build_from_record`).
     """
-    from attackpsm.loggers import NullLogger, aggregate_config, flat_keys, log_results
+    from attackpsm.job.loggers import NullLogger, aggregate_config, flat_keys, log_results
 
     run_dir = Path(run_dir)
     if not logger_spec or not logger_spec.get("_target_") or logger_spec.get("mode") == "disabled":
@@ -157,8 +157,14 @@ def sweep_tables(run_dirs: list[Path]) -> dict[str, pd.DataFrame]:
     """The tables of a sweep's W&B run: robustness curves of every merged run, one line per
     metric (per metric · attack when the sweep holds several attacks; against iterations
     and queries also per ε when it holds several), and the leaderboard
-    (:func:`attackpsm.loggers.leaderboard`)."""
-    from attackpsm.loggers import CURVE, flat_keys, leaderboard, leaderboard_row, robustness_curves
+    (:func:`attackpsm.job.loggers.leaderboard`)."""
+    from attackpsm.job.loggers import (
+        CURVE,
+        flat_keys,
+        leaderboard,
+        leaderboard_row,
+        robustness_curves,
+    )
 
     loaded = []
     for run_dir in run_dirs:
@@ -189,13 +195,13 @@ def log_sweep(
 ) -> bool:
     """Log one W&B run (job type ``sweep``) that sums up a sweep: the robustness curves of
     its merged runs on one panel per x axis (``sweep/curves/<x>``) and the leaderboard
-    table (``sweep/leaderboard``); the first section of ``python -m attackpsm.dashboard
+    table (``sweep/leaderboard``); the first section of ``python -m attackpsm dashboard
     --sweep`` plots them. Its W&B group is named by the sweep's runs
-    (:func:`attackpsm.loggers.sweep_group`); it is logged once per content and W&B
+    (:func:`attackpsm.job.loggers.sweep_group`); it is logged once per content and W&B
     destination (``wandb-sweeps.json`` in the results directory): a re-run of a finished
     sweep logs nothing. Returns True when it logged.
     """
-    from attackpsm.loggers import CURVE_TITLES, NullLogger, sweep_group
+    from attackpsm.job.loggers import CURVE_TITLES, NullLogger, sweep_group
 
     if logger_spec is None:
         logger_spec = next((rec["logger"] for rec, _ in finished if rec.get("logger")), None)
@@ -506,7 +512,7 @@ class SweepCallback(Callback):
                     "error: shard.count cannot be swept: the shard indices follow from one count. "
                     "Run one sweep per shard count (each is resumable)."
                 )
-        from attackpsm.preflight import check_shards
+        from attackpsm.job.preflight import check_shards
 
         try:  # shard.count=0 would launch no job and exit 0
             check_shards(config.shard.count)

@@ -1,6 +1,6 @@
 """``dataset=bapps``: the 2AFC part of BAPPS (Zhang et al., 2018), the paper's main dataset.
 
-On disk (the LPIPS project's download script; ``python -m attackpsm.data download bapps``)::
+On disk (the LPIPS project's download script; ``python -m attackpsm data download bapps``)::
 
     <root>/2afc/<split>/<subset>/{ref,p0,p1}/NNNNNN.png    256x256 RGB
     <root>/2afc/<split>/<subset>/judge/NNNNNN.npy          float array of shape (1,)
@@ -79,7 +79,7 @@ class BAPPS(DiskTriplets):
     layout = (
         "  <root>/2afc/{val,train}/<subset>/{ref,p0,p1}/NNNNNN.png and .../judge/NNNNNN.npy\n"
         f"  val subsets: {', '.join(SUBSETS['val'])}; train subsets: {', '.join(SUBSETS['train'])}\n"
-        "  download: make data-bapps  (or: python -m attackpsm.data download bapps --root <root>)"
+        "  download: make data-bapps  (or: python -m attackpsm data download bapps --root <root>)"
     )
 
     def __init__(

@@ -60,7 +60,7 @@ class PieAPP(DiskTriplets):
         "  <root>/reference_images/<split>/ref_<n>.png\n"
         "  <root>/distorted_images/<split>/ref_<n>/distort_<n>_<type>_<inter|intra>_<id>.png\n"
         "  <root>/labels/<split>/ref_<n>_pairwise_labels.csv\n"
-        "  download: python -m attackpsm.data download pieapp --root <root>"
+        "  download: python -m attackpsm data download pieapp --root <root>"
     )
 
     def __init__(

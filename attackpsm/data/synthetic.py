@@ -15,7 +15,7 @@ Two variants:
   direction, sampling phase). Most pairs are clearly separated, the rest are close pairs
   whose order metrics can get wrong, so the clean accuracies and the margins
   ``|s_0 - s_1|`` of the accurate and inaccurate samples resemble the paper's Table 1 and
-  Table 3 (``python -m attackpsm.calibrate`` prints the comparison).
+  Table 3 (``python -m attackpsm calibrate`` prints the comparison).
 - ``easy``: the original set: 256x256 patches, two clearly separated mild severities. Every
   learned metric ranks it correctly and with small margins, so attacks flip nearly all of
   it; fast mechanics tests use it.

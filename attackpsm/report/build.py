@@ -166,7 +166,7 @@ def render_index(report: Report) -> str:
     overview = runs_overview(report.runs).drop(columns=["run_dir"])
     parts = [
         f"# Report: {report.source}\n",
-        f"Made with `python -m attackpsm.report {report.source}`. CSV files with every number are in `tables/`.\n",
+        f"Made with `python -m attackpsm report {report.source}`. CSV files with every number are in `tables/`.\n",
         "## Runs\n",
         markdown_table(overview.astype(str)),
     ]
@@ -198,7 +198,7 @@ def log_to_wandb(
 
     Guarded like every W&B call of the package: a failure is a warning, never an error.
     """
-    from attackpsm.loggers import WandbLogger
+    from attackpsm.job.loggers import WandbLogger
 
     log_dir = Path(log_dir or os.environ.get("ATTACKPSM_LOGS", "logs"))
     logger = WandbLogger(

@@ -26,12 +26,12 @@ import torch
 from omegaconf import OmegaConf
 
 from attackpsm.images import to_uint8
+from attackpsm.protocol.stats import PAPER_COLUMNS
 from attackpsm.report import paper
 from attackpsm.report.load import Run, load_run
-from attackpsm.stats import PAPER_COLUMNS
 from attackpsm.storage import records
 from attackpsm.storage.records import RUN_MODULES
-from attackpsm.tablestats import agree_labels
+from attackpsm.summary.statistics import agree_labels
 
 
 @dataclass
@@ -134,7 +134,7 @@ def regenerate(
     """
     from attackpsm.data.base import collate
     from attackpsm.engine import attack_batch
-    from attackpsm.run import resolve_device, seed_everything
+    from attackpsm.job.run import resolve_device, seed_everything
 
     run = run if isinstance(run, Run) else load_run(run)
     if run is None:

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from attackpsm.report import paper
 from attackpsm.report.load import Run, attack_title
 from attackpsm.report.tables.format import metric_order
-from attackpsm.tablestats import agree_labels
+from attackpsm.summary.statistics import agree_labels
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
 

@@ -7,7 +7,7 @@ is loaded from the finished shards and marked incomplete.
 
 A Hydra sweep directory (``logs/multiruns/<date>/``) holds one ``<job>/.hydra/config.yaml``
 per job; each job's run folder is found from that config (the same identity, the same
-hash), so ``python -m attackpsm.report logs/multiruns/<date>`` reports exactly that sweep.
+hash), so ``python -m attackpsm report logs/multiruns/<date>`` reports exactly that sweep.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Run:
 
 class RefusedRecord(UserWarning):
     """A run left out of a report because a record of it is not plain data (its message
-    names the file); ``python -m attackpsm.report`` exits 1 after reporting the others."""
+    names the file); ``python -m attackpsm report`` exits 1 after reporting the others."""
 
 
 def load_run(run_dir: str | Path) -> Run | None:

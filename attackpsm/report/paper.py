@@ -9,7 +9,7 @@ tables (one ``## [i] Table N: ...`` block per table, cells separated by ``' | '`
 Each record is one row of one table: where it applies (``table``, ``dataset``,
 ``resolution``, ``metric``, ``attack``, attack ``params``, ``agrees`` = ✓/✗) and its
 ``values`` (``samples``, ``flipped``, ``flipped_pct``, ``rmse_mean``, ...; the names of
-:func:`attackpsm.tablestats.flip_stats`).
+:func:`attackpsm.summary.statistics.flip_stats`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The craft stage's writer (Sec. 4.2, Table 5): a run's adversarial images, saved to read back.
 
-A craft run (``python -m attackpsm.craft``, which runs an ordinary run with
+A craft run (``python -m attackpsm craft``, which runs an ordinary run with
 ``craft=<dir>``) hands every attacked batch to :class:`CraftWriter`. It saves, for every
 triplet, the reference, both distortions (the dataset's 8-bit images, stored exactly) and
 the adversarial image (saved by the package's one rule, :func:`attackpsm.images.saved`:
@@ -30,9 +30,9 @@ from PIL import Image
 from attackpsm.data.transfer import MANIFEST, SIDES, image_dir
 from attackpsm.images import on_grid, to_uint8, to_uint8_truncated
 from attackpsm.metrics.base import Metric
-from attackpsm.stats import PAPER_COLUMNS, perturbation_stats
+from attackpsm.protocol.stats import PAPER_COLUMNS, perturbation_stats
+from attackpsm.protocol.twoafc import human_agrees, rank_flipped
 from attackpsm.storage.atomic import write_atomic, write_text_atomic
-from attackpsm.twoafc import human_agrees, rank_flipped
 
 PARTS = "manifest.parts"
 

@@ -24,9 +24,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
-from attackpsm.results import ERROR_COLUMNS, summarize, summary_markdown
-from attackpsm.stats import PAPER_COLUMNS
+from attackpsm.protocol.stats import PAPER_COLUMNS
+from attackpsm.protocol.twoafc import accuracy
 from attackpsm.storage.atomic import remove_abandoned, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.identity import read_identity, run_dir_for
 from attackpsm.storage.records import RecordError, load_mapping
@@ -40,7 +39,8 @@ from attackpsm.storage.shards import (
     set_aside,
     sha256_file,
 )
-from attackpsm.twoafc import accuracy
+from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.summary.results import ERROR_COLUMNS, summarize, summary_markdown
 
 log = logging.getLogger("attackpsm")
 
@@ -277,7 +277,7 @@ def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 
 def headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
     """The numbers a run returns and logs: samples, flip rates, accuracy (one tie rule,
-    :func:`attackpsm.twoafc.accuracy`), RMSE of the flips (the paper's 8-bit RMSE)."""
+    :func:`attackpsm.protocol.twoafc.accuracy`), RMSE of the flips (the paper's 8-bit RMSE)."""
     n = len(table)
     nan = float("nan")
     flipped = table["flipped"].astype(bool) if n else pd.Series(dtype=bool)

@@ -36,9 +36,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attackpsm.results import BASE_COLUMNS, ERROR_COLUMNS
 from attackpsm.storage.atomic import remove_abandoned, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.lease import Lease
+from attackpsm.summary.results import BASE_COLUMNS, ERROR_COLUMNS
 
 log = logging.getLogger("attackpsm")
 

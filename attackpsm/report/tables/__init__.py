@@ -21,7 +21,7 @@ Tables, by file name, and the module that builds each:
   ``attacks_all_runs`` -- every attack run in one long table (the CSV behind the rest):
   :mod:`.variants`.
 
-Shared by them: the statistics (:mod:`attackpsm.tablestats`, also behind each run's own
+Shared by them: the statistics (:mod:`attackpsm.summary.statistics`, also behind each run's own
 ``summary.md`` and ``table1.md``), the comparison with the paper (:mod:`.paper_compare`),
 the rows of every attack run (:mod:`.attack_rows`) and the printing (:mod:`.format`).
 """
@@ -55,8 +55,8 @@ from attackpsm.report.tables.paper_compare import (
 )
 from attackpsm.report.tables.table5 import table5_transfer
 from attackpsm.report.tables.variants import all_attacks_table, variant_tables
-from attackpsm.results import extra_columns
-from attackpsm.tablestats import (
+from attackpsm.summary.results import extra_columns
+from attackpsm.summary.statistics import (
     PX_COLUMNS,
     Z95,
     afc2_score,

@@ -1,7 +1,7 @@
 """Every attack run x ✓/✗ as one row of statistics, and the cells that print such rows.
 
 :func:`attack_rows` is the long table behind Tables 2, 4, 6-8 and 10-12 (and the
-``attacks_all_runs`` CSV): :func:`attackpsm.tablestats.flip_stats` of each run's ✓, ✗ and
+``attacks_all_runs`` CSV): :func:`attackpsm.summary.statistics.flip_stats` of each run's ✓, ✗ and
 n/a rows plus the published numbers where the run is one of the paper's settings.
 :func:`long_render` prints such rows in the layout of Tables 6-12.
 """
@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from attackpsm.protocol.stats import PAPER_DEFINITIONS
 from attackpsm.report import paper
 from attackpsm.report.load import Run, attack_title
 from attackpsm.report.tables.format import (
@@ -25,9 +26,8 @@ from attackpsm.report.tables.format import (
     sort_rows,
 )
 from attackpsm.report.tables.paper_compare import paper_like, paper_values
-from attackpsm.results import extra_columns
-from attackpsm.stats import PAPER_DEFINITIONS
-from attackpsm.tablestats import PX_COLUMNS, as_float64, flip_stats, split_rows
+from attackpsm.summary.results import extra_columns
+from attackpsm.summary.statistics import PX_COLUMNS, as_float64, flip_stats, split_rows
 
 
 def attack_rows(runs: list[Run]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from attackpsm.protocol.stats import PAPER_DEFINITIONS
 from attackpsm.report import paper
 from attackpsm.report.load import attack_title
 from attackpsm.report.tables.attack_rows import (
@@ -27,7 +28,6 @@ from attackpsm.report.tables.format import (
     render_blocks,
     sort_rows,
 )
-from attackpsm.stats import PAPER_DEFINITIONS
 
 TABLE2_ATTACKS = ("fgsm", "pgd", "onepixel")  # attack families, in the paper's column order
 

@@ -21,7 +21,7 @@ from attackpsm.report.tables.format import (
     sort_rows,
 )
 from attackpsm.report.tables.paper_compare import clean_paper_values
-from attackpsm.tablestats import (
+from attackpsm.summary.statistics import (
     accuracy_stats,
     afc2_score,
     agree_labels,
@@ -51,7 +51,7 @@ def _clean_keys(run: Run) -> dict:
 
 
 def _accuracy_row(results: pd.DataFrame) -> dict[str, float]:
-    """Accuracy of a set of triplets (:func:`attackpsm.tablestats.accuracy_stats`: a tie is
+    """Accuracy of a set of triplets (:func:`attackpsm.summary.statistics.accuracy_stats`: a tie is
     half right), its 95% interval, the number with a human choice and the ✓ count."""
     return {
         **accuracy_stats(results),

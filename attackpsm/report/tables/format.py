@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attackpsm.protocol.twoafc import SPLIT_ORDER
 from attackpsm.report import paper
 from attackpsm.report.load import Run
-from attackpsm.twoafc import SPLIT_ORDER
 
 AGREE_ORDER = SPLIT_ORDER
 FAMILY_ORDER = ("none", "fgsm", "pgd", "onepixel", "stadv", "stadv_pgd", "pgd_reverse", "transfer")

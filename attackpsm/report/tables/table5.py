@@ -18,7 +18,7 @@ from attackpsm.report.tables.format import (
     run_keys,
     sort_rows,
 )
-from attackpsm.tablestats import agree_labels, wilson_interval
+from attackpsm.summary.statistics import agree_labels, wilson_interval
 
 
 def _canon_source(label: str) -> str | None:

@@ -1,11 +1,11 @@
-"""``python -m attackpsm.data``: fetch datasets and count their triplets.
+"""``python -m attackpsm data``: fetch datasets and count their triplets.
 
 ::
 
-    python -m attackpsm.data download bapps --root data/bapps [--splits val train]
-    python -m attackpsm.data download pieapp --root data/pieapp
-    python -m attackpsm.data count bapps [dataset.root=... dataset.filter=all ...]
-    python -m attackpsm.data cache bapps resolution=64 [--workers N] [overrides ...]
+    python -m attackpsm data download bapps --root data/bapps [--splits val train]
+    python -m attackpsm data download pieapp --root data/pieapp
+    python -m attackpsm data count bapps [dataset.root=... dataset.filter=all ...]
+    python -m attackpsm data cache bapps resolution=64 [--workers N] [overrides ...]
 
 ``count`` composes the same config as ``python -m attackpsm dataset=<name>`` (so the same
 roots, environment variables and overrides apply), builds the index and prints the
@@ -55,7 +55,7 @@ def cache(name: str, overrides: list[str], workers: int | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m attackpsm.data", description=__doc__.split("\n\n")[0]
+        prog="python -m attackpsm data", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch a dataset from its official source")

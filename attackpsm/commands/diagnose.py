@@ -1,6 +1,6 @@
 """Gradient-masking diagnostics of a metric: would a reviewer trust its attack results?
 
-``python -m attackpsm.diagnose metric=<name> [overrides]`` composes ``conf/`` as a run does
+``python -m attackpsm diagnose metric=<name> [overrides]`` composes ``conf/`` as a run does
 (plus the ``diagnose`` group, ``conf/diagnose/default.yaml``), reads a small held-out set,
 and runs on its ✓ triplets (the metric ranks as humans did, the paper's main rows) the
 checks of the robustness-evaluation checklists:
@@ -64,12 +64,12 @@ from attackpsm import __version__
 from attackpsm.attacks.apgd import APGD
 from attackpsm.attacks.base import AttackResult
 from attackpsm.attacks.square import Square
-from attackpsm.cards import config_hash
 from attackpsm.config import build, compose
 from attackpsm.data.base import collate
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric, select
-from attackpsm.twoafc import choose_prey, human_agrees
+from attackpsm.protocol.twoafc import choose_prey, human_agrees
+from attackpsm.report.cards import config_hash
 
 CHECKS = ("gradient", "unbounded", "monotone", "blackbox", "randomness")
 
@@ -374,7 +374,7 @@ def held_out(cfg: DictConfig) -> DictConfig:
 def load_triplets(metric: Metric, cfg: DictConfig, device: torch.device) -> tuple[Triplets, int]:
     """The ✓ triplets of the first ``diagnose.num_triplets`` of the held-out set, and how
     many triplets were read."""
-    from attackpsm.run import build_dataset  # the run's dataset builder (errors name the fix)
+    from attackpsm.job.run import build_dataset  # the run's dataset builder (errors name the fix)
 
     dataset = build_dataset(held_out(cfg))
     n = min(len(dataset), int(cfg.diagnose.num_triplets))
@@ -406,7 +406,7 @@ def load_triplets(metric: Metric, cfg: DictConfig, device: torch.device) -> tupl
 
 def diagnose(cfg: DictConfig, checks: Sequence[str] = CHECKS) -> dict[str, Any]:
     """Run the checks named in ``checks`` for the metric of ``cfg``; the report as a dict."""
-    from attackpsm.run import resolve_device, seed_everything
+    from attackpsm.job.run import resolve_device, seed_everything
 
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
@@ -489,7 +489,7 @@ def write_report(report: dict[str, Any], out: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m attackpsm.diagnose [overrides]``: 0 when every check passed, 1 when one
+    """``python -m attackpsm diagnose [overrides]``: 0 when every check passed, 1 when one
     was flagged, 2 when the diagnostics could not run (the error is printed)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):

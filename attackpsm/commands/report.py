@@ -1,4 +1,4 @@
-"""``python -m attackpsm.report <results dir | sweep dir> [--out DIR] [options]``."""
+"""``python -m attackpsm report <results dir | sweep dir> [--out DIR] [options]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m attackpsm.report",
+        prog="python -m attackpsm report",
         description="The paper's tables and figures from a results directory (or a Hydra sweep directory).",
     )
     p.add_argument(

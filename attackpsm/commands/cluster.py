@@ -1,12 +1,12 @@
-"""``python -m attackpsm.cluster merge``: the end-of-sweep step, run by hand.
+"""``python -m attackpsm cluster merge``: the end-of-sweep step, run by hand.
 
 After a sweep that failed or was killed, this does what :class:`attackpsm.cluster.SweepCallback`
 does at the end of a sweep: merge every run's shards, write the per-run and sweep-wide summary
 tables, log one W&B aggregate run per finished run identity and one W&B sweep run per path
 (robustness curves and leaderboard, :func:`attackpsm.cluster.log_sweep`; docs/cluster.md)::
 
-    python -m attackpsm.cluster merge logs/multiruns/<date>    # a sweep directory
-    python -m attackpsm.cluster merge results                   # every run under a results dir
+    python -m attackpsm cluster merge logs/multiruns/<date>    # a sweep directory
+    python -m attackpsm cluster merge results                   # every run under a results dir
 
 It exits 1 when a run is incomplete (the re-run of the same sweep command finishes it).
 """
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         or a record was refused.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m attackpsm.cluster",
+        prog="python -m attackpsm cluster",
         description="Merge the shards of finished runs and write their summaries.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         found = _records_for(path, refused)
         if args.wandb_dir:
             spec = {
-                "_target_": "attackpsm.loggers.WandbLogger",
+                "_target_": "attackpsm.job.loggers.WandbLogger",
                 "mode": "offline",
                 "dir": str(args.wandb_dir.absolute()),
             }

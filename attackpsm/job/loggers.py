@@ -39,9 +39,9 @@ import pandas as pd
 import torch
 
 from attackpsm.images import to_uint8
-from attackpsm.stats import PAPER_COLUMNS
+from attackpsm.protocol.stats import PAPER_COLUMNS
 from attackpsm.storage import headline
-from attackpsm.tablestats import flip_stats
+from attackpsm.summary.statistics import flip_stats
 
 PROGRESS = "progress"  # prefix of the live history keys
 

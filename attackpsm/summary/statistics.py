@@ -1,10 +1,10 @@
 """Statistics of a per-triplet results table: the numbers of Tables 1-4 and 6-12.
 
 Every summary of the package computes its numbers here and only here: the run's own
-``summary.md`` (:func:`attackpsm.results.summarize`, Table-2 layout), its ``table1.md``
-(:func:`attackpsm.accuracy.clean_accuracy`) and the report's tables
-(:mod:`attackpsm.report.tables`). What the columns mean is :mod:`attackpsm.stats`; the
-✓/✗ split, the accuracy and the 2AFC score are the rules of :mod:`attackpsm.twoafc`.
+``summary.md`` (:func:`attackpsm.summary.results.summarize`, Table-2 layout), its ``table1.md``
+(:func:`attackpsm.summary.accuracy.clean_accuracy`) and the report's tables
+(:mod:`attackpsm.report.tables`). What the columns mean is :mod:`attackpsm.protocol.stats`; the
+✓/✗ split, the accuracy and the 2AFC score are the rules of :mod:`attackpsm.protocol.twoafc`.
 
 - :func:`split_rows`: the ✓ / ✗ / n/a rows of every table ("same rank by human & metric").
 - :func:`flip_stats`: flip count and rate with a 95% Wilson interval, and the perturbation
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attackpsm.stats import PAPER_COLUMNS, THRESHOLDS, pct_column
-from attackpsm.twoafc import NO_CHOICE, SPLIT_ORDER, accuracy, split_labels, twoafc_scores
+from attackpsm.protocol.stats import PAPER_COLUMNS, THRESHOLDS, pct_column
+from attackpsm.protocol.twoafc import NO_CHOICE, SPLIT_ORDER, accuracy, split_labels, twoafc_scores
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 PX_COLUMNS = [f"pct_px_gt_{t:g}" for t in THRESHOLDS]
@@ -102,17 +102,17 @@ def flip_stats(
     """Flip counts and perturbation statistics of a set of per-triplet rows.
 
     Perturbation statistics are over the flipped rows, as in the paper (Table 2), with the
-    paper's definitions (:data:`attackpsm.stats.PAPER_COLUMNS`): RMSE and PSNR on the
+    paper's definitions (:data:`attackpsm.protocol.stats.PAPER_COLUMNS`): RMSE and PSNR on the
     [0, 255] scale between the 8-bit images (PSNR ignores the infinite values of unchanged
     images), ``pct_px_gt_<t>`` = mean % of values of the float δ with ``|δ| > t`` on the
     [-1, 1] scale, ``mean_eps`` = mean ε at the first flip (FGSM's ``eps_found``).
 
     Args:
-        rows: per-triplet rows (:data:`attackpsm.results.BASE_COLUMNS` and the attack's own).
+        rows: per-triplet rows (:data:`attackpsm.summary.results.BASE_COLUMNS` and the attack's own).
         extras: columns (``iterations``, ``queries``, ...) whose mean over the flipped rows is
             added as ``<col>_mean``, where ``rows`` has them.
         both_ways: also the sizes measured the other way round (``rmse_float_*``,
-            ``psnr_float_*``, ``pct_px_gt_<t>_uint8``; see :mod:`attackpsm.stats`).
+            ``psnr_float_*``, ``pct_px_gt_<t>_uint8``; see :mod:`attackpsm.protocol.stats`).
 
     Returns:
         ``{statistic: value}``; counts are integers, means and spreads in the precision of
@@ -156,7 +156,7 @@ def flip_stats(
 def accuracy_stats(results: pd.DataFrame) -> dict[str, float]:
     """Accuracy of a set of triplets and its 95% Wilson interval (Table 1).
 
-    :func:`attackpsm.twoafc.accuracy`: the fraction ranked as the human majority did, a
+    :func:`attackpsm.protocol.twoafc.accuracy`: the fraction ranked as the human majority did, a
     metric tie half right, over the ``labelled`` triplets with a human choice.
     """
     acc, n = accuracy(results["d0"], results["d1"], results["judge"])
@@ -171,7 +171,7 @@ def accuracy_stats(results: pd.DataFrame) -> dict[str, float]:
 
 def afc2_score(results: pd.DataFrame) -> float:
     """2AFC score in % (Zhang et al., 2018): mean fraction of raters who agree with the
-    metric, over the triplets with a label (:func:`attackpsm.twoafc.twoafc_scores`)."""
+    metric, over the triplets with a label (:func:`attackpsm.protocol.twoafc.twoafc_scores`)."""
     labelled = results[results["judge"].notna()]
     if labelled.empty:
         return float("nan")

@@ -16,13 +16,12 @@ curve and the median robust radius; ``attack=none`` runs give the clean accuracy
 
 Usage::
 
-    python -m attackpsm.leaderboard results [--out results/leaderboard] [--budget 0.03]
+    python -m attackpsm leaderboard results [--out results/leaderboard] [--budget 0.03]
         [--budget-l2 1.0]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -34,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from attackpsm.attacks.min_eps import median_radius, robustness_curve
-from attackpsm.cards import card_path, entry_from_card, read_cards, write_card
+from attackpsm.protocol.twoafc import accuracy, agreement
+from attackpsm.report.cards import card_path, entry_from_card, read_cards, write_card
 from attackpsm.report.load import Run, load_runs
-from attackpsm.results import quantile
 from attackpsm.storage.records import load_mapping
-from attackpsm.twoafc import accuracy, agreement
+from attackpsm.summary.results import quantile
 
 log = logging.getLogger("attackpsm")
 
@@ -511,7 +510,7 @@ def certified_markdown(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-# --- robustness cards (attackpsm.cards) ----------------------------------------------------
+# --- robustness cards (attackpsm.report.cards) ----------------------------------------------------
 
 GRADIENT_ATTACKS = {"PGD", "ReversePGD", "APGD", "FMN", "EoT", "MinEps", "Cascade"}
 
@@ -559,7 +558,7 @@ def passes(run: Run) -> tuple[float | None, float | None]:
 def _weights_sha256(metric_cfg: dict[str, Any], cache: dict[str, Any]) -> tuple[str | None, str]:
     """Content checksum of the built metric's parameters and buffers (the weights it ran
     with: :func:`attackpsm.metrics.weights.content_sha256`), or ``None`` and why not."""
-    from attackpsm.cards import config_hash
+    from attackpsm.report.cards import config_hash
 
     key = config_hash(metric_cfg)
     if key not in cache:
@@ -580,7 +579,7 @@ def _weights_sha256(metric_cfg: dict[str, Any], cache: dict[str, Any]) -> tuple[
 
 
 def read_diagnostics(results: str | Path) -> list[dict[str, Any]]:
-    """The reports of ``python -m attackpsm.diagnose`` below ``<results>/diagnostics``."""
+    """The reports of ``python -m attackpsm diagnose`` below ``<results>/diagnostics``."""
     folder = Path(results) / "diagnostics"
     return (
         [load_mapping(p) for p in sorted(folder.rglob("*.json"))]  # data only
@@ -592,7 +591,7 @@ def read_diagnostics(results: str | Path) -> list[dict[str, Any]]:
 def _diagnostics_for(
     e: dict[str, Any], metric_cfg: dict[str, Any], reports: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
-    from attackpsm.cards import config_hash
+    from attackpsm.report.cards import config_hash
 
     wanted = config_hash(metric_cfg)
     for rep in reports:
@@ -617,7 +616,7 @@ def make_card(
     reports: list[dict[str, Any]] = (),
     weights_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The robustness card of one leaderboard entry (schema: :data:`attackpsm.cards.CARD_SCHEMA`)."""
+    """The robustness card of one leaderboard entry (schema: :data:`attackpsm.report.cards.CARD_SCHEMA`)."""
     import datetime
 
     from attackpsm import __version__
@@ -728,7 +727,7 @@ def diagnostics_markdown(reports: list[dict[str, Any]]) -> str:
         return ""
     names = ("gradient", "unbounded", "monotone", "blackbox", "randomness")
     lines = [
-        "## Gradient-masking diagnostics (python -m attackpsm.diagnose)",
+        "## Gradient-masking diagnostics (python -m attackpsm diagnose)",
         "",
         "| data | metric | config | " + " | ".join(names) + " | cos(∇, FD) | unbounded flip % "
         "| Square-only flips | verdict |",
@@ -838,27 +837,3 @@ def certified_figure(entries: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.legend(fontsize=7)
         written += save_figure(fig, out / f"{dataset}-{res}", "certified-l2")
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("results", help="results directory or Hydra sweep directory")
-    parser.add_argument(
-        "--from-cards",
-        action="store_true",
-        help="`results` is a folder of robustness cards: print the leaderboard they make",
-    )
-    parser.add_argument("--out", default=None, help="output folder (default <results>/leaderboard)")
-    parser.add_argument("--budget", type=float, default=PAPER_BUDGET, help="ℓ∞ ε of the ranking")
-    parser.add_argument("--budget-l2", type=float, default=L2_BUDGET, help="ℓ2 ε of the ranking")
-    args = parser.parse_args(argv)
-    if args.from_cards:
-        print(leaderboard_from_cards(args.results))
-        return
-    md = write_leaderboard(args.results, args.out, args.budget, args.budget_l2)
-    print(md.read_text())
-    print(f"-> {md.absolute()}")
-
-
-if __name__ == "__main__":
-    main()

@@ -13,10 +13,7 @@ import functools
 import logging
 import os
 import random
-import sys
 import time
-import types
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +24,31 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.attacks.target import build_attack
 from attackpsm.config import ConfigError, build
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.data.workers import die_with_parent
 from attackpsm.engine import FittingBatches
-from attackpsm.loggers import NullLogger, ShardProgress, flat_keys, run_keys, shard_run_id
-from attackpsm.preflight import check_run
-from attackpsm.results import eps_star_markdown, eps_star_summary, summarize, summary_markdown
+from attackpsm.job.loggers import NullLogger, ShardProgress, flat_keys, run_keys, shard_run_id
+from attackpsm.job.preflight import check_run
 from attackpsm.storage import (
     ShardStore,
     build_dataset,
     finished_shard,
     headline,
     merge_shards,
-    read_run,
     run_dir_for,
     run_identity,
     write_identity,
 )
 from attackpsm.storage.craft import CraftWriter
+from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.summary.results import (
+    eps_star_markdown,
+    eps_star_summary,
+    summarize,
+    summary_markdown,
+)
 
 log = logging.getLogger("attackpsm")
 
@@ -359,57 +360,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         lease.release()
         logger.finish()
-
-
-def run_command(overrides: Sequence[str] = ()) -> pd.DataFrame:
-    """Run one job from Python as ``python -m attackpsm <overrides>`` does; its triplet table.
-
-    The same ``conf/`` files, checks and :func:`run` as the command line; a finished job is
-    reused, an interrupted one resumes. The returned per-triplet table (the columns of
-    ``results.parquet``) carries ``attrs["run_dir"]`` (absolute) and ``attrs["headline"]``
-    (the numbers :func:`run` returns). With ``shard.count`` > 1 it holds the shards finished
-    so far.
-
-    Examples:
-        >>> import attackpsm
-        >>> table = attackpsm.run(["metric=l2", "attack=fgsm", "dataset.num_triplets=4",
-        ...                        "logger=none", "progress=false"])  # doctest: +ELLIPSIS
-        <BLANKLINE>
-        synthetic · l2 · fgsm · res 64 (all shards) -> /.../results/synthetic/l2/fgsm/res64-...
-        | Metric | Attack | Same rank by human & metric | Samples | #Flipped | ...
-        >>> len(table), table.attrs["headline"]["samples"]
-        (4, 4)
-        >>> sorted(table["triplet_id"]) == sorted(set(table["triplet_id"]))
-        True
-    """
-    from attackpsm.config import MULTIRUN_FLAGS, check_overrides, compose
-
-    args = [str(a) for a in overrides]
-    if any(a in MULTIRUN_FLAGS for a in args):
-        raise ConfigError(
-            "attackpsm.run runs one job; run a sweep (-m) with python -m attackpsm "
-            + " ".join(args)
-            + ", or call attackpsm.run once per combination"
-        )
-    check_overrides(args)
-    numbers = run(compose(args))
-    run_dir = Path(numbers["run_dir"]).resolve()
-    got = read_run(run_dir)
-    table = got[0] if got is not None else pd.DataFrame()
-    table.attrs["run_dir"] = str(run_dir)
-    table.attrs["headline"] = {k: v for k, v in numbers.items() if k != "run_dir"}
-    return table
-
-
-class _CallableModule(types.ModuleType):
-    """``attackpsm.run(overrides)`` -- the module is callable as :func:`run_command`.
-
-    ``attackpsm.run`` names this module (``from attackpsm.run import run`` keeps working) and
-    the one-call entry point of the Python API at once.
-    """
-
-    def __call__(self, overrides: Sequence[str] = ()) -> pd.DataFrame:
-        return run_command(overrides)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -8,7 +8,7 @@ triplets flipped and the mean queries; the defaults in ``conf/attack/square.yaml
 ``square_l2.yaml`` were chosen from its output (docs/research.md, "Square attack p_init").
 
 Example:
-    python -m attackpsm.attacks.square_sweep --sizes 32 64 --queries 100 300 1000
+    python -m attackpsm square-sweep --sizes 32 64 --queries 100 300 1000
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from attackpsm.attacks.square import Square
 from attackpsm.data.base import collate
 from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.metrics.lpips import LPIPS
-from attackpsm.twoafc import choose_prey
+from attackpsm.protocol.twoafc import choose_prey
 
 HELD_OUT_SEED = 1009  # not the default dataset seed (0) nor a test's
 

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attackpsm.stats import (
+from attackpsm.protocol.stats import (
     FLIP_DEFINITIONS,
     PAPER_DEFINITIONS,
     STAT_COLUMNS,
     THRESHOLDS,
     pct_column,
 )
-from attackpsm.tablestats import flip_stats, split_rows
+from attackpsm.summary.statistics import flip_stats, split_rows
 
 # The per-triplet columns every attack writes (attacks may add their own after these).
 BASE_COLUMNS = [
@@ -70,9 +70,9 @@ def summarize(results: pd.DataFrame, metric: str, attack: str, skipped: int = 0)
     """The paper's Table-2 layout: rows ✓/✗ (metric agrees with humans), per-flip stats.
 
     Perturbation statistics are over the *flipped* samples, as in the paper
-    (:func:`attackpsm.tablestats.flip_stats`, the statistics of the report's tables too).
+    (:func:`attackpsm.summary.statistics.flip_stats`, the statistics of the report's tables too).
     ``rmse_*``, ``psnr_*`` and ``pct_px_gt_<t>`` follow the paper's definitions
-    (:data:`attackpsm.stats.PAPER_COLUMNS`: RMSE/PSNR between the 8-bit images, % pixels on
+    (:data:`attackpsm.protocol.stats.PAPER_COLUMNS`: RMSE/PSNR between the 8-bit images, % pixels on
     the float δ); ``rmse_float_*``, ``psnr_float_*`` and ``pct_px_gt_<t>_uint8`` are the
     other way round. ``mean_eps`` is the mean ε at the first flip for attacks that search
     ε (FGSM; column ``eps_found``), empty otherwise. ``stalled`` counts the triplets whose

@@ -40,7 +40,7 @@ from scipy.stats import beta, norm
 from attackpsm.attacks.base import Attack, AttackResult, Triplets, check_int, check_positive
 from attackpsm.metrics.base import Metric, select
 from attackpsm.metrics.smoothed import Smoothed
-from attackpsm.twoafc import rank_flipped
+from attackpsm.protocol.twoafc import rank_flipped
 
 
 def clopper_pearson_lower(successes: Any, trials: int, alpha: float) -> np.ndarray:
@@ -81,7 +81,7 @@ def stay_counts(
 ) -> torch.Tensor:
     """How many of ``samples`` noisy copies of each prey keep it closer than ``s_other``.
 
-    A copy keeps the rank when it is not flipped (:func:`attackpsm.twoafc.rank_flipped`:
+    A copy keeps the rank when it is not flipped (:func:`attackpsm.protocol.twoafc.rank_flipped`:
     equal scores are no flip). Every triplet draws ``chunk`` noise images at a time from its
     own generator; as many triplets as fit in ``max_batch`` images are scored together.
     """

@@ -1,5 +1,5 @@
 """Hydra application: composes ``dataset``, ``metric``, ``attack``, ``resolution`` (+ ``logger``,
-``paths``, ``hydra``, ``experiment``) and runs :func:`attackpsm.run.run` once per job.
+``paths``, ``hydra``, ``experiment``) and runs :func:`attackpsm.job.run.run` once per job.
 
 Around it (:mod:`attackpsm.__main__`): ``--help`` (:func:`help_text`), the check of a command
 line's keys before Hydra composes it (:func:`attackpsm.config.check_overrides`), one-line
@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from attackpsm.commands import COMMANDS
 from attackpsm.config import CONFIG_DIR, ConfigError, option_names
 
 log = logging.getLogger("attackpsm")
@@ -83,6 +84,8 @@ def help_text() -> str:
     for name in option_names("hydra/launcher"):
         lines.append(f"  {name:<7} {LAUNCHERS.get(name, '')}")
     lines += ["", "Examples:"] + [f"  {e}" for e in EXAMPLES]
+    lines += ["", "Commands, python -m attackpsm <command> --help for theirs:"]
+    lines += [f"  {word:<12} {what}" for word, (_, what) in COMMANDS.items()]
     lines += [
         "",
         "Outputs: results under paths.results_dir (default ./results), one directory per run;",
@@ -127,7 +130,7 @@ def _in_sweep() -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     os.environ.setdefault("TQDM_MININTERVAL", "1")
     try:

@@ -1,4 +1,4 @@
-"""``make bench`` / ``python -m attackpsm.bench``: the engine against a per-triplet loop.
+"""``make bench`` / ``python -m attackpsm bench``: the engine against a per-triplet loop.
 
 For each workload both sides get the same triplets and the same attack parameters:
 
@@ -40,7 +40,7 @@ from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric
-from attackpsm.twoafc import choose_prey, rank_flipped, rank_loss
+from attackpsm.protocol.twoafc import choose_prey, rank_flipped, rank_loss
 
 # --- per-triplet reference loops ----------------------------------------------------------
 
@@ -523,14 +523,14 @@ def end_to_end(
     root: Path, work: Path, size: int, batch_size: int, device: torch.device, repeats: int = 2
 ) -> list[dict[str, Any]]:
     """PGD(30) on LPIPS(Alex): the engine alone (:func:`attack_batch` on batches already on
-    the device) next to whole runs (:func:`attackpsm.run.run`: build, load, attack, 8-bit
+    the device) next to whole runs (:func:`attackpsm.job.run.run`: build, load, attack, 8-bit
     re-check, statistics, checkpoints and summary written) from the cache and from PNGs.
     Each rate is that of the fastest of ``repeats`` passes."""
     from hydra import compose, initialize_config_dir
 
     from attackpsm.data.bapps import BAPPS
     from attackpsm.data.cache import CachedBatches, ensure_cache
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     data = BAPPS(size=size, root=root, filter="all")
     n = len(data)
@@ -782,7 +782,7 @@ LOGGING_RUN = (
 
 
 def logging_overhead(overrides: list[str], device: str = "cpu", repeats: int = 3) -> dict[str, Any]:
-    """Wall time of one whole job (:func:`attackpsm.run.run`) with ``logger=none`` and with
+    """Wall time of one whole job (:func:`attackpsm.job.run.run`) with ``logger=none`` and with
     ``logger=wandb`` offline (live history per batch, histograms, images, tables).
 
     Each repeat runs both, alternating, in fresh directories (never a resumed or finished
@@ -795,7 +795,7 @@ def logging_overhead(overrides: list[str], device: str = "cpu", repeats: int = 3
     from hydra import compose, initialize_config_dir
 
     from attackpsm.config import normalise_argv
-    from attackpsm.run import run
+    from attackpsm.job.run import run
 
     overrides = normalise_argv(list(overrides))  # resolution=64 as on the command line
     conf = str(Path(__file__).resolve().parent.parent / "conf")
@@ -839,12 +839,12 @@ def certify_throughput(
     sigma: float = 0.12,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Noisy samples per second of ``attack=certify`` (:mod:`attackpsm.certify`).
+    """Noisy samples per second of ``attack=certify`` (:mod:`attackpsm.attacks.certify`).
 
     ``triplets`` synthetic triplets at 64x64, ``samples`` estimation samples each (plus 10%
     for selection), ``max_batch`` noisy images per metric call; one untimed warm-up call.
     """
-    from attackpsm.certify import Certify
+    from attackpsm.attacks.certify import Certify
     from attackpsm.metrics.smoothed import Smoothed
 
     dev = torch.device(device)

@@ -1,6 +1,6 @@
 """Craft stage of the transfer benchmark (Sec. 4.2, Table 5): write the transfer set.
 
-``python -m attackpsm.craft [COLUMN ...] [OVERRIDE ...]`` composes the config as
+``python -m attackpsm craft [COLUMN ...] [OVERRIDE ...]`` composes the config as
 ``python -m attackpsm`` does (with ``dataset=transfer``: the ``dataset.*`` keys say which
 source dataset, source metric, store and selection), then crafts the *selection* column
 (``dataset.select``, stAdv in the paper) and every requested column, each a normal,
@@ -10,9 +10,9 @@ A craft already written is left as it is. The columns are the positional argumen
 ``dataset.column``, else ``dataset.column``; a ``metric`` sweep (the targets) is ignored,
 so the evaluation's command line crafts what it needs::
 
-    python -m attackpsm.craft experiment=table5 dataset.source=bapps      # 1. craft
+    python -m attackpsm craft experiment=table5 dataset.source=bapps      # 1. craft
     python -m attackpsm -m experiment=table5 dataset.source=bapps         # 2. evaluate
-    python -m attackpsm.transfer results                                  # 3. Table 5
+    python -m attackpsm transfer results                                  # 3. Table 5
 
 Crafting runs in this process, one column after another; evaluation jobs only read the
 crafts (:class:`~attackpsm.data.transfer.TransferTriplets`), so a parallel sweep never
@@ -30,9 +30,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from attackpsm.app import CONFIG_DIR
+from attackpsm.commands.app import CONFIG_DIR
 from attackpsm.data.transfer import MANIFEST, craft_location, read_manifest, selected_ids
-from attackpsm.run import run
+from attackpsm.job.run import run
 from attackpsm.storage.craft import finalize_manifest
 
 # a sweep of the target metrics does not change what is crafted

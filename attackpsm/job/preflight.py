@@ -1,6 +1,6 @@
 """Checks of a composed run config that need no data: bad values stop before any work.
 
-:func:`check_run` runs first in :func:`attackpsm.run.run`; the sweep callback calls
+:func:`check_run` runs first in :func:`attackpsm.job.run.run`; the sweep callback calls
 :func:`check_shards` before launching anything. Each error names the bad value and the
 valid ones. The attacks check their own parameters when they are built (ε, α and FGSM's
 ``max_eps`` within the width 2 of the ``[-1, 1]`` scale, Sec. 3), also before data is read.

@@ -4,10 +4,10 @@ In the style of RobustBench's model cards, a card states what was evaluated and 
 the metric (its config and a checksum of the weights it ran with), the data (dataset,
 split, resolution, fingerprint), the threat model and its ε, the clean 2AFC accuracy, the
 robust accuracy, the attacks with their parameters and forward/backward passes per
-triplet, the gradient-masking diagnostics (:mod:`attackpsm.diagnose`), the certified
+triplet, the gradient-masking diagnostics (:mod:`attackpsm.commands.diagnose`), the certified
 radius where one was computed, the tool version and the date. The numbers of the
 leaderboard entry travel in ``results`` unchanged, so the leaderboard is rebuilt from the
-cards alone (:func:`entry_from_card`; ``python -m attackpsm.leaderboard --from-cards``).
+cards alone (:func:`entry_from_card`; ``python -m attackpsm leaderboard --from-cards``).
 
 Every card is validated against :data:`CARD_SCHEMA` (JSON Schema, draft 2020-12) before it
 is written and when it is read: with ``jsonschema`` when it is installed, otherwise with

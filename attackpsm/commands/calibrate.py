@@ -1,4 +1,4 @@
-"""Calibration of the ``synthetic`` set against BAPPS: ``python -m attackpsm.calibrate``.
+"""Calibration of the ``synthetic`` set against BAPPS: ``python -m attackpsm calibrate``.
 
 Scores the clean triplets with every offline metric that has a value in the paper's
 Table 1 (accuracy on the unanimous BAPPS subset) or Table 3 (mean ``|s_0 - s_1|`` on the
@@ -20,7 +20,7 @@ import torch
 from attackpsm.data.base import collate
 from attackpsm.data.synthetic import VARIANTS, SyntheticTriplets
 from attackpsm.images import quantize
-from attackpsm.twoafc import agreement, human_agrees
+from attackpsm.protocol.twoafc import agreement, human_agrees
 
 # Table 1, "Accuracy (%) on subset of BAPPS (12227 samples)"
 PAPER_ACCURACY = {
@@ -89,7 +89,7 @@ def score(metric, batch, chunk: int = 64) -> pd.DataFrame:
             "s0": d0.numpy(),
             "s1": d1.numpy(),
             "margin": (d0 - d1).abs().numpy(),
-            # ✓/✗ and accuracy with the package's one tie rule (attackpsm.twoafc)
+            # ✓/✗ and accuracy with the package's one tie rule (attackpsm.protocol.twoafc)
             "human_agrees": human_agrees(d0, d1, batch.judge).to_numpy(),
             "agreement": agreement(d0, d1, batch.judge),
         }
@@ -141,7 +141,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m attackpsm.calibrate",
+        prog="python -m attackpsm calibrate",
         description="Synthetic set vs BAPPS: clean accuracy (Table 1) and margins (Table 3).",
     )
     parser.add_argument("--num-triplets", type=int, default=128)

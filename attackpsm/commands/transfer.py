@@ -2,19 +2,19 @@
 
 Three commands, one experiment config (``conf/experiment/table5.yaml``)::
 
-    python -m attackpsm.craft experiment=table5 dataset.source=bapps      # 1. craft
+    python -m attackpsm craft experiment=table5 dataset.source=bapps      # 1. craft
     python -m attackpsm -m experiment=table5 dataset.source=bapps         # 2. evaluate
-    python -m attackpsm.transfer results                                  # 3. Table 5
+    python -m attackpsm transfer results                                  # 3. Table 5
 
 Where each part lives:
 
-- crafting, the explicit stage: :mod:`attackpsm.craft` (runs on the source metric with
+- crafting, the explicit stage: :mod:`attackpsm.commands.craft` (runs on the source metric with
   ``craft=<dir>``), whose writer is :class:`attackpsm.storage.craft.CraftWriter`;
 - the transfer set, read back (``dataset=transfer``, reads manifests only):
   :class:`attackpsm.data.transfer.TransferTriplets`;
 - the saved image on a target (``attack=saved``): :class:`attackpsm.attacks.saved.SavedAdversarial`;
 - Table 5 itself: :func:`attackpsm.report.tables.table5_transfer`, which this command and
-  ``python -m attackpsm.report`` both print. A target's "accurate samples" are the triplets
+  ``python -m attackpsm report`` both print. A target's "accurate samples" are the triplets
   it ranks as the humans did (✓); its flips there are Table 5's cells.
 """
 
@@ -35,7 +35,7 @@ def table5(results_dir: str | Path) -> Table | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m attackpsm.transfer [results_dir]``: print Table 5 and save it under
+    """``python -m attackpsm transfer [results_dir]``: print Table 5 and save it under
     ``<results_dir>/transfer/table5.{md,csv}``."""
     args = list(sys.argv[1:] if argv is None else argv)
     results_dir = Path(args[0] if args else "results")

@@ -3,13 +3,13 @@
 Two numbers per subset and overall, from the per-triplet table (``d0``, ``d1``, ``judge``):
 
 - **2AFC score** on every labelled triplet (Zhang et al., 2018): the fraction of raters
-  who agree with the metric's choice (:func:`attackpsm.twoafc.twoafc_scores`);
+  who agree with the metric's choice (:func:`attackpsm.protocol.twoafc.twoafc_scores`);
 - **accuracy** on the unanimous triplets only (``judge`` exactly 0 or 1, the paper's
   12,227-sample subset of BAPPS): the fraction where the metric's rank equals the human one
-  (:func:`attackpsm.twoafc.accuracy`).
+  (:func:`attackpsm.protocol.twoafc.accuracy`).
 
-Both use the one tie rule of :mod:`attackpsm.twoafc`: ``d0 == d1`` is half right, and both
-are computed by :mod:`attackpsm.tablestats`, as in the report's Table 1.
+Both use the one tie rule of :mod:`attackpsm.protocol.twoafc`: ``d0 == d1`` is half right, and both
+are computed by :mod:`attackpsm.summary.statistics`, as in the report's Table 1.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attackpsm.tablestats import accuracy_stats, afc2_score
+from attackpsm.summary.statistics import accuracy_stats, afc2_score
 
 TABLE1_COLUMNS = ["metric", "subset", "triplets", "twoafc_pct", "unanimous", "accuracy_pct"]
 

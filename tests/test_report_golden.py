@@ -9,8 +9,8 @@ Every value is a small dyadic fraction (exact in binary floating point, float32 
 engine writes float32) and none is computed with a transcendental function, so the CSVs'
 full-precision numbers are the same on every platform.
 
-Besides the report's tables, each run's own summary (:func:`attackpsm.results.summarize`,
-Table-2 layout) and Table 1 (:func:`attackpsm.accuracy.clean_accuracy`) are compared, since
+Besides the report's tables, each run's own summary (:func:`attackpsm.summary.results.summarize`,
+Table-2 layout) and Table 1 (:func:`attackpsm.summary.accuracy.clean_accuracy`) are compared, since
 they come from the same statistics.
 
 To accept a deliberate change of a table: ``ATTACKPSM_UPDATE_GOLDEN=1 pytest
@@ -29,12 +29,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from attackpsm.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.protocol.stats import STAT_COLUMNS
+from attackpsm.protocol.twoafc import human_agrees
 from attackpsm.report.load import load_runs, runs_overview
 from attackpsm.report.tables import attack_rows, build_tables
-from attackpsm.results import BASE_COLUMNS, summarize, summary_markdown
-from attackpsm.stats import STAT_COLUMNS
-from attackpsm.twoafc import human_agrees
+from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.summary.results import BASE_COLUMNS, summarize, summary_markdown
 from tests.conftest import write_finished_run
 from tests.test_report import (
     BAPPS,

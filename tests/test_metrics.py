@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from skimage import data as skdata
 
+from attackpsm.commands.weights import main as weights_main
 from attackpsm.images import from_uint8, resize
 from attackpsm.job.run import build
 from attackpsm.metrics import weights
@@ -434,7 +435,7 @@ def test_attack_none_writes_the_table1_layout(cfg_factory):
 
 
 def test_make_weights_reports_online_only_weights_without_failing(tmp_path, capsys):
-    status = weights.main(["pieapp", "--cache-dir", str(tmp_path)])
+    status = weights_main(["pieapp", "--cache-dir", str(tmp_path)])
     assert status == 0
     if not weights.cache_path("pieapp", tmp_path).exists():  # the web was unreachable
         assert "online-only" in capsys.readouterr().err

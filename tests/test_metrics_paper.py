@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from skimage import data as skdata
 
+from attackpsm.commands.weights import main as weights_main
 from attackpsm.images import from_uint8
 from attackpsm.job.run import build
 from attackpsm.metrics import weights
@@ -351,7 +352,7 @@ def test_a_mirror_file_with_the_wrong_sha256_is_refused(tmp_path, monkeypatch, c
     (mirror / "rgb_watson_fft_trial0.pth").write_bytes(bytes(blob))
     # through --mirror, as `make weights MIRROR=dir` passes it: reported, nothing cached
     assert (
-        weights.main(["watson_dft_rgb", "--cache-dir", str(tmp_path), "--mirror", str(mirror)]) == 0
+        weights_main(["watson_dft_rgb", "--cache-dir", str(tmp_path), "--mirror", str(mirror)]) == 0
     )
     err = capsys.readouterr().err
     assert "refusing" in err and "does not match the pinned sha256" in err

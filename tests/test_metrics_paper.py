@@ -40,10 +40,19 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from skimage import data as skdata
 
-from attackpsm.commands.weights import main as weights_main
+from attackpsm.commands.weights import main as fetch_weights
 from attackpsm.images import from_uint8
 from attackpsm.job.run import build
-from attackpsm.metrics import weights
+from attackpsm.metrics.weights.registry import OFFICIAL, SPECS
+from attackpsm.metrics.weights.safeload import WeightsUnavailable, read_npy_object_dict
+from attackpsm.metrics.weights.sources import ENV_MIRROR, mirror_dir
+from attackpsm.metrics.weights.store import (
+    cache_path,
+    content_sha256,
+    fetch_official,
+    load,
+    load_official,
+)
 from attackpsm.storage import run_identity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,24 +92,22 @@ def as_batch(image: np.ndarray) -> torch.Tensor:
 
 
 def mirror_or_skip() -> Path:
-    root = weights.mirror_dir()
-    if root is None or not all(
-        (root / weights.OFFICIAL[n].filename).is_file() for n in OFFICIAL_NAMES
-    ):
+    root = mirror_dir()
+    if root is None or not all((root / OFFICIAL[n].filename).is_file() for n in OFFICIAL_NAMES):
         pytest.skip(
-            f"no weights mirror with the official files: set {weights.ENV_MIRROR} to a directory "
-            f"holding {[weights.OFFICIAL[n].filename for n in OFFICIAL_NAMES]}"
+            f"no weights mirror with the official files: set {ENV_MIRROR} to a directory "
+            f"holding {[OFFICIAL[n].filename for n in OFFICIAL_NAMES]}"
         )
     return root
 
 
 def official_or_skip(name: str) -> None:
     try:
-        weights.load_official(name)
-    except weights.WeightsUnavailable as exc:
+        load_official(name)
+    except WeightsUnavailable as exc:
         pytest.skip(
             f"official weights '{name}' unavailable (run `make weights`, with "
-            f"{weights.ENV_MIRROR} set where the web is unreachable): {str(exc)[:200]}"
+            f"{ENV_MIRROR} set where the web is unreachable): {str(exc)[:200]}"
         )
 
 
@@ -255,11 +262,11 @@ def test_elpips_network_equals_an_independent_average_pooling_vgg(photos):
     plain = ELPIPS(ensemble=1, transforms=False, dropout_keep=1.0)
     assert not plain.stochastic
     vgg = torchvision.models.vgg16()
-    vgg.load_state_dict(weights.load("vgg16"), strict=False)
+    vgg.load_state_dict(load("vgg16"), strict=False)
     layers = [
         torch.nn.AvgPool2d(2) if isinstance(m, torch.nn.MaxPool2d) else m for m in vgg.features
     ]
-    lin = weights.load("elpips_vgg")
+    lin = load("elpips_vgg")
 
     def taps(img):  # [-1, 1] -> the LPIPS-scaled input and every ReLU output
         h = (img - torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)) / torch.tensor(
@@ -303,7 +310,7 @@ def unreachable_web(monkeypatch) -> None:
     """No mirror variable, and HTTPS through a proxy port nothing listens on."""
     import urllib.request
 
-    monkeypatch.delenv(weights.ENV_MIRROR, raising=False)
+    monkeypatch.delenv(ENV_MIRROR, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     monkeypatch.setattr(urllib.request, "_opener", None)  # rebuilt with the proxy above
@@ -313,12 +320,12 @@ def _fetch_process(
     cache: Path, env_mirror: Path | None, *names: str
 ) -> subprocess.CompletedProcess:
     """``python -m attackpsm weights`` with the web made unreachable (a dead proxy)."""
-    env = {k: v for k, v in os.environ.items() if k != weights.ENV_MIRROR}
+    env = {k: v for k, v in os.environ.items() if k != ENV_MIRROR}
     env.update(
         HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", PYTHONPATH=str(ROOT)
     )
     if env_mirror is not None:
-        env[weights.ENV_MIRROR] = str(env_mirror)
+        env[ENV_MIRROR] = str(env_mirror)
     cmd = [
         sys.executable,
         "-m",
@@ -338,8 +345,8 @@ def test_make_weights_fills_the_cache_from_the_mirror(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in OFFICIAL_NAMES:
         assert f"{name}: fetched via mirror" in proc.stderr
-        state = weights.load(name, tmp_path / "cache", allow_fetch=False)
-        assert weights.content_sha256(state) == weights.SPECS[name].sha256
+        state = load(name, tmp_path / "cache", allow_fetch=False)
+        assert content_sha256(state) == SPECS[name].sha256
 
 
 def test_a_mirror_file_with_the_wrong_sha256_is_refused(tmp_path, monkeypatch, capsys):
@@ -352,26 +359,27 @@ def test_a_mirror_file_with_the_wrong_sha256_is_refused(tmp_path, monkeypatch, c
     (mirror / "rgb_watson_fft_trial0.pth").write_bytes(bytes(blob))
     # through --mirror, as `make weights MIRROR=dir` passes it: reported, nothing cached
     assert (
-        weights_main(["watson_dft_rgb", "--cache-dir", str(tmp_path), "--mirror", str(mirror)]) == 0
+        fetch_weights(["watson_dft_rgb", "--cache-dir", str(tmp_path), "--mirror", str(mirror)])
+        == 0
     )
     err = capsys.readouterr().err
     assert "refusing" in err and "does not match the pinned sha256" in err
     assert hashlib.sha256(bytes(blob)).hexdigest() in err
-    assert not weights.cache_path("watson_dft_rgb", tmp_path).exists()
-    with pytest.raises(weights.WeightsUnavailable, match="does not match the pinned sha256"):
-        weights.load_official("watson_dft_rgb", tmp_path, mirror)
+    assert not cache_path("watson_dft_rgb", tmp_path).exists()
+    with pytest.raises(WeightsUnavailable, match="does not match the pinned sha256"):
+        load_official("watson_dft_rgb", tmp_path, mirror)
     # the intact file from the same option is taken
     shutil.copy(root / "rgb_watson_fft_trial0.pth", mirror)
-    state = weights.load_official("watson_dft_rgb", tmp_path, mirror)
-    assert weights.content_sha256(state) == weights.SPECS["watson_dft_rgb"].sha256
+    state = load_official("watson_dft_rgb", tmp_path, mirror)
+    assert content_sha256(state) == SPECS["watson_dft_rgb"].sha256
 
 
 def test_offline_without_a_mirror_names_the_mirror_option(tmp_path, monkeypatch):
     unreachable_web(monkeypatch)
-    with pytest.raises(weights.WeightsUnavailable) as info:
-        weights.fetch_official("elpips_vgg", tmp_path, verbose=False)
-    assert weights.ENV_MIRROR in str(info.value) and "paths.weights_mirror" in str(info.value)
-    assert not weights.cache_path("elpips_vgg", tmp_path).exists()
+    with pytest.raises(WeightsUnavailable) as info:
+        fetch_official("elpips_vgg", tmp_path, verbose=False)
+    assert ENV_MIRROR in str(info.value) and "paths.weights_mirror" in str(info.value)
+    assert not cache_path("elpips_vgg", tmp_path).exists()
     # and a metric built from its config on a compute node fails fast, naming the fix
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(
@@ -395,15 +403,13 @@ def test_npy_reader_admits_numpy_arrays_only(tmp_path):
     path = tmp_path / "evil.npy"
     np.save(path, np.array({"lin0.model.1.weight": Payload()}, dtype=object), allow_pickle=True)
     with pytest.raises(Exception, match="refusing to unpickle"):
-        weights.read_npy_object_dict(path.read_bytes())
+        read_npy_object_dict(path.read_bytes())
     assert not (tmp_path / "pwned").exists()
     good = tmp_path / "good.npy"
     np.save(
         good, np.array({"lin0": np.arange(3, dtype=np.float32)}, dtype=object), allow_pickle=True
     )
-    torch.testing.assert_close(
-        weights.read_npy_object_dict(good.read_bytes())["lin0"], torch.arange(3.0)
-    )
+    torch.testing.assert_close(read_npy_object_dict(good.read_bytes())["lin0"], torch.arange(3.0))
 
 
 def test_mirror_option_reaches_the_metric_but_not_the_run_identity(tmp_path):

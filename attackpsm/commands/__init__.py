@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("attackpsm.commands.calibrate", "the synthetic set against BAPPS (Tables 1, 3)"),
     "craft": ("attackpsm.commands.craft", "craft adversarial images for a transfer study"),
     "transfer": ("attackpsm.commands.transfer", "Table 5 of a transfer study"),
+    "paper-tables": (
+        "attackpsm.commands.paper_tables",
+        "the paper's published numbers from its tables (paper_tables.json)",
+    ),
     "square-sweep": (
         "attackpsm.commands.square_sweep",
         "Square's query budget against its flip rate",

@@ -156,7 +156,7 @@ def user_error(exc: BaseException) -> tuple[str | None, int]:
     """
     from attackpsm.data.files import DatasetLayoutError
     from attackpsm.data.transfer import CraftMissing
-    from attackpsm.metrics.weights import WeightsUnavailable
+    from attackpsm.metrics.weights.safeload import WeightsUnavailable
 
     if isinstance(exc, ConfigError):
         return error_line(exc), 2

@@ -5,15 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attackpsm.metrics.weights import (
-    ENV_CACHE,
-    ENV_MIRROR,
-    OFFICIAL,
-    SPECS,
-    WeightsUnavailable,
-    fetch,
-    fetch_official,
-)
+from attackpsm.metrics.weights.registry import OFFICIAL, SPECS
+from attackpsm.metrics.weights.safeload import WeightsUnavailable
+from attackpsm.metrics.weights.sources import ENV_MIRROR
+from attackpsm.metrics.weights.store import ENV_CACHE, fetch, fetch_official
 
 
 def main(argv: list[str] | None = None) -> int:

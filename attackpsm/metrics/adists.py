@@ -32,7 +32,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric
 from attackpsm.metrics.dists import (
     CHANNELS,
@@ -41,6 +40,7 @@ from attackpsm.metrics.dists import (
     build_vgg_stages,
     vgg_features,
 )
+from attackpsm.metrics.weights.store import load
 
 # (theta, tau) of the structure probability per stage (image, relu1_2 .. relu5_3); the
 # image stage's entry is never used (see the module docstring).
@@ -61,7 +61,7 @@ class ADISTS(Metric):
 
     Args:
         window_size: side of the Gaussian window of local statistics (21).
-        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights.store`).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
 
     References:
@@ -78,7 +78,7 @@ class ADISTS(Metric):
         if int(window_size) != window_size or window_size < 1:
             raise ValueError(f"A-DISTS window_size must be a positive integer, got {window_size}")
         self.window_size = int(window_size)
-        self.stages = build_vgg_stages(weights.load("vgg16", weights_dir, allow_fetch=allow_fetch))
+        self.stages = build_vgg_stages(load("vgg16", weights_dir, allow_fetch=allow_fetch))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("window", gaussian_window(self.window_size))

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attackpsm.images import to_unit
-from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric
+from attackpsm.metrics.weights.store import load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,7 +87,7 @@ class DISTS(Metric):
     """DISTS distance (Ding et al., 2020), on ``[0, 1]`` images as in the original.
 
     Args:
-        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights.store`).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
         require_grad: ``True`` (default): gradients reach the image through every stage,
             as the metric's definition implies. ``False`` reproduces the ``DISTS_pytorch``
@@ -112,8 +112,8 @@ class DISTS(Metric):
         if not isinstance(require_grad, bool):
             raise ValueError(f"dists: require_grad must be true or false, got {require_grad!r}")
         self.require_grad = require_grad
-        vgg = weights.load("vgg16", weights_dir, allow_fetch=allow_fetch)
-        params = weights.load("dists", weights_dir, allow_fetch=allow_fetch)
+        vgg = load("vgg16", weights_dir, allow_fetch=allow_fetch)
+        params = load("dists", weights_dir, allow_fetch=allow_fetch)
         self.stages = build_vgg_stages(vgg)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))

@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attackpsm.images import to_unit
-from attackpsm.metrics import weights
 from attackpsm.metrics.base import DRAWS, Metric, common_draws, draw_generator, taking_gradient
 from attackpsm.metrics.lpips import normalize_channels
+from attackpsm.metrics.weights.store import load, load_official
 
 # torchvision VGG16 ``features`` conv indices, per block; a 2x2 average pool precedes every
 # block but the first. E-LPIPS compares the input and the ReLU output of all 13 convolutions.
@@ -109,7 +109,7 @@ class ELPIPS(Metric):
         dropout_keep: keep probability of the dropout on convolution inputs (0.99).
         transforms: apply the random transformations (False: the E-LPIPS network on the
             images as they are).
-        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights.store`).
         weights_mirror: directory holding the official linear-layer file, used when its
             URL is unreachable (``paths.weights_mirror``).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
@@ -151,8 +151,8 @@ class ELPIPS(Metric):
         self.dropout_keep = float(dropout_keep)
         self.transforms = bool(transforms)
         self.stochastic = self.transforms or self.dropout_keep < 1.0
-        vgg = weights.load("vgg16", weights_dir, allow_fetch=allow_fetch)
-        lin = weights.load_official("elpips_vgg", weights_dir, weights_mirror, allow_fetch)
+        vgg = load("vgg16", weights_dir, allow_fetch=allow_fetch)
+        lin = load_official("elpips_vgg", weights_dir, weights_mirror, allow_fetch)
         self.convs = nn.ModuleDict()
         for index in itertools.chain(*VGG_BLOCKS):
             w = vgg[f"features.{index}.weight"]

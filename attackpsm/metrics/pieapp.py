@@ -7,7 +7,7 @@ piq's port of the authors' model.
 
 Online-only: the trained weights are published only as a web download (no package
 registry carries them), so ``pieapp`` works where ``make weights`` could fetch them and
-fails with :class:`~attackpsm.metrics.weights.WeightsUnavailable` elsewhere.
+fails with :class:`~attackpsm.metrics.weights.safeload.WeightsUnavailable` elsewhere.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from piq.functional import crop_patches
 from piq.pieapp import PieAPPModel
 
 from attackpsm.images import to_unit
-from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric
+from attackpsm.metrics.weights.store import load
 
 PATCH = 64
 
@@ -28,7 +28,7 @@ class PieAPP(Metric):
 
     Args:
         stride: step between patches (27 as in piq; a 64x64 image is one patch).
-        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights.store`).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
 
     References:
@@ -42,7 +42,7 @@ class PieAPP(Metric):
     def __init__(self, stride: int = 27, weights_dir: str | None = None, allow_fetch: bool = True):
         super().__init__()
         self.stride = stride
-        state = weights.load("pieapp", weights_dir, allow_fetch=allow_fetch)
+        state = load("pieapp", weights_dir, allow_fetch=allow_fetch)
         self.model = PieAPPModel()
         self.model.load_state_dict(state)
         self.freeze()

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attackpsm.metrics import weights
 from attackpsm.metrics.lpips import FeatureDistance, normalize_channels
+from attackpsm.metrics.weights.store import load
 
 
 class BlurPool(nn.Module):
@@ -84,7 +84,7 @@ class STLPIPS(FeatureDistance):
 
     Args:
         net: backbone, ``alex`` or ``vgg``.
-        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights.store`).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
 
     References:
@@ -107,7 +107,7 @@ class STLPIPS(FeatureDistance):
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
         self.register_buffer("shift", torch.zeros(1, 3, 1, 1))
         self.register_buffer("scale", torch.ones(1, 3, 1, 1))
-        self._load(weights.load(f"stlpips_{net}", weights_dir, allow_fetch=allow_fetch), layout)
+        self._load(load(f"stlpips_{net}", weights_dir, allow_fetch=allow_fetch), layout)
         self.freeze()
 
     def _load(self, state: dict[str, torch.Tensor], layout: dict[int, list[int]]) -> None:

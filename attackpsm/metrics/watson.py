@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from attackpsm.images import to_unit
-from attackpsm.metrics import weights
 from attackpsm.metrics.base import Metric, taking_gradient
+from attackpsm.metrics.weights.store import load_official
 
 EPS = 1e-10
 BLOCK = 8
@@ -80,7 +80,7 @@ class WatsonDFT(Metric):
             decision (a score without gradient) is the exact mean over all 64 shifts --
             every image of a triplet under the same shifts, so a zero perturbation never
             flips; a differentiated score draws one shift, as the release's loss does.
-        weights_dir: cache of pretrained weights (default: see :mod:`.weights`).
+        weights_dir: cache of pretrained weights (default: see :mod:`.weights.store`).
         weights_mirror: directory holding the official parameter file, used when its URL
             is unreachable (``paths.weights_mirror``).
         allow_fetch: fetch missing weights (False on compute nodes: fail fast instead).
@@ -102,7 +102,7 @@ class WatsonDFT(Metric):
         super().__init__()
         self.random_shift = bool(random_shift)
         self.stochastic = self.random_shift
-        state = weights.load_official("watson_dft_rgb", weights_dir, weights_mirror, allow_fetch)
+        state = load_official("watson_dft_rgb", weights_dir, weights_mirror, allow_fetch)
         # YCbCr = RGB @ transform + bias (the release stores the transposed matrix)
         self.register_buffer("transform", state["to_YCbCr.transform"].clone())
         self.register_buffer("bias", state["to_YCbCr.bias"].clone())

@@ -557,7 +557,7 @@ def passes(run: Run) -> tuple[float | None, float | None]:
 
 def _weights_sha256(metric_cfg: dict[str, Any], cache: dict[str, Any]) -> tuple[str | None, str]:
     """Content checksum of the built metric's parameters and buffers (the weights it ran
-    with: :func:`attackpsm.metrics.weights.content_sha256`), or ``None`` and why not."""
+    with: :func:`attackpsm.metrics.weights.store.content_sha256`), or ``None`` and why not."""
     from attackpsm.report.cards import config_hash
 
     key = config_hash(metric_cfg)
@@ -566,7 +566,7 @@ def _weights_sha256(metric_cfg: dict[str, Any], cache: dict[str, Any]) -> tuple[
             from omegaconf import OmegaConf
 
             from attackpsm.config import build
-            from attackpsm.metrics.weights import content_sha256
+            from attackpsm.metrics.weights.store import content_sha256
 
             metric = build(OmegaConf.create(metric_cfg))
             cache[key] = (

@@ -2,9 +2,10 @@
 
 The numbers ship inside the package as ``paper_tables.json``; nothing outside the package
 is read at run time. That file is generated from the plain-text rows of the paper's
-tables (one ``## [i] Table N: ...`` block per table, cells separated by ``' | '``)::
+tables (one ``## [i] Table N: ...`` block per table, cells separated by ``' | '``), read as
+:data:`TABLES` describes each table::
 
-    python -m attackpsm.report.paper path/to/tables.txt      # rewrites paper_tables.json
+    python -m attackpsm paper-tables path/to/tables.txt      # rewrites paper_tables.json
 
 Each record is one row of one table: where it applies (``table``, ``dataset``,
 ``resolution``, ``metric``, ``attack``, attack ``params``, ``agrees`` = ✓/✗) and its
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 DATA_FILE = "paper_tables.json"
 
@@ -116,6 +118,80 @@ def metric_key(cell: str) -> str | None:
     return METRIC_NAMES.get(text)
 
 
+# --- the paper's tables, described ----------------------------------------------------------
+#
+# ``tables.txt`` holds each table as rows of cells. Header rows end in text, data rows in a
+# number. A data row with fewer cells than its table has columns omits leading ones -- the
+# paper's merged cells: "✗ | 2477 | ..." continues the metric of the row above -- and
+# takes them from the row above. Each data row makes one record per output of its table.
+
+Reader = Callable[[str], dict[str, Any]]
+
+_BAPPS = {"dataset": "bapps", "resolution": 64}
+
+# The order of a record's values (its ``values`` keys follow it).
+_VALUE_ORDER = (
+    "accurate",
+    "accurate_pct",
+    "accuracy",
+    "afc2_full",
+    "samples",
+    "flipped",
+    "flipped_pct",
+    "mean_eps",
+    "pct_px_gt_0.001",
+    "pct_px_gt_0.01",
+    "pct_px_gt_0.03",
+    "rmse_mean",
+    "rmse_std",
+    "psnr_mean",
+    "psnr_std",
+    "sim_diff_mean",
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a paper table: how its cell is read and where the result goes.
+
+    ``into``: ``"record"`` (``metric``, ``resolution``, ``agrees``: shared by every output of
+    the row), ``"params"`` (attack parameters) or ``"values"``; ``output``: the output it
+    belongs to (``None``: every output of the row).
+    """
+
+    read: Reader
+    into: Literal["record", "params", "values"] = "values"
+    output: str | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record per data row: its attack, fixed attack parameters, and the name its
+    columns give (default: the attack)."""
+
+    attack: str
+    params: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name or self.attack
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """How to read Table ``number``: its columns, the records each row makes, the record
+    fields no column gives (``fixed``), how many leading cells a row may omit
+    (``carried``), and a header row the table must have (lower case), if any."""
+
+    number: int
+    columns: tuple[Column, ...]
+    outputs: tuple[Output, ...]
+    fixed: dict[str, Any] = field(default_factory=lambda: dict(_BAPPS))
+    carried: int = 0
+    header: tuple[str, ...] | None = None
+
+
 def _count_pct(cell: str) -> tuple[int, float]:
     """``'3759/39%'`` -> ``(3759, 39.0)``."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*([\d.]+)\s*%\s*", cell)
@@ -128,6 +204,173 @@ def _mu_sigma(cell: str) -> tuple[float, float]:
     """``'4.3/2.0'`` -> ``(4.3, 2.0)``."""
     a, b = cell.split("/")
     return float(a), float(b)
+
+
+def _agree(cell: str) -> str:
+    if cell not in ("✓", "✗"):
+        raise ValueError(f"expected ✓ or ✗, got {cell!r}")
+    return cell
+
+
+def _metric(cell: str) -> dict[str, Any]:
+    metric = metric_key(cell)
+    if metric is None:
+        raise ValueError(f"unknown metric in paper row: {cell!r}")
+    return {"metric": metric}
+
+
+def _resolution(cell: str) -> dict[str, Any]:
+    m = re.fullmatch(r"(\d+)x\d+", cell)
+    if not m:
+        raise ValueError(f"expected a resolution such as 64x64, got {cell!r}")
+    return {"resolution": int(m.group(1))}
+
+
+def _number(
+    name: str, into: Literal["params", "values"] = "values", output: str | None = None
+) -> Column:
+    return Column(lambda cell: {name: float(cell)}, into, output)
+
+
+def _count_pct_column(count: str, pct: str, output: str | None = None) -> Column:
+    return Column(
+        lambda cell: dict(zip((count, pct), _count_pct(cell), strict=True)), output=output
+    )
+
+
+def _flips(output: str | None = None) -> Column:
+    """``#Samples Flipped``: ``'count/pct%'``."""
+    return _count_pct_column("flipped", "flipped_pct", output)
+
+
+_METRIC = Column(_metric, "record")
+_AGREES = Column(lambda cell: {"agrees": _agree(cell)}, "record")
+_RESOLUTION = Column(_resolution, "record")
+_SAMPLES = Column(lambda cell: {"samples": int(cell)})
+_SKIPPED = Column(lambda cell: {})
+_RMSE_MU_SIGMA = Column(
+    lambda cell: dict(zip(("rmse_mean", "rmse_std"), _mu_sigma(cell), strict=True))
+)
+
+
+def _fgsm_columns(output: str) -> tuple[Column, ...]:
+    """``#Samples Flipped | Mean ε | RMSE μ | RMSE σ``."""
+    names = ("mean_eps", "rmse_mean", "rmse_std")
+    return (_flips(output), *(_number(n, output=output) for n in names))
+
+
+def _pgd_columns(output: str) -> tuple[Column, ...]:
+    """``#Samples Flipped | % pixels with ε >0.001 | >0.01 | >0.03 | RMSE μ | RMSE σ``."""
+    names = ("pct_px_gt_0.001", "pct_px_gt_0.01", "pct_px_gt_0.03", "rmse_mean", "rmse_std")
+    return (_flips(output), *(_number(n, output=output) for n in names))
+
+
+def _psnr_columns(output: str) -> tuple[Column, ...]:
+    """``PSNR μ | PSNR σ``."""
+    return (_number("psnr_mean", output=output), _number("psnr_std", output=output))
+
+
+_FGSM_05, _FGSM_03 = Output("fgsm", {"max_eps": 0.05}), Output("fgsm", {"max_eps": 0.03})
+_PGD = Output("pgd", {"alpha": 0.001})
+_ALPHA = _number("alpha", into="params")
+
+TABLES: tuple[PaperTable, ...] = (
+    # metric | 2AFC on complete BAPPS | accuracy on the subset
+    PaperTable(
+        1,
+        (_METRIC, _number("afc2_full"), _number("accuracy")),
+        (Output("none"),),
+        fixed={**_BAPPS, "agrees": None},
+    ),
+    # FGSM (ε < 0.05) | PGD | One-pixel
+    PaperTable(
+        2,
+        (
+            _METRIC,
+            _AGREES,
+            _SAMPLES,
+            *_fgsm_columns("fgsm"),
+            *_pgd_columns("pgd"),
+            _flips("onepixel"),
+        ),
+        (_FGSM_05, _PGD, Output("onepixel")),
+        carried=1,
+    ),
+    # |s0 - s1|
+    PaperTable(3, (_METRIC, _AGREES, _number("sim_diff_mean")), (Output("none"),), carried=1),
+    # PSNR of FGSM | PGD
+    PaperTable(
+        4,
+        (_METRIC, _AGREES, *_psnr_columns("fgsm"), *_psnr_columns("pgd")),
+        (_FGSM_05, _PGD),
+        carried=1,
+    ),
+    # transfer from LPIPS(Alex) stAdv samples, one column per source
+    PaperTable(
+        5,
+        (
+            _METRIC,
+            _count_pct_column("accurate", "accurate_pct"),
+            *(_flips(source) for source in TRANSFER_SOURCES.values()),
+        ),
+        tuple(
+            Output("transfer", {"source": source}, name=source)
+            for source in TRANSFER_SOURCES.values()
+        ),
+        fixed={**_BAPPS, "agrees": "✓"},
+        header=tuple(TRANSFER_SOURCES),
+    ),
+    # whitebox PGD on PieAPP, then on CLIC: metric | resolution | agrees | samples | PGD
+    *(
+        PaperTable(
+            table,
+            (_METRIC, _RESOLUTION, _AGREES, _SAMPLES, *_pgd_columns("pgd")),
+            (_PGD,),
+            fixed={"dataset": dataset},
+            carried=2,
+        )
+        for table, dataset in ((6, "pieapp"), (7, "clic"))
+    ),
+    # stAdv on LPIPS(Alex), PieAPP: resolution | samples | alpha of Eq. 4 | flipped | RMSE
+    PaperTable(
+        8,
+        (_RESOLUTION, _SAMPLES, _ALPHA, _flips(), _RMSE_MU_SIGMA),
+        (Output("stadv"),),
+        fixed={"dataset": "pieapp", "metric": "lpips_alex", "agrees": "✓"},
+        carried=2,
+    ),
+    # transfer PGD(20) on PieAPP (256x256: 1184 accurate, Table 6)
+    PaperTable(
+        9,
+        (_METRIC, _count_pct_column("accurate", "accurate_pct"), _flips()),
+        (Output("transfer", {"source": "PGD(20)"}),),
+        fixed={"dataset": "pieapp", "resolution": 256, "agrees": "✓"},
+    ),
+    # FGSM (ε < 0.03) | PGD
+    PaperTable(
+        10,
+        (_METRIC, _AGREES, _SAMPLES, *_fgsm_columns("fgsm"), *_pgd_columns("pgd")),
+        (_FGSM_03, _PGD),
+        carried=1,
+    ),
+    # PGD with step size alpha: metric | alpha | agrees | samples | PGD
+    PaperTable(
+        11,
+        (_METRIC, _ALPHA, _AGREES, _SAMPLES, *_pgd_columns("pgd")),
+        (Output("pgd"),),
+        carried=2,
+    ),
+    # reverse PGD on LPIPS(Alex); first cell: the metric, or its citation on the second row
+    PaperTable(
+        12,
+        (_SKIPPED, _AGREES, _SAMPLES, *_pgd_columns("pgd_reverse")),
+        (Output("pgd_reverse"),),
+        fixed={**_BAPPS, "metric": "lpips_alex"},
+    ),
+)
+
+
+# --- the generic parser ---------------------------------------------------------------------
 
 
 def _blocks(text: str) -> dict[int, list[list[str]]]:
@@ -155,284 +398,65 @@ def _data_rows(rows: list[list[str]]) -> list[list[str]]:
     return [r for r in rows if _is_number(r[-1]) and len(r) > 1]
 
 
-def _carry_metric(rows: list[list[str]], width: int) -> list[tuple[str, list[str]]]:
-    """Rows whose metric cell is omitted (continuation rows) inherit the previous metric.
-
-    A row with ``width`` cells starts a new metric; shorter rows continue it.
-    """
-    out, metric = [], None
-    for r in rows:
-        rest = r
-        if len(r) == width:
-            metric, rest = metric_key(r[0]), r[1:]
-            if metric is None:
-                raise ValueError(f"unknown metric in paper row: {r[0]!r}")
-        out.append((metric, rest))
-    return out
-
-
-def _agree(cell: str) -> str:
-    if cell not in ("✓", "✗"):
-        raise ValueError(f"expected ✓ or ✗, got {cell!r}")
-    return cell
+def _full_rows(table: PaperTable, rows: list[list[str]]) -> list[list[str]]:
+    """The data rows of ``table`` with their omitted leading cells taken from the row above."""
+    width, above, full = len(table.columns), None, []
+    for row in _data_rows(rows):
+        omitted = width - len(row)
+        if not 0 <= omitted <= table.carried or (omitted and above is None):
+            raise ValueError(
+                f"Table {table.number} has {width} columns (a row may omit its first "
+                f"{table.carried}), not {len(row)}: {' | '.join(row)!r}"
+            )
+        above = above[:omitted] + row if omitted else row
+        full.append(above)
+    return full
 
 
-def _rec(table, dataset, resolution, metric, attack, agrees, values, **params) -> dict[str, Any]:
-    return {
-        "table": table,
-        "dataset": dataset,
-        "resolution": resolution,
-        "metric": metric,
-        "attack": attack,
-        "params": params,
-        "agrees": agrees,
-        "values": values,
-    }
-
-
-def _flips(cell: str) -> dict[str, float]:
-    n, pct = _count_pct(cell)
-    return {"flipped": n, "flipped_pct": pct}
-
-
-def _pgd_cells(cells: list[str]) -> dict[str, float]:
-    """``flipped | %px>0.001 | %px>0.01 | %px>0.03 | RMSE μ | RMSE σ``."""
-    return {
-        **_flips(cells[0]),
-        "pct_px_gt_0.001": float(cells[1]),
-        "pct_px_gt_0.01": float(cells[2]),
-        "pct_px_gt_0.03": float(cells[3]),
-        "rmse_mean": float(cells[4]),
-        "rmse_std": float(cells[5]),
-    }
-
-
-def _fgsm_cells(cells: list[str]) -> dict[str, float]:
-    """``flipped | mean ε | RMSE μ | RMSE σ``."""
-    return {
-        **_flips(cells[0]),
-        "mean_eps": float(cells[1]),
-        "rmse_mean": float(cells[2]),
-        "rmse_std": float(cells[3]),
-    }
-
-
-# Table 2, after ``agrees | samples``: each attack's columns, how to read them, its parameters
-_TABLE2_ATTACKS = (
-    ("fgsm", slice(2, 6), _fgsm_cells, {"max_eps": 0.05}),
-    ("pgd", slice(6, 12), _pgd_cells, {"alpha": 0.001}),
-    ("onepixel", slice(12, 13), lambda cells: _flips(cells[0]), {}),
-)
+def _row_records(table: PaperTable, cells: list[str]) -> list[dict[str, Any]]:
+    """The records of one full data row of ``table``."""
+    fields = dict(table.fixed)
+    params: dict[str | None, dict[str, Any]] = {None: {}}
+    values: dict[str | None, dict[str, Any]] = {None: {}}
+    for column, cell in zip(table.columns, cells, strict=True):
+        read = column.read(cell)
+        if column.into == "record":
+            fields.update(read)
+        else:
+            into = params if column.into == "params" else values
+            into.setdefault(column.output, {}).update(read)
+    recs = []
+    for out in table.outputs:
+        value = {**values[None], **values.get(out.key, {})}
+        recs.append(
+            {
+                "table": table.number,
+                "dataset": fields["dataset"],
+                "resolution": fields["resolution"],
+                "metric": fields["metric"],
+                "attack": out.attack,
+                "params": {**params[None], **params.get(out.key, {}), **out.params},
+                "agrees": fields["agrees"],
+                "values": {k: value[k] for k in sorted(value, key=_VALUE_ORDER.index)},
+            }
+        )
+    return recs
 
 
 def parse_tables(text: str) -> list[dict[str, Any]]:
-    """All records of Tables 1-12 (figure value panels are skipped)."""
+    """All records of Tables 1-12 as :data:`TABLES` describes them (figure panels skipped)."""
     blocks = _blocks(text)
     recs: list[dict[str, Any]] = []
-    bapps = dict(dataset="bapps", resolution=64)
-
-    for r in _data_rows(blocks[1]):  # metric | 2AFC full | accuracy subset
-        m = metric_key(r[0])
-        recs.append(
-            _rec(
-                1,
-                agrees=None,
-                metric=m,
-                attack="none",
-                values={"accuracy": float(r[2]), "afc2_full": float(r[1])},
-                **bapps,
+    for table in TABLES:
+        if table.number not in blocks:
+            raise ValueError(f"the tables file has no '## [i] Table {table.number}:' block")
+        rows = blocks[table.number]
+        if table.header and table.header not in {tuple(c.lower() for c in r) for r in rows}:
+            raise ValueError(
+                f"Table {table.number} lacks its header row {' | '.join(table.header)!r}"
             )
-        )
-
-    for m, c in _carry_metric(_data_rows(blocks[2]), 14):  # Table 2: FGSM | PGD | One-pixel
-        agrees, samples = _agree(c[0]), int(c[1])
-        for attack, cols, cells, params in _TABLE2_ATTACKS:
-            recs.append(
-                _rec(
-                    2,
-                    agrees=agrees,
-                    metric=m,
-                    attack=attack,
-                    values={"samples": samples, **cells(c[cols])},
-                    **params,
-                    **bapps,
-                )
-            )
-
-    for m, c in _carry_metric(_data_rows(blocks[3]), 3):  # Table 3: |s0 - s1|
-        recs.append(
-            _rec(
-                3,
-                agrees=_agree(c[0]),
-                metric=m,
-                attack="none",
-                values={"sim_diff_mean": float(c[1])},
-                **bapps,
-            )
-        )
-
-    for m, c in _carry_metric(_data_rows(blocks[4]), 6):  # Table 4: PSNR FGSM | PGD
-        agrees = _agree(c[0])
-        recs.append(
-            _rec(
-                4,
-                agrees=agrees,
-                metric=m,
-                attack="fgsm",
-                values={"psnr_mean": float(c[1]), "psnr_std": float(c[2])},
-                max_eps=0.05,
-                **bapps,
-            )
-        )
-        recs.append(
-            _rec(
-                4,
-                agrees=agrees,
-                metric=m,
-                attack="pgd",
-                values={"psnr_mean": float(c[3]), "psnr_std": float(c[4])},
-                alpha=0.001,
-                **bapps,
-            )
-        )
-
-    header5 = next(r for r in blocks[5] if r[0].lower().startswith("pgd(10)"))
-    sources5 = [TRANSFER_SOURCES[h.lower()] for h in header5]
-    for r in _data_rows(blocks[5]):  # Table 5: transfer from LPIPS(Alex) stAdv samples
-        m, (acc, acc_pct) = metric_key(r[0]), _count_pct(r[1])
-        for source, cell in zip(sources5, r[2:], strict=True):
-            recs.append(
-                _rec(
-                    5,
-                    agrees="✓",
-                    metric=m,
-                    attack="transfer",
-                    values={"accurate": acc, "accurate_pct": acc_pct, **_flips(cell)},
-                    source=source,
-                    **bapps,
-                )
-            )
-
-    for table, dataset in ((6, "pieapp"), (7, "clic")):  # metric | res | agrees | samples | PGD
-        metric = res = None
-        for r in _data_rows(blocks[table]):
-            cells = list(r)
-            if metric_key(cells[0]) is not None:
-                metric = metric_key(cells.pop(0))
-            if re.fullmatch(r"\d+x\d+", cells[0]):
-                res = int(cells.pop(0).split("x")[0])
-            agrees, samples = _agree(cells[0]), int(cells[1])
-            recs.append(
-                _rec(
-                    table,
-                    dataset=dataset,
-                    resolution=res,
-                    metric=metric,
-                    attack="pgd",
-                    agrees=agrees,
-                    values={"samples": samples, **_pgd_cells(cells[2:8])},
-                    alpha=0.001,
-                )
-            )
-
-    res = samples = None
-    for r in _data_rows(blocks[8]):  # Table 8: stAdv on LPIPS(Alex), PieAPP, alpha of Eq. 4
-        cells = list(r)
-        if re.fullmatch(r"\d+x\d+", cells[0]):
-            res, samples = int(cells[0].split("x")[0]), int(cells[1])
-            cells = cells[2:]
-        rmse_mean, rmse_std = _mu_sigma(cells[2])
-        recs.append(
-            _rec(
-                8,
-                dataset="pieapp",
-                resolution=res,
-                metric="lpips_alex",
-                attack="stadv",
-                agrees="✓",
-                values={
-                    "samples": samples,
-                    **_flips(cells[1]),
-                    "rmse_mean": rmse_mean,
-                    "rmse_std": rmse_std,
-                },
-                alpha=float(cells[0]),
-            )
-        )
-
-    for r in _data_rows(
-        blocks[9]
-    ):  # Table 9: transfer PGD(20) on PieAPP (256x256: 1184 accurate, Table 6)
-        m, (acc, acc_pct) = metric_key(r[0]), _count_pct(r[1])
-        recs.append(
-            _rec(
-                9,
-                dataset="pieapp",
-                resolution=256,
-                metric=m,
-                attack="transfer",
-                agrees="✓",
-                values={"accurate": acc, "accurate_pct": acc_pct, **_flips(r[2])},
-                source="PGD(20)",
-            )
-        )
-
-    for m, c in _carry_metric(_data_rows(blocks[10]), 13):  # Table 10: FGSM (ε < 0.03) | PGD
-        agrees, samples = _agree(c[0]), int(c[1])
-        recs.append(
-            _rec(
-                10,
-                agrees=agrees,
-                metric=m,
-                attack="fgsm",
-                values={"samples": samples, **_fgsm_cells(c[2:6])},
-                max_eps=0.03,
-                **bapps,
-            )
-        )
-        recs.append(
-            _rec(
-                10,
-                agrees=agrees,
-                metric=m,
-                attack="pgd",
-                values={"samples": samples, **_pgd_cells(c[6:12])},
-                alpha=0.001,
-                **bapps,
-            )
-        )
-
-    metric = alpha = None
-    for r in _data_rows(blocks[11]):  # Table 11: PGD alpha
-        cells = list(r)
-        if metric_key(cells[0]) is not None:
-            metric = metric_key(cells.pop(0))
-        if cells[0] not in ("✓", "✗"):
-            alpha = float(cells.pop(0))
-        recs.append(
-            _rec(
-                11,
-                agrees=_agree(cells[0]),
-                metric=metric,
-                attack="pgd",
-                values={"samples": int(cells[1]), **_pgd_cells(cells[2:8])},
-                alpha=alpha,
-                **bapps,
-            )
-        )
-
-    for r in _data_rows(blocks[12]):  # Table 12: reverse PGD on LPIPS(Alex)
-        cells = r[1:]  # first cell: the metric, or its citation on the second row
-        recs.append(
-            _rec(
-                12,
-                agrees=_agree(cells[0]),
-                metric="lpips_alex",
-                attack="pgd_reverse",
-                values={"samples": int(cells[1]), **_pgd_cells(cells[2:8])},
-                **bapps,
-            )
-        )
+        for cells in _full_rows(table, rows):
+            recs.extend(_row_records(table, cells))
     return recs
 
 
@@ -480,19 +504,14 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def write_data_file(tables_txt: Path, out: Path | None = None) -> Path:
+    """Parse the paper's tables file and write its records to ``out`` (default: the
+    package's ``paper_tables.json``); the path written."""
     recs = parse_tables(Path(tables_txt).read_text(encoding="utf-8"))
     out = out or Path(__file__).with_name(DATA_FILE)
     payload = {
         "source": "Ghildyal & Liu, Attacking Perceptual Similarity Metrics, TMLR 2023: Tables 1-12",
-        "generated_by": "python -m attackpsm.report.paper <tables.txt>",
+        "generated_by": "python -m attackpsm paper-tables <tables.txt>",
         "records": recs,
     }
     out.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m attackpsm.report.paper <tables.txt>")
-    path = write_data_file(Path(sys.argv[1]))
-    print(f"wrote {len(json.loads(path.read_text())['records'])} records to {path}")

@@ -201,7 +201,7 @@ def test_bench_certify_reports_samples_per_second(tmp_path):
 
     result = certify_throughput("l2", triplets=2, samples=20, max_batch=16)
     assert result["samples_per_triplet"] == 22 and result["samples_per_s"] > 0
-    with pytest.raises(ValueError, match="metric.base must be one of"):
+    with pytest.raises(SystemExit, match="metric.base must be one of .*'lpips_alex'.*got 'nope'"):
         main(["certify", "--metric", "nope", "--device", "cpu", "--out", str(tmp_path / "b.json")])
 
 

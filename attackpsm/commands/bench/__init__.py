@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from attackpsm.commands.bench.common import resolve_device
+    from attackpsm.config import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in MODES and argv[0] not in ("-h", "--help")):
@@ -66,4 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return importlib.import_module(MODES[args.mode]).run(args, device)
+    try:
+        return importlib.import_module(MODES[args.mode]).run(args, device)
+    except ConfigError as error:  # a bad option or key: one line naming the valid ones
+        raise SystemExit(str(error)) from error

@@ -48,13 +48,13 @@ test-cluster: weights ## Real SLURM job arrays: needs a cluster (sudo launchers/
 	ATTACKPSM_REQUIRE_SLURM=1 $(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
 bench: weights ## Engine vs per-triplet loop: throughput, ratio, peak memory, same decisions (bench.json)
-	$(PY) -m attackpsm bench --out bench.json $(BENCH_ARGS)
+	$(PY) -m attackpsm bench engine --out bench.json $(BENCH_ARGS)
 
 bench-certify: weights ## Certification throughput: noisy samples/s of attack=certify, LPIPS(Alex) (bench-certify.json)
-	$(PY) -m attackpsm bench --certify lpips_alex --out bench-certify.json $(BENCH_ARGS)
+	$(PY) -m attackpsm bench certify --metric lpips_alex --out bench-certify.json $(BENCH_ARGS)
 
 bench-logging: weights ## W&B logging overhead: one job with logger=none vs wandb offline (bench-logging.json)
-	$(PY) -m attackpsm bench --logging --out bench-logging.json $(BENCH_ARGS)
+	$(PY) -m attackpsm bench logging --out bench-logging.json $(BENCH_ARGS)
 
 gpu-bundle: weights ## Wheels and weights in .gpu/ for an offline GPU machine; there: launchers/gpu_check.sh OUT_DIR
 	PY=$(PY) launchers/gpu_bundle.sh

@@ -30,10 +30,9 @@ from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import open_dict
 
 from attackpsm.attacks.base import Attack
-from attackpsm.config import ConfigError, build, check_node, compose, option_names
+from attackpsm.config import ConfigError, build, compose_option
 from attackpsm.data.base import Batch, TripletDataset, collate
 from attackpsm.engine import FittingBatches
 from attackpsm.job.run import run as run_job
@@ -42,22 +41,6 @@ from attackpsm.metrics.base import Metric
 from attackpsm.storage import read_run
 
 __all__ = ["attack", "dataset", "evaluate", "metric", "run"]
-
-
-def _node(group: str, name: str, overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
-    """The composed config of ``<group>=<name>`` with ``overrides`` set on its node."""
-    if name not in option_names(group):
-        raise ConfigError(
-            f"{group}={name!r} is not an option; the options of {group}: "
-            + ", ".join(option_names(group))
-        )
-    cfg = compose([f"{group}={name}", *extra])
-    node = cfg[group]
-    with open_dict(node):
-        for key, value in overrides.items():
-            node[key] = value
-    check_node(node, group)
-    return cfg
 
 
 def metric(name: str, **overrides: Any) -> Metric:
@@ -74,7 +57,7 @@ def metric(name: str, **overrides: Any) -> Metric:
         >>> float(lpips.score(lpips.prepare(x), x))
         0.0
     """
-    cfg = _node("metric", name, overrides)
+    cfg = compose_option("metric", name, overrides)
     return build(cfg.metric)
 
 
@@ -92,7 +75,7 @@ def attack(name: str, **overrides: Any) -> Attack:
     """
     from attackpsm.attacks.target import build_attack
 
-    cfg = _node("attack", name, overrides)
+    cfg = compose_option("attack", name, overrides)
     return build_attack(cfg.attack)  # `target=reference` / `both` as on the command line
 
 
@@ -110,7 +93,7 @@ def dataset(
 
     choice = f"resolution={resolution}"
     register_sizes([choice])
-    cfg = _node("dataset", name, overrides, extra=[choice])
+    cfg = compose_option("dataset", name, overrides, extra=[choice])
     return build(cfg.dataset, size=cfg.resolution.size)
 
 

@@ -260,6 +260,28 @@ def option_names(group: str) -> list[str]:
     return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
 
 
+def compose_option(
+    group: str, name: str, overrides: dict[str, Any] | None = None, extra: Sequence[str] = ()
+) -> DictConfig:
+    """The composed config of ``<group>=<name>`` (and the ``extra`` command-line overrides)
+    with ``overrides`` set on its node and checked (:func:`check_node`), as
+    ``python -m attackpsm <group>=<name> <group>.<key>=<value>`` composes it."""
+    from omegaconf import open_dict
+
+    if name not in option_names(group):
+        raise ConfigError(
+            f"{group}={name!r} is not an option; the options of {group}: "
+            + ", ".join(option_names(group))
+        )
+    cfg = compose([f"{group}={name}", *extra])
+    node = cfg[group]
+    with open_dict(node):
+        for key, value in (overrides or {}).items():
+            node[key] = value
+    check_node(node, group)
+    return cfg
+
+
 def check_overrides(args: Sequence[str]) -> None:
     """Keys of group options given on a command line exist in every option they apply to.
 

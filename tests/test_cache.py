@@ -278,7 +278,7 @@ def test_run_with_cache_gives_the_same_table_bit_for_bit(bapps_root, tmp_path):
 
 
 def test_bench_loading_rows(tmp_path):
-    from attackpsm.commands.bench import format_pipeline, loading, make_bapps_layout
+    from attackpsm.commands.bench.loading import format_pipeline, loading, make_bapps_layout
 
     root = make_bapps_layout(tmp_path / "bapps", triplets=5, unique=2)
     ds = BAPPS(size=SIZE, root=root, filter="all")

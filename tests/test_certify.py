@@ -196,12 +196,13 @@ def test_certified_radii_above_the_empirical_ones_are_counted_against_alpha(capl
 
 
 def test_bench_certify_reports_samples_per_second(tmp_path):
-    from attackpsm.commands.bench import certify_throughput, main
+    from attackpsm.commands.bench import main
+    from attackpsm.commands.bench.certify import certify_throughput
 
     result = certify_throughput("l2", triplets=2, samples=20, max_batch=16)
     assert result["samples_per_triplet"] == 22 and result["samples_per_s"] > 0
-    with pytest.raises(ValueError, match="metric.base must be one of"):
-        main(["--certify", "nope", "--device", "cpu", "--out", str(tmp_path / "b.json")])
+    with pytest.raises(SystemExit, match="metric.base must be one of .*'lpips_alex'.*got 'nope'"):
+        main(["certify", "--metric", "nope", "--device", "cpu", "--out", str(tmp_path / "b.json")])
 
 
 def test_a_run_gives_the_same_certificates_whatever_the_batch_size(tmp_path):

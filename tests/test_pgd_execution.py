@@ -167,9 +167,10 @@ def test_compiled_l2_decides_the_same(batch):
 
 
 def test_bench_engine_mode_rows(lpips_alex):
-    """``python -m attackpsm bench --engine-mode``: one row per mode, decisions compared
+    """``python -m attackpsm bench modes``: one row per mode, decisions compared
     with the default loop triplet by triplet."""
-    from attackpsm.commands.bench import Workload, engine_modes, format_engine_modes
+    from attackpsm.commands.bench.modes import engine_modes, format_engine_modes
+    from attackpsm.commands.bench.workloads import Workload
 
     w = Workload("pgd", "lpips_alex", 32, "pgd", {"max_iterations": 6}, triplets=6, batch_size=4)
     rows = engine_modes(w, torch.device("cpu"), ["shrink", "masked", "compact:2"], [], passes=1)
@@ -182,12 +183,13 @@ def test_bench_engine_mode_rows(lpips_alex):
 
 @pytest.mark.parametrize("mode", ["fixed", "compact:0", "compact:x", "masked:-1"])
 def test_bench_bad_engine_mode_is_a_clear_error(mode, tmp_path):
-    from attackpsm.commands.bench import main, parse_engine_mode
+    from attackpsm.commands.bench import main
+    from attackpsm.commands.bench.modes import parse_engine_mode
 
     with pytest.raises(ValueError, match=r"unknown engine mode .*valid: shrink \| masked"):
         parse_engine_mode(mode)
     with pytest.raises(SystemExit, match="unknown engine mode"):
-        main(["--device", "cpu", "--engine-mode", mode, "--out", str(tmp_path / "b.json")])
+        main(["modes", mode, "--device", "cpu", "--out", str(tmp_path / "b.json")])
 
 
 def test_execution_options_as_config_overrides(cfg_factory):

@@ -336,6 +336,16 @@ def test_square_sweep_prints_one_row_per_setting(capsys):
     assert all(0 <= int(r.split("|")[6]) <= 2 for r in rows)
 
 
+def test_square_sweep_composes_each_norm_from_conf():
+    """The sweep's attacks are ``attack=square`` / ``square_l2`` with its three keys set."""
+    from attackpsm.commands.square_sweep import square
+
+    linf, l2 = square("linf", 0.01, 50, 0.3), square("l2", 0.5, 60, 0.05)
+    assert (linf.norm, linf.eps, linf.max_queries, linf.p_init) == ("linf", 0.01, 50, 0.3)
+    assert (l2.norm, l2.eps, l2.max_queries, l2.p_init) == ("l2", 0.5, 60, 0.05)
+    assert linf.seed == l2.seed == 0  # the run's `seed` (conf/config.yaml)
+
+
 # --- integer parameters -------------------------------------------------------------------
 
 

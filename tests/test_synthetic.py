@@ -176,3 +176,15 @@ def test_calibration_table_against_the_paper(capsys):
     assert "| ssim |" in out and "| 80.8% |" in out and "| 0.114 |" in out
     with pytest.raises(SystemExit):
         main(["--metrics", "nope"])
+
+
+def test_calibration_metrics_are_the_conf_options():
+    """``calibrate`` builds each metric from ``conf/metric/<name>.yaml``, as a run does."""
+    from attackpsm.commands.calibrate import build_metric
+    from attackpsm.config import build, compose_option
+
+    ssim = build_metric("ssim")
+    assert type(ssim) is type(build(compose_option("metric", "ssim").metric))
+    assert type(ssim).__name__ == "SSIM"
+    with pytest.raises(ValueError, match=r"unknown metric 'nope'; valid: \['dists', 'l2'"):
+        build_metric("nope")

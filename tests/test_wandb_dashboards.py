@@ -413,7 +413,7 @@ def test_bench_measures_the_logging_overhead(tmp_path):
 
     out = tmp_path / "bench-logging.json"
     args = ["dataset.num_triplets=4", "metric=l2", "attack.max_iterations=2", "resolution=64"]
-    assert bench(["--device", "cpu", "--logging", *args, "--repeats", "1", "--out", str(out)]) == 0
+    assert bench(["logging", *args, "--device", "cpu", "--repeats", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [len(result["seconds"][k]) for k in ("none", "wandb_offline")] == [1, 1]
     ratio = result["median_wandb_offline_s"] / result["median_none_s"]

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("attackpsm.commands.weights", "fetch and verify pretrained weights"),
     "bench": (
         "attackpsm.commands.bench",
-        "engine vs per-triplet loop: throughput, memory, decisions",
+        "engine vs per-triplet loop (default), loading, PGD modes, certify, logging",
     ),
     "calibrate": ("attackpsm.commands.calibrate", "the synthetic set against BAPPS (Tables 1, 3)"),
     "craft": ("attackpsm.commands.craft", "craft adversarial images for a transfer study"),

@@ -46,21 +46,13 @@ ACCURACY_TOLERANCE = 8.0
 
 
 def build_metric(name: str):
-    """One of :data:`METRICS` with its real pretrained weights."""
-    from attackpsm.metrics.classic import L2, SSIM
-    from attackpsm.metrics.dists import DISTS
-    from attackpsm.metrics.lpips import LPIPS
+    """One of :data:`METRICS` composed from ``conf/metric/<name>.yaml``, as a run builds it
+    (real pretrained weights)."""
+    from attackpsm.config import build, compose_option
 
-    builders = {
-        "l2": L2,
-        "ssim": SSIM,
-        "lpips_alex": lambda: LPIPS("alex"),
-        "lpips_vgg": lambda: LPIPS("vgg"),
-        "dists": DISTS,
-    }
-    if name not in builders:
-        raise ValueError(f"unknown metric {name!r}; valid: {sorted(builders)}")
-    return builders[name]()
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; valid: {sorted(METRICS)}")
+    return build(compose_option("metric", name).metric)
 
 
 def load(data: SyntheticTriplets, quantized: bool = True):

@@ -2,7 +2,8 @@
 
 The Square paper (Andriushchenko et al., 2020, Sec. 4) tuned ``p_init`` on ImageNet
 classifiers; a 2AFC rank on small images is another objective. This sweep runs
-:class:`~attackpsm.attacks.square.Square` with each ``p_init`` on held-out synthetic
+:class:`~attackpsm.attacks.square.Square` (``attack=square`` / ``square_l2`` on
+``metric=lpips_alex``, composed from ``conf/``) with each ``p_init`` on held-out synthetic
 triplets (a generation seed no test and no default run uses) and prints, per setting, the
 triplets flipped and the mean queries; the defaults in ``conf/attack/square.yaml`` and
 ``square_l2.yaml`` were chosen from its output (docs/research.md, "Square attack p_init").
@@ -18,13 +19,20 @@ import time
 
 import torch
 
-from attackpsm.attacks.square import Square
+from attackpsm.config import build, compose_option
 from attackpsm.data.base import collate
 from attackpsm.data.synthetic import SyntheticTriplets
-from attackpsm.metrics.lpips import LPIPS
 from attackpsm.protocol.twoafc import choose_prey
 
 HELD_OUT_SEED = 1009  # not the default dataset seed (0) nor a test's
+# the conf/attack option of each norm
+OPTIONS = {"linf": "square", "l2": "square_l2"}
+
+
+def square(norm: str, eps: float, max_queries: int, p_init: float):
+    """The Square attack of ``conf/attack/`` for ``norm`` with these parameters."""
+    overrides = {"eps": eps, "max_queries": max_queries, "p_init": p_init}
+    return build(compose_option("attack", OPTIONS[norm], overrides).attack)
 
 
 def sweep(
@@ -36,7 +44,7 @@ def sweep(
     seed: int = HELD_OUT_SEED,
 ) -> list[dict]:
     """One row per (norm, size, budget, p_init): triplets flipped, mean queries, seconds."""
-    metric = LPIPS("alex")
+    metric = build(compose_option("metric", "lpips_alex").metric)
     rows = []
     for size in sizes:
         data = SyntheticTriplets(size=size, num_triplets=num_triplets, seed=seed)
@@ -48,7 +56,7 @@ def sweep(
         for norm, eps in norms.items():
             for budget in budgets:
                 for p_init in p_inits:
-                    attack = Square(eps=eps, max_queries=budget, p_init=p_init, norm=norm)
+                    attack = square(norm, eps, budget, p_init)
                     start = time.perf_counter()
                     out = attack.run(metric, prepared, prey, chosen.s_other)
                     rows.append(

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attackpsm import dashboard
+from attackpsm.commands import dashboard
 from attackpsm.job.run import run
+from attackpsm.report.dashboard import build_workspace
 from tests import wandb_offline
 
 # l2 at 64x64: seconds per run; a budget where about half of the triplets flip
@@ -304,7 +305,7 @@ def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path,
     assert {"examples/agree"} <= {k for p in panels.values() for k in p.get("keys", [])}
     assert "flip_rate per subset" in panels and "histogram of margin" in panels
     pytest.importorskip("wandb_workspaces")
-    workspace = dashboard.build_workspace(spec)  # the same specification, as W&B's objects
+    workspace = build_workspace(spec)  # the same specification, as W&B's objects
     assert [s.name for s in workspace.sections] == [s["name"] for s in spec["sections"]]
     assert workspace._to_model() is not None
 
@@ -603,7 +604,7 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
     pytest.importorskip("wandb_workspaces")
     import wandb_workspaces.reports.v2 as wr
 
-    workspace = dashboard.build_workspace({**spec, "entity": "team"})
+    workspace = build_workspace({**spec, "entity": "team"})
     panel = workspace.sections[0].panels[0]
     assert isinstance(panel, wr.CustomChart) and panel.chart_name == "wandb/line/v0"
     assert panel.query == {"summaryTable": {"tableKey": "sweep/curves/eps_table"}}

@@ -305,21 +305,21 @@ def check_int(name: str, value: Any, minimum: int, note: str = "") -> None:
 
 
 def attack_class(node: Mapping[str, Any]) -> type[Attack]:
-    """The attack class a config node names in ``_target_`` (imported, not instantiated);
+    """The attack class a config node names in ``_target_``, imported, not instantiated;
     only classes of :mod:`attackpsm.attacks` are accepted."""
     target = str(node.get("_target_") or "")
     module, _, name = target.rpartition(".")
-    if not module.startswith("attackpsm.attacks."):
-        raise ValueError(
-            f"attack _target_ {target!r} is not a class of attackpsm.attacks: "
-            "an attack config names one, e.g. attackpsm.attacks.pgd.PGD"
-        )
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"attack _target_ {target!r} names no class: {error}") from None
+    cls = None
+    if module.startswith("attackpsm.attacks."):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
     if not (isinstance(cls, type) and issubclass(cls, Attack)):
-        raise ValueError(f"attack _target_ {target!r} is not an Attack subclass")
+        raise ValueError(
+            f"attack _target_ {target!r} is not an attack class of attackpsm.attacks "
+            "(e.g. attackpsm.attacks.pgd.PGD): its threat model is unknown"
+        )
     return cls
 
 

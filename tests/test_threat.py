@@ -83,11 +83,11 @@ def test_every_attack_option_resolves_to_its_declared_threat_model(option):
     assert "threat" in vars(cls), f"{cls.__name__} inherits its threat model: declare one"
     threat = threat_of(node)
     assert threat.access in ACCESS
-    assert (threat_model(node), budget(node), threat.leaderboard) == LABELS[option]
+    assert (threat_model(node), budget(node), threat.counts_for) == LABELS[option]
     for target in ("reference", "both"):  # attack.target: its own leaderboard rows only
         other = threat_of({**node, "target": target})
         assert other.label == threat.label
-        assert other.leaderboard == [f"{t}-{target}" for t in threat.leaderboard]
+        assert other.counts_for == [f"{t}-{target}" for t in threat.counts_for]
 
 
 @pytest.mark.parametrize("cls", attack_classes(), ids=lambda c: c.__name__)
@@ -115,9 +115,9 @@ def test_composites_derive_their_threat_model_from_their_parts():
     square_l2 = {"_target_": A + "square.Square", "eps": 0.25, "norm": "l2"}
     cascade = {"_target_": A + "cascade.Cascade", "attacks": [apgd_l2, square_l2]}
     assert (threat_of(cascade).norm, threat_of(cascade).eps) == ("l2", 0.5)
-    assert threat_of(cascade).leaderboard == ["l2"]  # one white-box part: not black-box
+    assert threat_of(cascade).counts_for == ["l2"]  # one white-box part: not black-box
     blackbox = {**cascade, "attacks": [square_l2]}
-    assert threat_of(blackbox).leaderboard == ["l2", "l2-blackbox"]
+    assert threat_of(blackbox).counts_for == ["l2", "l2-blackbox"]
     eot = {"_target_": A + "eot.EoT", "attack": square_l2}
     assert threat_of(eot).randomised and threat_of(eot).label == "l2-blackbox"
     assert not threat_of(square_l2).randomised

@@ -98,7 +98,7 @@ class Threat:
         )
 
     @property
-    def leaderboard(self) -> list[str]:
+    def counts_for(self) -> list[str]:
         """The leaderboard's threat models this attack counts for (``[]``: none).
 
         ``linf`` counts every ℓ∞ attack, white- or black-box, ``linf-blackbox`` the

@@ -44,7 +44,7 @@ def is_empirical_l2(run: Run) -> bool:
     """The run bisects the ℓ2 radius an attack needs (``attack=min_eps_smoothed``): the
     empirical radius a certificate is checked against."""
     threat = threat_of(run.identity["attack"])
-    return threat.radius == "min_eps" and "l2" in threat.leaderboard
+    return threat.radius == "min_eps" and "l2" in threat.counts_for
 
 
 def check_certified(

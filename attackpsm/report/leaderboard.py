@@ -227,11 +227,11 @@ def build_leaderboard(
     for key, group in sorted(groups.items(), key=lambda kv: kv[0]):
         clean = next((r for r in group if _threat(r).access == "none"), None)
         threats = sorted(
-            {t for r in group for t in _threat(r).leaderboard},
+            {t for r in group for t in _threat(r).counts_for},
             key=lambda t: (t.split("-")[0] != "linf", t),
         )
         for threat in threats:
-            members = [r for r in group if threat in _threat(r).leaderboard]
+            members = [r for r in group if threat in _threat(r).counts_for]
             e = entry(members, threat, clean, budget_l2 if threat.startswith("l2") else budget)
             if e is not None:
                 entries.append(e)
@@ -308,7 +308,7 @@ def _members(runs: list[Run], e: dict[str, Any]) -> list[Run]:
     same = [r for r in runs if _key(r) == key]
     if e["threat_model"] == "certified-l2":
         return [r for r in same if is_certify(r) or is_empirical_l2(r)]
-    return [r for r in same if e["threat_model"] in _threat(r).leaderboard]
+    return [r for r in same if e["threat_model"] in _threat(r).counts_for]
 
 
 def write_leaderboard(
@@ -359,7 +359,7 @@ def robustness_figure(runs: list[Run], out: Path) -> list[Path]:
     groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
     for r in runs:
         if _threat(r).radius is not None and len(r.results):
-            norm = _threat(r).leaderboard[0]
+            norm = _threat(r).counts_for[0]
             groups[(*_key(r)[:2], norm)].append(r)
     written: list[Path] = []
     for (dataset, res, norm), group in sorted(groups.items()):

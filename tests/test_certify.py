@@ -15,12 +15,8 @@ from attackpsm.attacks.certify import Certify, certified_radius, clopper_pearson
 from attackpsm.job.run import run
 from attackpsm.metrics.classic import L2
 from attackpsm.metrics.smoothed import Smoothed
-from attackpsm.report.leaderboard import (
-    build_leaderboard,
-    check_certified,
-    leaderboard_markdown,
-    write_leaderboard,
-)
+from attackpsm.report.certified import check_certified
+from attackpsm.report.leaderboard import build_leaderboard, leaderboard_markdown, write_leaderboard
 from attackpsm.report.load import load_runs
 from attackpsm.storage.shards import read_meta, write_parquet
 from tests.conftest import make_cfg

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attackpsm.commands.dashboard import main as dashboard_main
+from attackpsm.commands import dashboard
 from attackpsm.job.run import run
-from attackpsm.report import dashboard
+from attackpsm.report.dashboard import build_workspace
 from tests import wandb_offline
 
 # l2 at 64x64: seconds per run; a budget where about half of the triplets flip
@@ -289,7 +289,7 @@ def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path,
 
     spec_file = tmp_path / "dashboard.json"
     args = ["--entity", "team", "--project", "p", "--sweep", str(results), "--out", str(spec_file)]
-    assert dashboard_main([*args, "--offline"]) == 0
+    assert dashboard.main([*args, "--offline"]) == 0
     assert "--apply" in capsys.readouterr().out
     spec = json.loads(spec_file.read_text())
     from attackpsm.job.loggers import sweep_group
@@ -305,7 +305,7 @@ def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path,
     assert {"examples/agree"} <= {k for p in panels.values() for k in p.get("keys", [])}
     assert "flip_rate per subset" in panels and "histogram of margin" in panels
     pytest.importorskip("wandb_workspaces")
-    workspace = dashboard.build_workspace(spec)  # the same specification, as W&B's objects
+    workspace = build_workspace(spec)  # the same specification, as W&B's objects
     assert [s.name for s in workspace.sections] == [s["name"] for s in spec["sections"]]
     assert workspace._to_model() is not None
 
@@ -389,22 +389,22 @@ def test_distributions_of_min_eps_leave_out_the_unflipped():
 def test_dashboard_without_network_writes_the_specification(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     out = tmp_path / "spec" / "dashboard.json"
-    assert dashboard_main(["--entity", "e", "--project", "p", "--out", str(out)]) == 0
+    assert dashboard.main(["--entity", "e", "--project", "p", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "not reachable" in printed and f"--apply {out}" in printed
     spec = json.loads(out.read_text())
     assert (spec["entity"], spec["project"], spec["groups"]) == ("e", "p", [])
-    assert dashboard_main(["--apply", str(out)]) == 0  # still offline: says so, sends nothing
+    assert dashboard.main(["--apply", str(out)]) == 0  # still offline: says so, sends nothing
     assert "not reachable" in capsys.readouterr().out
     # no --entity: W&B's own default when applied; the file lands in the results directory
     monkeypatch.setenv("ATTACKPSM_RESULTS", str(tmp_path / "results"))
-    assert dashboard_main(["--project", "p"]) == 0
+    assert dashboard.main(["--project", "p"]) == 0
     spec = json.loads((tmp_path / "results" / "dashboard.json").read_text())
     assert spec["entity"] is None and spec["filters"] == {"complete": True}
-    assert dashboard_main(["--include-partial", "--out", str(out)]) == 0
+    assert dashboard.main(["--include-partial", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["filters"] == {}
     with pytest.raises(SystemExit):
-        dashboard_main(["--sweep", str(tmp_path / "missing")])  # names the missing directory
+        dashboard.main(["--sweep", str(tmp_path / "missing")])  # names the missing directory
     assert "missing: no such directory" in capsys.readouterr().err
 
 
@@ -579,7 +579,7 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
     )
 
     # the workspace: written into the sweep directory, no entity needed offline
-    assert dashboard_main(["--sweep", str(sweep_dir), "--offline"]) == 0
+    assert dashboard.main(["--sweep", str(sweep_dir), "--offline"]) == 0
     assert "--apply" in capsys.readouterr().out
     spec = json.loads((sweep_dir / "dashboard.json").read_text())
     assert spec["entity"] is None and spec["filters"] == {"complete": True}
@@ -604,7 +604,7 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
     pytest.importorskip("wandb_workspaces")
     import wandb_workspaces.reports.v2 as wr
 
-    workspace = dashboard.build_workspace({**spec, "entity": "team"})
+    workspace = build_workspace({**spec, "entity": "team"})
     panel = workspace.sections[0].panels[0]
     assert isinstance(panel, wr.CustomChart) and panel.chart_name == "wandb/line/v0"
     assert panel.query == {"summaryTable": {"tableKey": "sweep/curves/eps_table"}}
@@ -711,7 +711,7 @@ def test_fgsm_scan_curve_through_merge_and_its_sweep_run(cfg_factory, tmp_path, 
     assert merge(["merge", str(results), "--wandb-dir", str(logs)]) == 0
     assert run_files(logs) == files  # merged and logged already: nothing new
 
-    assert dashboard_main(["--sweep", str(results), "--offline"]) == 0
+    assert dashboard.main(["--sweep", str(results), "--offline"]) == 0
     spec = json.loads((results / "dashboard.json").read_text())
     assert run_record(wandb_offline.leet(sweep_file))["run_group"] in spec["groups"]
     capsys.readouterr()

@@ -18,6 +18,7 @@ from attackpsm.attacks.base import (
     LINF_MAX,
     Attack,
     AttackResult,
+    Threat,
     check_at_most,
     check_flip_on,
     check_int,
@@ -108,6 +109,7 @@ class APGD(Attack):
 
     name = "apgd"
     columns = ("iterations", "queries")
+    threat = Threat(norm="linf", access="white-box", budget="eps", norm_param="norm")
 
     def __init__(
         self,

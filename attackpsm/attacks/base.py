@@ -9,9 +9,10 @@ flip rule and the losses of Eq. 1 and Eq. 7 live in :mod:`attackpsm.protocol.two
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import torch
 
@@ -23,6 +24,91 @@ from attackpsm.protocol.twoafc import rank_flipped
 # (the paper, whose released PGD decided on float tensors) or the 8-bit image it would save
 # (:func:`attackpsm.images.saved`).
 FLIP_ON = ("float", "saved")
+
+# What an attacker may read of the metric (:attr:`Threat.access`): its gradients, its outputs
+# only, nothing (images crafted on another metric), or no attack at all -- a certificate of a
+# smoothed metric (``attack=certify``) or the clean accuracy (``attack=none``).
+ACCESS = ("white-box", "black-box", "transfer", "certified", "none")
+# The perturbation sets ranked on the leaderboard: ℓp balls of radius ε on the [-1, 1] scale.
+RANKED_NORMS = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class Threat:
+    """The threat model of an attack: the perturbation set, the budget and the access.
+
+    Each attack class declares one as its ``threat`` attribute; :func:`threat_of` reads it
+    for a config node, with the node's values filled in (the norm an ``attack.norm`` picks,
+    the budget ``eps``, the perturbed image ``attack.target``). The leaderboard and the run
+    keys of the loggers take every threat label from here.
+
+    Attributes:
+        norm: the perturbation set: ``linf`` or ``l2`` (a ball of radius ε on the
+            ``[-1, 1]`` scale), ``l0`` (a few pixels, One-pixel), ``flow`` (a smooth flow
+            field, stAdv, Eq. 5), ``flow+linf`` (stAdv then an ℓ∞ ball), ``none``.
+        access: one of :data:`ACCESS`.
+        budget: the attack parameter that holds the ε of ``norm`` (``eps``, FGSM's
+            ``max_eps``, ``min_eps``'s ``eps_max``, stAdv+PGD's ``pgd_eps``); ``None``
+            where the attack has none (minimum-norm attacks, stAdv, One-pixel, no attack).
+        norm_param: the attack parameter that picks the norm (``norm`` for the attacks
+            that take ℓ∞ or ℓ2), whose default is ``norm``; ``None``: the norm is fixed.
+        radius: the per-triplet column holding the minimal budget that flips the rank, for
+            attacks whose result is that radius rather than a flip at a fixed ε
+            (``min_eps``, FMN's ``eps_star``); ``None`` otherwise.
+        reverse: the attack's goal is the reverse rank flip of Appendix F (not a
+            robustness attack).
+        randomised: every score and gradient is an expectation over the draws of a
+            randomised metric (EoT, or ``eot_samples > 1``).
+        eps: the budget's value in a config ([-1, 1] scale), or ``None``.
+        target: the perturbed image (``attack.target``: ``prey``, ``reference``, ``both``).
+    """
+
+    norm: str
+    access: str
+    budget: str | None = None
+    norm_param: str | None = None
+    radius: str | None = None
+    reverse: bool = False
+    randomised: bool = False
+    eps: float | None = None
+    target: str = "prey"
+
+    def __post_init__(self) -> None:
+        if self.access not in ACCESS:
+            raise ValueError(f"threat access must be one of {list(ACCESS)}, got {self.access!r}")
+
+    @property
+    def label(self) -> str:
+        """The run key ``threat_model``: ``linf``, ``l2`` (white-box), ``linf-blackbox``,
+        ``l2-blackbox``, ``l0-blackbox`` (metric outputs only), ``flow``, ``flow+linf``,
+        ``transfer``, ``certified-l2``, ``none``. The target is not part of it."""
+        if self.access in ("transfer", "none"):
+            return self.access
+        if self.access == "certified":
+            return f"certified-{self.norm}"
+        return f"{self.norm}-blackbox" if self.access == "black-box" else self.norm
+
+    @property
+    def ranked(self) -> bool:
+        """The attack counts on the leaderboard: a forward attack in an ℓp ball."""
+        return (
+            self.norm in RANKED_NORMS
+            and self.access in ("white-box", "black-box")
+            and not self.reverse
+        )
+
+    @property
+    def counts_for(self) -> list[str]:
+        """The leaderboard's threat models this attack counts for (``[]``: none).
+
+        ``linf`` counts every ℓ∞ attack, white- or black-box, ``linf-blackbox`` the
+        black-box ones only (likewise ``l2``); an attack on another target than the prey
+        counts for its own threat models, suffixed with the target (``linf-reference``).
+        """
+        if not self.ranked:
+            return []
+        names = [self.norm, f"{self.norm}-blackbox"] if self.access == "black-box" else [self.norm]
+        return names if self.target == "prey" else [f"{t}-{self.target}" for t in names]
 
 
 @dataclass
@@ -137,6 +223,8 @@ class Attack:
             the float image's flip (the paper), or ``"saved"``, the flip of the 8-bit image
             it would save; an attack without a stop rule keeps ``"float"``. Whatever it
             stops on, :attr:`AttackResult.flipped` is the float image's flip.
+        threat: the threat model (:class:`Threat`); attacks made of other attacks derive
+            theirs from their parts (:meth:`resolve_threat`).
     """
 
     name = "attack"
@@ -146,6 +234,27 @@ class Attack:
     needs_triplets = False
     can_stall = True
     flip_on = "float"
+    threat: ClassVar[Threat | None] = None
+
+    @classmethod
+    def resolve_threat(cls, node: Mapping[str, Any]) -> Threat:
+        """The threat model of this attack under config ``node``: the declared one, with
+        the norm ``node`` picks (:attr:`Threat.norm_param`), its budget's value and, for
+        ``eot_samples > 1``, randomised. Composite attacks override this."""
+        declared = cls.threat
+        if declared is None:
+            raise ValueError(f"attack class {cls.__name__} declares no threat model")
+        norm = declared.norm
+        if declared.norm_param is not None:
+            norm = str(node.get(declared.norm_param, declared.norm))
+        eps = node.get(declared.budget) if declared.budget is not None else None
+        eot = node.get("eot_samples")
+        return replace(
+            declared,
+            norm=norm,
+            eps=None if eps is None else float(eps),
+            randomised=declared.randomised or (eot is not None and int(eot) > 1),
+        )
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor
@@ -193,3 +302,30 @@ def check_int(name: str, value: Any, minimum: int, note: str = "") -> None:
         raise ValueError(
             f"attack parameter {name} must be an integer >= {minimum}{why}, got {value!r}"
         )
+
+
+def attack_class(node: Mapping[str, Any]) -> type[Attack]:
+    """The attack class a config node names in ``_target_``, imported, not instantiated;
+    only classes of :mod:`attackpsm.attacks` are accepted."""
+    target = str(node.get("_target_") or "")
+    module, _, name = target.rpartition(".")
+    cls = None
+    if module.startswith("attackpsm.attacks."):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ValueError(
+            f"attack _target_ {target!r} is not an attack class of attackpsm.attacks "
+            "(e.g. attackpsm.attacks.pgd.PGD): its threat model is unknown"
+        )
+    return cls
+
+
+def threat_of(node: Mapping[str, Any]) -> Threat:
+    """The threat model of an attack config node (a run identity's ``attack``): declared by
+    the class its ``_target_`` names (:attr:`Attack.threat`), with the node's norm and budget
+    and its perturbed image (``target``, the prey when absent)."""
+    threat = attack_class(node).resolve_threat(node)
+    return replace(threat, target=str(node.get("target") or "prey"))

@@ -6,12 +6,12 @@ of the cascade is the worst case over its attacks (Croce & Hein, 2020).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, Triplets
+from attackpsm.attacks.base import Attack, AttackResult, Threat, Triplets, threat_of
 from attackpsm.metrics.base import Metric, select
 from attackpsm.protocol.twoafc import flip_margin
 
@@ -32,6 +32,23 @@ class Cascade(Attack):
 
     name = "autoattack"
     columns = ("iterations", "attack_index", "queries")
+    threat = Threat(norm="linf", access="white-box")  # of an empty list; see resolve_threat
+
+    @classmethod
+    def resolve_threat(cls, node: Mapping[str, Any]) -> Threat:
+        """The parts' threat model: the first part's norm, black-box only when every part is,
+        the largest part budget (the cascade counts a flip by any of them)."""
+        parts = [threat_of(a) for a in node.get("attacks") or ()]
+        if not parts:
+            return cls.threat
+        budgets = [p.eps for p in parts if p.eps is not None]
+        return Threat(
+            norm=parts[0].norm,
+            access="black-box" if all(p.access == "black-box" for p in parts) else "white-box",
+            reverse=parts[0].reverse,
+            randomised=any(p.randomised for p in parts),
+            eps=max(budgets) if budgets else None,
+        )
 
     def __init__(self, attacks: Sequence[Attack]):
         self.attacks = list(attacks)

@@ -37,7 +37,14 @@ import numpy as np
 import torch
 from scipy.stats import beta, norm
 
-from attackpsm.attacks.base import Attack, AttackResult, Triplets, check_int, check_positive
+from attackpsm.attacks.base import (
+    Attack,
+    AttackResult,
+    Threat,
+    Triplets,
+    check_int,
+    check_positive,
+)
 from attackpsm.metrics.base import Metric, select
 from attackpsm.metrics.smoothed import Smoothed
 from attackpsm.protocol.twoafc import rank_flipped
@@ -128,6 +135,7 @@ class Certify(Attack):
     white_box = False
     columns = ("p_lower", "radius", "abstained", "samples", "p_hat")
     needs_triplets = True  # each triplet's noise comes from a generator seeded by its id
+    threat = Threat(norm="l2", access="certified")
 
     def __init__(
         self,

@@ -11,11 +11,13 @@ as the clean ranking was judged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, Triplets, check_int
+from attackpsm.attacks.base import Attack, AttackResult, Threat, Triplets, check_int, threat_of
 from attackpsm.metrics.base import Metric
 
 
@@ -55,6 +57,12 @@ class EoT(Attack):
     """
 
     name = "eot"
+    threat = Threat(norm="linf", access="white-box", randomised=True)  # see resolve_threat
+
+    @classmethod
+    def resolve_threat(cls, node: Mapping[str, Any]) -> Threat:
+        """The inner attack's threat model, randomised (every score is an expectation)."""
+        return replace(threat_of(node.get("attack") or {}), randomised=True)
 
     def __init__(self, attack: Attack, eot_samples: int = 8):
         check_int("eot_samples", eot_samples, minimum=1)

@@ -11,6 +11,7 @@ from attackpsm.attacks.base import (
     MAX_FGSM_STEPS,
     Attack,
     AttackResult,
+    Threat,
     check_at_most,
     check_flip_on,
     check_int,
@@ -49,6 +50,7 @@ class FGSM(Attack):
 
     name = "fgsm"
     columns = ("eps_found", "iterations")
+    threat = Threat(norm="linf", access="white-box", budget="max_eps")
 
     def __init__(
         self,

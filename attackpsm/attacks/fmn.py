@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from attackpsm.attacks.apgd import NORMS, project
-from attackpsm.attacks.base import Attack, AttackResult, check_int, check_positive
+from attackpsm.attacks.base import Attack, AttackResult, Threat, check_int, check_positive
 from attackpsm.images import HIGH, LOW
 from attackpsm.metrics.base import Metric
 from attackpsm.protocol.twoafc import flip_margin, rank_flipped
@@ -78,6 +78,7 @@ class FMN(Attack):
 
     name = "fmn"
     columns = ("iterations", "eps_star", "queries")
+    threat = Threat(norm="linf", access="white-box", norm_param="norm", radius="eps_star")
 
     def __init__(
         self,

@@ -9,13 +9,23 @@ median of ``min_eps`` is the metric's median robust radius.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from attackpsm.attacks.apgd import APGD
-from attackpsm.attacks.base import LINF_MAX, Attack, AttackResult, check_at_most, check_positive
+from attackpsm.attacks.base import (
+    LINF_MAX,
+    Attack,
+    AttackResult,
+    Threat,
+    check_at_most,
+    check_positive,
+    threat_of,
+)
 from attackpsm.metrics.base import Metric, select
 
 
@@ -41,6 +51,21 @@ class MinEps(Attack):
     name = "min_eps"
     can_stall = False
     columns = ("iterations", "min_eps", "queries")
+    threat = Threat(norm="linf", access="white-box", budget="eps_max", radius="min_eps")
+
+    @classmethod
+    def resolve_threat(cls, node: Mapping[str, Any]) -> Threat:
+        """The inner attack's norm and access (APGD when none is given), the bisection's
+        largest budget ``eps_max`` and its per-triplet radius ``min_eps``."""
+        inner = node.get("attack")
+        part = threat_of(inner) if inner else APGD.resolve_threat({})
+        eps = node.get(cls.threat.budget)
+        return replace(
+            part,
+            budget=cls.threat.budget,
+            radius=cls.threat.radius,
+            eps=None if eps is None else float(eps),
+        )
 
     def __init__(self, attack: Attack | None = None, eps_max: float = 0.1, tol: float = 0.001):
         check_positive("eps_max", eps_max)

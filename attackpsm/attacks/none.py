@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult
+from attackpsm.attacks.base import Attack, AttackResult, Threat
 from attackpsm.metrics.base import Metric
 
 
@@ -16,6 +16,7 @@ class NoAttack(Attack):
     name = "none"
     white_box = False
     can_stall = False
+    threat = Threat(norm="none", access="none")
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor

@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from attackpsm.attacks.base import Attack, AttackResult, check_flip_on, check_int, check_positive
+from attackpsm.attacks.base import (
+    Attack,
+    AttackResult,
+    Threat,
+    check_flip_on,
+    check_int,
+    check_positive,
+)
 from attackpsm.images import saved
 from attackpsm.metrics.base import Metric, select
 from attackpsm.protocol.streams import counter_uniform, image_keys
@@ -73,6 +80,7 @@ class OnePixel(Attack):
     name = "onepixel"
     white_box = False
     columns = ("queries", "iterations")
+    threat = Threat(norm="l0", access="black-box")
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from attackpsm.attacks.base import (
     LINF_MAX,
     Attack,
     AttackResult,
+    Threat,
     check_at_most,
     check_flip_on,
     check_int,
@@ -82,6 +83,7 @@ class PGD(Attack):
 
     name = "pgd"
     columns = ("iterations",)
+    threat = Threat(norm="linf", access="white-box", budget="eps")
 
     def __init__(
         self,
@@ -338,6 +340,7 @@ class ReversePGD(PGD):
 
     name = "pgd_reverse"
     reverse = True
+    threat = Threat(norm="linf", access="white-box", budget="eps", reverse=True)
 
     def loss(self, s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
         return reverse_rank_loss(s_other, s_adv)

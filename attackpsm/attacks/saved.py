@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from attackpsm.attacks.base import Attack, AttackResult, Triplets
+from attackpsm.attacks.base import Attack, AttackResult, Threat, Triplets
 from attackpsm.data.files import outside_root
 from attackpsm.data.transfer import craft_location, load_png, read_manifest
 from attackpsm.metrics.base import Metric
@@ -50,6 +50,7 @@ class SavedAdversarial(Attack):
     white_box = False
     columns = ("transferred",)
     needs_triplets = True
+    threat = Threat(norm="none", access="transfer")
 
     def __init__(
         self,

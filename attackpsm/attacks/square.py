@@ -30,6 +30,7 @@ from attackpsm.attacks.base import (
     LINF_MAX,
     Attack,
     AttackResult,
+    Threat,
     check_at_most,
     check_flip_on,
     check_int,
@@ -114,6 +115,7 @@ class Square(Attack):
     name = "square"
     white_box = False
     columns = ("iterations", "queries")
+    threat = Threat(norm="linf", access="black-box", budget="eps", norm_param="norm")
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from attackpsm.attacks.base import (
     LINF_MAX,
     Attack,
     AttackResult,
+    Threat,
     check_at_most,
     check_flip_on,
     check_int,
@@ -137,6 +138,7 @@ class StAdv(Attack):
 
     name = "stadv"
     columns = ("iterations", "evaluations", "flow_max", "flow_mean")
+    threat = Threat(norm="flow", access="white-box")
 
     def __init__(
         self,
@@ -289,6 +291,7 @@ class StAdvPGD(StAdv):
 
     name = "stadv_pgd"
     columns = (*StAdv.columns, "stadv_flipped", "stadv_rmse")
+    threat = Threat(norm="flow+linf", access="white-box", budget="pgd_eps")
 
     def __init__(
         self,

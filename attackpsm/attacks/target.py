@@ -74,6 +74,10 @@ class TargetedAttack(Attack):
         attack: any attack that needs only the metric and the image (not ``saved`` or
             ``certify``, which read per-triplet state; not the reverse attack).
         target: ``"reference"`` or ``"both"`` (``"prey"`` needs no wrapper).
+
+    Its threat model is the wrapped attack's with ``target`` set: read from the config node
+    and its ``target`` key by :func:`attackpsm.attacks.base.threat_of`, as
+    :func:`build_attack` reads them to wrap the attack.
     """
 
     def __init__(self, attack: Attack, target: str):

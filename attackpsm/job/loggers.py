@@ -561,53 +561,26 @@ CURVE_TITLES = {
     "iterations": "fraction of ✓ triplets flipped vs iterations",
     "queries": "fraction of ✓ triplets flipped vs queries",
 }
-_BLACK_BOX = {"Square", "OnePixel"}
-_THREATS = {  # attacks whose perturbation set is not an ℓp ball of ``norm``
-    "NoAttack": "none",
-    "Certify": "certified-l2",
-    "StAdv": "flow",
-    "StAdvPGD": "flow+linf",
-    "OnePixel": "l0-blackbox",
-    "SavedAdversarial": "transfer",
-}
-
-
-def _cls(node: dict[str, Any]) -> str:
-    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
 
 
 def threat_model(attack: dict[str, Any]) -> str:
-    """The perturbation set and access of an attack config: ``linf``, ``l2`` (white-box),
-    ``linf-blackbox``, ``l2-blackbox`` (metric outputs only), ``flow`` (stAdv),
-    ``l0-blackbox`` (One-pixel), ``transfer``, ``certified-l2``, ``none``."""
-    cls = _cls(attack)
-    if cls in ("MinEps", "EoT"):
-        return threat_model(attack.get("attack") or {"_target_": "APGD"})
-    if cls == "Cascade":
-        parts = [threat_model(a) for a in attack.get("attacks", [])]
-        if not parts:
-            return "linf"
-        norm = parts[0].split("-")[0]
-        return f"{norm}-blackbox" if all(p.endswith("-blackbox") for p in parts) else norm
-    if cls in _THREATS:
-        return _THREATS[cls]
-    norm = str(attack.get("norm", "linf"))
-    return f"{norm}-blackbox" if cls in _BLACK_BOX else norm
+    """The perturbation set and access of an attack config (:attr:`Threat.label
+    <attackpsm.attacks.base.Threat.label>`): ``linf``, ``l2`` (white-box), ``linf-blackbox``,
+    ``l2-blackbox`` (metric outputs only), ``flow`` (stAdv), ``l0-blackbox`` (One-pixel),
+    ``transfer``, ``certified-l2``, ``none``."""
+    from attackpsm.attacks.base import threat_of
+
+    return threat_of(attack).label
 
 
 def budget(attack: dict[str, Any]) -> float | None:
-    """The largest ε an attack config may use ([-1, 1] scale): ``eps``, FGSM's ``max_eps``,
-    ``min_eps``'s ``eps_max``; ``None`` for attacks without one (stAdv, One-pixel, none)."""
-    cls = _cls(attack)
-    if cls == "EoT":
-        return budget(attack.get("attack") or {})
-    if cls == "Cascade":
-        values = [b for b in (budget(a) for a in attack.get("attacks", [])) if b is not None]
-        return max(values) if values else None
-    for key in ("eps", "max_eps", "eps_max", "pgd_eps"):
-        if attack.get(key) is not None:
-            return float(attack[key])
-    return None
+    """The largest ε an attack config may use ([-1, 1] scale), as its class declares it
+    (:attr:`Threat.budget <attackpsm.attacks.base.Threat.budget>`): ``eps``, FGSM's
+    ``max_eps``, ``min_eps``'s ``eps_max``; ``None`` for attacks without one (stAdv,
+    One-pixel, none)."""
+    from attackpsm.attacks.base import threat_of
+
+    return threat_of(attack).eps
 
 
 def run_keys(identity: dict[str, Any]) -> dict[str, Any]:

@@ -115,50 +115,58 @@ def build_report(
             f"no runs with results below {source} (expected <dataset>/<metric>/<attack>/res*/identity.yaml)"
         )
     say(f"{len(runs)} runs below {source.absolute()}; tables and figures")
-    tables = build_tables(runs)
-    report = Report(source=source, out=out, runs=runs, tables=tables)
-
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    runs_overview(runs).to_csv(out / "runs.csv", index=False)
-    for t in tables:
-        t.data.to_csv(out / "tables" / f"{t.name}.csv", index=False)
-        (out / "tables" / f"{t.name}.md").write_text(t.markdown, encoding="utf-8")
-
-    for stem, fig in make_figures(runs, tables).items():
-        report.figures[stem] = figures.save_figure(fig, out / "figures", stem)
-
+    report = Report(source=source, out=out, runs=runs, tables=build_tables(runs))
+    _write_tables_and_figures(report)
     if examples > 0:
         chosen = list(example_runs(runs, example_metrics, example_attacks))
         say(f"example grids of {len(chosen)} runs ({examples} triplets each, attacked again)")
         for run in tqdm(chosen, desc="example grids", unit="grid", disable=not progress):
-            stem = figures.slug(
-                "examples",
-                run.dataset,
-                run.dataset_variant,
-                run.resolution_label,
-                run.metric,
-                run.attack,
-                run.variant,
-            )
-            try:
-                shown = ex.regenerate(
-                    run, n=examples, device=device, dataset_overrides=dataset_overrides
-                )
-            except Exception as exc:  # data or weights not on this machine: note it, go on
-                note = f"no example grid for {run.run_dir}: {type(exc).__name__}: {exc}"
-                warnings.warn(note, stacklevel=2)
-                report.notes.append(note)
-                continue
-            if shown:
-                report.figures[stem] = figures.save_figure(
-                    ex.example_grid(shown, ex.grid_title(run)), out / "figures", stem
-                )
+            _write_example_grid(report, run, examples, device, dataset_overrides)
 
     (out / "report.md").write_text(render_index(report), encoding="utf-8")
     say(f"written to {out.absolute()}")
     if wandb_mode:
         log_to_wandb(report, wandb_mode, wandb_dir)
     return report
+
+
+def _write_tables_and_figures(report: Report) -> None:
+    """``runs.csv``, every table as CSV and markdown, every figure (PNG and SVG)."""
+    out = report.out
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    runs_overview(report.runs).to_csv(out / "runs.csv", index=False)
+    for t in report.tables:
+        t.data.to_csv(out / "tables" / f"{t.name}.csv", index=False)
+        (out / "tables" / f"{t.name}.md").write_text(t.markdown, encoding="utf-8")
+    for stem, fig in make_figures(report.runs, report.tables).items():
+        report.figures[stem] = figures.save_figure(fig, out / "figures", stem)
+
+
+def _write_example_grid(
+    report: Report, run: Run, n: int, device: str, dataset_overrides: dict | None
+) -> None:
+    """The example grid of one run (its attack re-run on ``n`` triplets), or a note in the
+    report where the run's data or weights are not on this machine."""
+    stem = figures.slug(
+        "examples",
+        run.dataset,
+        run.dataset_variant,
+        run.resolution_label,
+        run.metric,
+        run.attack,
+        run.variant,
+    )
+    try:
+        shown = ex.regenerate(run, n=n, device=device, dataset_overrides=dataset_overrides)
+    except Exception as exc:  # data or weights not on this machine: note it, go on
+        note = f"no example grid for {run.run_dir}: {type(exc).__name__}: {exc}"
+        warnings.warn(note, stacklevel=3)
+        report.notes.append(note)
+        return
+    if shown:
+        report.figures[stem] = figures.save_figure(
+            ex.example_grid(shown, ex.grid_title(run)), report.out / "figures", stem
+        )
 
 
 def render_index(report: Report) -> str:

@@ -16,11 +16,19 @@ is written and when it is read: with ``jsonschema`` when it is installed, otherw
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from attackpsm import __version__
+from attackpsm.attacks.apgd import APGD
+from attackpsm.attacks.base import attack_class, threat_of
+from attackpsm.attacks.fmn import FMN
+from attackpsm.attacks.pgd import PGD
+from attackpsm.report.diagnostics import diagnostics_for
+from attackpsm.report.load import Run
 from attackpsm.storage.records import load_mapping
 
 SCHEMA_VERSION = 1
@@ -277,3 +285,126 @@ def read_cards(folder: str | Path) -> list[dict[str, Any]]:
             raise CardError(f"{path}: {error}") from None
         cards.append(card)
     return cards
+
+
+def passes(run: Run) -> tuple[float | None, float | None]:
+    """Mean forward and backward passes of the metric per triplet, where the run's columns
+    say: forward = ``queries`` (metric calls) or, for PGD, ``iterations + 1`` checks;
+    backward = the gradient steps (PGD, APGD: ``iterations``; FMN: ``queries·steps/(steps+1)``; a
+    black-box attack: 0). ``None`` where the columns do not tell."""
+    cls, table = attack_class(run.identity["attack"]), run.results
+    if not len(table):
+        return None, None
+    forward = float(table["queries"].mean()) if "queries" in table else None
+    backward = None
+    if issubclass(cls, PGD):  # ReversePGD too
+        forward = float(table["iterations"].mean()) + 1
+        backward = float(table["iterations"].mean())
+    elif issubclass(cls, APGD):
+        backward = float(table["iterations"].mean())
+    elif issubclass(cls, FMN) and forward is not None:  # steps + 1 scored points, steps gradients
+        steps = int(run.identity["attack"].get("steps", 100))
+        backward = forward * steps / (steps + 1)
+    elif threat_of(run.identity["attack"]).access == "black-box":
+        backward = 0.0
+    return forward, backward
+
+
+def _weights_sha256(metric_cfg: dict[str, Any], cache: dict[str, Any]) -> tuple[str | None, str]:
+    """Content checksum of the built metric's parameters and buffers (the weights it ran
+    with: :func:`attackpsm.metrics.weights.store.content_sha256`), or ``None`` and why not."""
+    key = config_hash(metric_cfg)
+    if key not in cache:
+        try:
+            from omegaconf import OmegaConf
+
+            from attackpsm.config import build
+            from attackpsm.metrics.weights.store import content_sha256
+
+            metric = build(OmegaConf.create(metric_cfg))
+            cache[key] = (
+                content_sha256(metric.state_dict()),
+                "sha256 over every tensor of the metric's state, key order",
+            )
+        except Exception as error:  # noqa: BLE001 -- weights not on this machine: say so
+            cache[key] = (None, f"metric not built here: {type(error).__name__}: {error}"[:300])
+    return cache[key]
+
+
+def make_card(
+    e: dict[str, Any],
+    members: list[Run],
+    reports: list[dict[str, Any]] = (),
+    weights_cache: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The robustness card of one leaderboard entry (schema: :data:`CARD_SCHEMA`), from the
+    runs it was built from and the diagnostics reports (:mod:`attackpsm.report.diagnostics`)."""
+    first = members[0].identity if members else {"dataset": {}, "metric": {"name": e["metric"]}}
+    metric_cfg = first["metric"]
+    sha, note = _weights_sha256(metric_cfg, {} if weights_cache is None else weights_cache)
+    dataset = first["dataset"]
+    split = dataset.get("split")
+    if split is None and dataset.get("subsets"):
+        split = ",".join(map(str, dataset["subsets"]))
+    if split is None and "seed" in dataset:
+        split = f"seed={dataset['seed']}" + (
+            f", variant={dataset['variant']}" if "variant" in dataset else ""
+        )
+    threat = e["threat_model"]
+    attacks = []
+    for r in members:
+        fwd, bwd = passes(r)
+        attacks.append(
+            {
+                "name": r.identity["attack"]["name"],
+                "config": r.identity["attack"],
+                "forward_passes": fwd,
+                "backward_passes": bwd,
+            }
+        )
+    certified = None
+    if threat == "certified-l2":
+        certified = {"median": e["median_certified_radius"], "sigma": e.get("sigma")}
+    return {
+        "schema_version": 1,
+        "metric": {
+            "name": e["metric"],
+            "config": metric_cfg,
+            "weights_sha256": sha,
+            "weights_note": note,
+        },
+        "data": {
+            "dataset": e["dataset"],
+            "split": split,
+            "resolution": e["resolution"],
+            "triplets": int(e["triplets"]),
+            "fingerprint": first.get("data_fingerprint"),
+        },
+        "threat_model": {
+            "name": threat,
+            "norm": "l2" if "l2" in threat else "linf",
+            "access": "certified"
+            if threat.startswith("certified")
+            else ("black-box" if "blackbox" in threat else "white-box"),
+            # the perturbed image (attack.target): the prey, the distortion the metric ranks
+            # closer (Sec. 3, the default), the reference, or both distortions
+            "target": next((r.identity["attack"].get("target", "prey") for r in members), "prey"),
+        },
+        "eps": e.get("budget"),
+        "clean_accuracy": e.get("clean_accuracy"),
+        "robust_accuracy": e.get("robust_accuracy"),
+        "attacks": attacks,
+        "diagnostics": diagnostics_for(e, config_hash(metric_cfg), list(reports)),
+        "certified_radius": certified,
+        "tool": {
+            "name": "attackpsm",
+            "version": __version__,
+            "run_versions": sorted({str(r.identity.get("version")) for r in members}),
+        },
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "results": {
+            k: v
+            for k, v in e.items()
+            if k not in ("dataset", "resolution", "metric", "threat_model")
+        },
+    }

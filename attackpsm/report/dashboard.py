@@ -100,37 +100,29 @@ def _curve_panel(table: str, x: str) -> dict[str, Any]:
     )
 
 
-def specification(
-    entity: str | None = None,
-    project: str = "attackpsm",
-    sweep: str | Path | None = None,
-    name: str | None = None,
-    include_partial: bool = False,
-) -> dict[str, Any]:
-    """The workspace as plain data (JSON-able): sections of panels, the runs it shows.
-
-    With ``sweep``, the workspace shows only that sweep's runs (their W&B groups and the
-    sweep run's), its curves and leaderboard, and a per-subset section for the subsets its
-    results hold. ``entity`` ``None``: W&B's default entity when the workspace is saved.
-    """
-    runs = sweep_runs(sweep) if sweep is not None else []
-    subsets = sorted({s for r in runs for s in r["subsets"]})
-    prefix = "sweep/" if sweep is not None else ""
+def _robustness_panels(sweep: bool) -> list[dict[str, Any]]:
+    """The curves of flip rate against ε, iterations and queries, and the ranking table: a
+    sweep's leaderboard, or per project the runs' Table 2."""
+    prefix = "sweep/" if sweep else ""
     table = (
         _panel(
             "table",
             "leaderboard: metric × attack × ε (✓ triplets; rank 1 = most robust)",
             table="sweep/leaderboard",
         )
-        if sweep is not None  # the leaderboard is a sweep's; per project, the runs' Table 2
+        if sweep  # the leaderboard is a sweep's; per project, the runs' Table 2
         else _panel("table", "Table 2 of every run (✓ / ✗ rows)", table="summary")
     )
-    robustness = [
+    return [
         _curve_panel(f"{prefix}curves/eps", "eps"),
         table,
         _curve_panel(f"{prefix}curves/iterations", "iterations"),
         _curve_panel(f"{prefix}curves/queries", "queries"),
     ]
+
+
+def _headline_panels() -> list[dict[str, Any]]:
+    """Bars of the headline numbers, the parallel coordinates and the report's figures."""
     headline = [
         _panel(
             "bar",
@@ -140,7 +132,8 @@ def specification(
         )
         for key in HEADLINE
     ]
-    headline += [
+    return [
+        *headline,
         _panel(
             "parallel",
             "metric → attack → resolution → ε → flip rate",
@@ -153,8 +146,15 @@ def specification(
             keys=["figures/*"],
         ),
     ]
+
+
+def _sections(sweep: bool, subsets: list[str]) -> list[dict[str, Any]]:
+    """The workspace's sections, in order; a per-subset one for the subsets the runs hold."""
     sections = [
-        {"name": "Robustness: which metric flips least at which ε", "panels": robustness},
+        {
+            "name": "Robustness: which metric flips least at which ε",
+            "panels": _robustness_panels(sweep),
+        },
         {
             "name": "Live progress (x: triplets done)",
             "panels": [
@@ -178,7 +178,7 @@ def specification(
                 ),
             ],
         },
-        {"name": "Flip rate by metric × attack × resolution", "panels": headline},
+        {"name": "Flip rate by metric × attack × resolution", "panels": _headline_panels()},
     ]
     if subsets:
         sections.append(
@@ -195,6 +195,24 @@ def specification(
                 ],
             }
         )
+    return sections
+
+
+def specification(
+    entity: str | None = None,
+    project: str = "attackpsm",
+    sweep: str | Path | None = None,
+    name: str | None = None,
+    include_partial: bool = False,
+) -> dict[str, Any]:
+    """The workspace as plain data (JSON-able): sections of panels, the runs it shows.
+
+    With ``sweep``, the workspace shows only that sweep's runs (their W&B groups and the
+    sweep run's), its curves and leaderboard, and a per-subset section for the subsets its
+    results hold. ``entity`` ``None``: W&B's default entity when the workspace is saved.
+    """
+    runs = sweep_runs(sweep) if sweep is not None else []
+    subsets = sorted({s for r in runs for s in r["subsets"]})
     groups = {r["group"] for r in runs}
     if runs:  # the sweep run, named by the runs it sums up
         groups.add(sweep_group([r["group"] for r in runs]))
@@ -206,7 +224,7 @@ def specification(
         "filters": {} if include_partial else {"complete": True},
         "groupby": list(GROUP_BY),
         "runs": runs,
-        "sections": sections,
+        "sections": _sections(sweep is not None, subsets),
     }
 
 

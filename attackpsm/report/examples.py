@@ -132,9 +132,7 @@ def regenerate(
     Raises:
         FileNotFoundError / ValueError: the dataset, a weight file or a triplet is missing.
     """
-    from attackpsm.data.base import collate
     from attackpsm.engine import attack_batch
-    from attackpsm.job.run import resolve_device, seed_everything
 
     run = run if isinstance(run, Run) else load_run(run)
     if run is None:
@@ -142,6 +140,28 @@ def regenerate(
     ids = list(triplet_ids) if triplet_ids is not None else choose_examples(run.results, n)
     if not ids:
         return []
+    dataset, metric, attack, dev = _build_from_identity(run, dataset_overrides, device)
+    batch = _load_triplets(dataset, ids).to(dev)
+    rows, _ = attack_batch(metric, attack, batch)
+    if not attack.calls:
+        raise RuntimeError("the attack step produced no images")
+    prey = torch.cat([p for p, _ in attack.calls])
+    adv = torch.cat([a for _, a in attack.calls])
+    if len(prey) != len(batch):
+        raise ValueError("some triplets have non-finite clean scores; choose others")
+    examples = _examples(run, rows, batch, prey, adv)
+    order = {t: k for k, t in enumerate(ids)}
+    return sorted(examples, key=lambda e: order[e.triplet_id])
+
+
+def _build_from_identity(
+    run: Run, dataset_overrides: dict[str, Any] | None, device: str
+) -> tuple[Any, Any, _Recorder, torch.device]:
+    """The run's dataset, metric (on the device) and attack (recording its images), built
+    from its ``identity.yaml`` after every part is resolved and its targets checked, with
+    the run's seed."""
+    from attackpsm.job.run import resolve_device, seed_everything
+
     identity = run.identity
     source = str(Path(run.run_dir) / "identity.yaml")
     specs = {}
@@ -157,6 +177,12 @@ def regenerate(
     dataset = records.build_from_record(specs["dataset"], source, size=identity.get("resolution"))
     metric = records.build_from_record(specs["metric"], source).to(dev)
     attack = _Recorder(records.build_from_record(specs["attack"], source))
+    return dataset, metric, attack, dev
+
+
+def _load_triplets(dataset: Any, ids: list[str]) -> Any:
+    """The batch of the triplets ``ids`` of ``dataset`` (a view: the dataset is unchanged)."""
+    from attackpsm.data.base import collate
 
     wanted = set(ids)
     view = copy.copy(dataset)
@@ -167,15 +193,13 @@ def regenerate(
     batch = collate([view[i] for i in range(len(view))])
     if batch.errors:
         raise ValueError(f"triplets could not be loaded: {batch.errors}")
-    batch = batch.to(dev)
-    rows, _ = attack_batch(metric, attack, batch)
-    if not attack.calls:
-        raise RuntimeError("the attack step produced no images")
-    prey = torch.cat([p for p, _ in attack.calls])
-    adv = torch.cat([a for _, a in attack.calls])
-    if len(prey) != len(batch):
-        raise ValueError("some triplets have non-finite clean scores; choose others")
+    return batch
 
+
+def _examples(
+    run: Run, rows: pd.DataFrame, batch: Any, prey: torch.Tensor, adv: torch.Tensor
+) -> list[Example]:
+    """One :class:`Example` per attacked triplet, next to the run's stored result."""
     stored = run.results.set_index("triplet_id")
     position = {t: i for i, t in enumerate(batch.triplet_id)}
     labels = agree_labels(rows).to_numpy()
@@ -201,8 +225,7 @@ def regenerate(
                 stored_flipped=bool(old["flipped"]) if old is not None else False,
             )
         )
-    order = {t: k for k, t in enumerate(ids)}
-    return sorted(examples, key=lambda e: order[e.triplet_id])
+    return examples
 
 
 def _show(ax, image: torch.Tensor) -> None:

@@ -77,19 +77,22 @@ def _by_metric(runs: list[Run]) -> list[Run]:
 # --- Figure 5 -------------------------------------------------------------------------------
 
 
-def accuracy_vs_robustness(
-    accuracy: pd.DataFrame, attacks: pd.DataFrame, transfer: pd.DataFrame | None = None
-) -> dict[str, Figure]:
-    """Per dataset block: x = clean accuracy (%), y = % of accurate samples *not* flipped.
+_POINT_COLUMNS = [
+    "dataset",
+    "dataset_variant",
+    "resolution",
+    "metric",
+    "attack",
+    "flipped_pct",
+    "lo",
+    "hi",
+    "n",
+]
 
-    Args:
-        accuracy: ``table1_accuracy`` data.
-        attacks: ``attacks_all_runs`` data (its ✓ rows are used).
-        transfer: ``table5_transfer`` data, plotted as one marker per transfer source.
 
-    Returns:
-        ``{file stem: figure}``, one per dataset/resolution block with attack results.
-    """
+def _robustness_points(attacks: pd.DataFrame, transfer: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per (block, metric, attack) with samples: the ✓ rows of ``attacks_all_runs``
+    and one per transfer source of ``table5_transfer``."""
     points = []
     if attacks is not None and not attacks.empty:
         acc_rows = attacks[attacks["agrees"] == "✓"]
@@ -123,21 +126,91 @@ def accuracy_vs_robustness(
                     r["accurate"],
                 )
             )
-    pts = pd.DataFrame(
-        points,
-        columns=[
-            "dataset",
-            "dataset_variant",
-            "resolution",
-            "metric",
-            "attack",
-            "flipped_pct",
-            "lo",
-            "hi",
-            "n",
-        ],
+    pts = pd.DataFrame(points, columns=_POINT_COLUMNS)
+    return pts[pts["n"] > 0]
+
+
+def _plot_attack(ax, sub: pd.DataFrame, label: str, marker: str, acc, acc_ci) -> None:
+    """One attack's markers with both Wilson intervals (traditional metrics blue, learned
+    red), each labelled with its metric's name."""
+    for kind, colour in (("traditional", "tab:blue"), ("learned", "tab:red")):
+        chosen = sub[sub["metric"].isin(paper.TRADITIONAL) == (kind == "traditional")]
+        if chosen.empty:
+            continue
+        x = acc.loc[chosen["metric"]].to_numpy()
+        y = 100.0 - chosen["flipped_pct"].to_numpy()
+        yerr = np.vstack(
+            [y - (100.0 - chosen["hi"].to_numpy()), (100.0 - chosen["lo"].to_numpy()) - y]
+        )
+        ci = acc_ci.loc[chosen["metric"]].to_numpy()
+        xerr = np.vstack([x - ci[:, 0], ci[:, 1] - x])
+        ax.errorbar(
+            x,
+            y,
+            xerr=xerr,
+            yerr=yerr,
+            fmt=marker,
+            color=colour,
+            ms=7,
+            capsize=3,
+            alpha=0.85,
+            label=f"{label} · {kind}",
+        )
+    for _, r in sub.iterrows():
+        ax.annotate(
+            paper.display_name(r["metric"]),
+            (acc.loc[r["metric"]], 100.0 - r["flipped_pct"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+
+
+def _accuracy_vs_robustness_block(
+    part: pd.DataFrame, acc: pd.Series, acc_ci: pd.DataFrame, title: str
+) -> Figure:
+    """The figure of one dataset block: one marker per attack, axes, legend, note."""
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    labels = list(dict.fromkeys(part["attack"]))
+    for i, label in enumerate(labels):
+        sub = part[part["attack"] == label]
+        _plot_attack(ax, sub, label, MARKERS[i % len(MARKERS)], acc, acc_ci)
+    ax.set_xlabel("clean accuracy on labelled samples (%)")
+    ax.set_ylabel("robustness: accurate samples not flipped (%)")
+    ax.set_title(f"Accuracy vs robustness · {title}")
+    ax.grid(alpha=0.3)
+    ax.set_ylim(-3, 103)
+    ci = acc_ci.loc[part["metric"]].to_numpy()
+    ax.set_xlim(max(0.0, float(np.nanmin(ci)) - 3.0), min(101.0, float(np.nanmax(ci)) + 3.0))
+    ax.legend(fontsize=8, loc="best")
+    ax.text(
+        0.99,
+        0.01,
+        "error bars: 95% Wilson intervals",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="0.4",
     )
-    pts = pts[pts["n"] > 0]
+    return fig
+
+
+def accuracy_vs_robustness(
+    accuracy: pd.DataFrame, attacks: pd.DataFrame, transfer: pd.DataFrame | None = None
+) -> dict[str, Figure]:
+    """Per dataset block: x = clean accuracy (%), y = % of accurate samples *not* flipped.
+
+    Args:
+        accuracy: ``table1_accuracy`` data.
+        attacks: ``attacks_all_runs`` data (its ✓ rows are used).
+        transfer: ``table5_transfer`` data, plotted as one marker per transfer source.
+
+    Returns:
+        ``{file stem: figure}``, one per dataset/resolution block with attack results.
+    """
+    pts = _robustness_points(attacks, transfer)
     figs: dict[str, Figure] = {}
     for (dataset, variant, res), part in pts.groupby(
         ["dataset", "dataset_variant", "resolution"], sort=False
@@ -152,61 +225,10 @@ def accuracy_vs_robustness(
         part = part[part["metric"].isin(acc.index)]
         if part.empty:
             continue
-        fig = Figure(figsize=(6.4, 4.8))
-        ax = fig.subplots()
-        labels = list(dict.fromkeys(part["attack"]))
-        for i, label in enumerate(labels):
-            sub = part[part["attack"] == label]
-            for kind, colour in (("traditional", "tab:blue"), ("learned", "tab:red")):
-                chosen = sub[sub["metric"].isin(paper.TRADITIONAL) == (kind == "traditional")]
-                if chosen.empty:
-                    continue
-                x = acc.loc[chosen["metric"]].to_numpy()
-                y = 100.0 - chosen["flipped_pct"].to_numpy()
-                yerr = np.vstack(
-                    [y - (100.0 - chosen["hi"].to_numpy()), (100.0 - chosen["lo"].to_numpy()) - y]
-                )
-                ci = acc_ci.loc[chosen["metric"]].to_numpy()
-                xerr = np.vstack([x - ci[:, 0], ci[:, 1] - x])
-                ax.errorbar(
-                    x,
-                    y,
-                    xerr=xerr,
-                    yerr=yerr,
-                    fmt=MARKERS[i % len(MARKERS)],
-                    color=colour,
-                    ms=7,
-                    capsize=3,
-                    alpha=0.85,
-                    label=f"{label} · {kind}",
-                )
-            for _, r in sub.iterrows():
-                ax.annotate(
-                    paper.display_name(r["metric"]),
-                    (acc.loc[r["metric"]], 100.0 - r["flipped_pct"]),
-                    textcoords="offset points",
-                    xytext=(5, 4),
-                    fontsize=8,
-                )
-        ax.set_xlabel("clean accuracy on labelled samples (%)")
-        ax.set_ylabel("robustness: accurate samples not flipped (%)")
-        ax.set_title(f"Accuracy vs robustness · {_block_title((dataset, variant, res))}")
-        ax.grid(alpha=0.3)
-        ax.set_ylim(-3, 103)
-        ci = acc_ci.loc[part["metric"]].to_numpy()
-        ax.set_xlim(max(0.0, float(np.nanmin(ci)) - 3.0), min(101.0, float(np.nanmax(ci)) + 3.0))
-        ax.legend(fontsize=8, loc="best")
-        ax.text(
-            0.99,
-            0.01,
-            "error bars: 95% Wilson intervals",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=7,
-            color="0.4",
+        title = _block_title((dataset, variant, res))
+        figs[slug("fig5_accuracy_vs_robustness", dataset, variant, res)] = (
+            _accuracy_vs_robustness_block(part, acc, acc_ci, title)
         )
-        figs[slug("fig5_accuracy_vs_robustness", dataset, variant, res)] = fig
     return figs
 
 

@@ -60,6 +60,18 @@ def num(v: Any, digits: int = 1) -> str:
     return f"{float(v):.{digits}f}"
 
 
+def fmt_cell(value: Any, pct: bool = False) -> str:
+    """A leaderboard cell: 4 significant digits, or a percent with one decimal (``pct``);
+    ``∞`` for ``"inf"``, ``–`` for none or NaN."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return "∞" if value == "inf" else value
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    return f"{100 * value:.1f}" if pct else f"{value:.4g}"
+
+
 def fmt_flips(k: Any, pct: Any, lo: Any = None, hi: Any = None) -> str:
     """``7/70% [40–89]`` (count / percent [95% CI]); ``–`` without samples."""
     if k is None or pct is None or (isinstance(pct, float) and not math.isfinite(pct)):

@@ -52,8 +52,8 @@ def _craft_command(error: CraftMissing) -> list[str]:
     """The arguments of the ``python -m attackpsm craft`` line an error names."""
     line = next(x.strip() for x in str(error).splitlines() if "python -m attackpsm craft" in x)
     words = shlex.split(line)
-    assert words[:3] == ["python", "-m", "attackpsm.commands.craft"], line
-    return words[3:]
+    assert words[:4] == ["python", "-m", "attackpsm", "craft"], line
+    return words[4:]
 
 
 @pytest.fixture(scope="module")

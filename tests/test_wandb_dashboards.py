@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attackpsm import dashboard
+from attackpsm.commands.dashboard import main as dashboard_main
 from attackpsm.job.run import run
+from attackpsm.report import dashboard
 from tests import wandb_offline
 
 # l2 at 64x64: seconds per run; a budget where about half of the triplets flip
@@ -264,7 +265,7 @@ def test_a_wandb_that_raises_on_every_call_changes_nothing(
 def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path, capsys):
     """Two configurations x two shards: the aggregate runs carry histograms, subset keys
     and the report's figures; the dashboard specification names the sweep's runs."""
-    from attackpsm.cluster import log_aggregate
+    from attackpsm.cluster.aggregate import log_aggregate
 
     results = tmp_path / "results"
     run_dirs = []
@@ -288,7 +289,7 @@ def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path,
 
     spec_file = tmp_path / "dashboard.json"
     args = ["--entity", "team", "--project", "p", "--sweep", str(results), "--out", str(spec_file)]
-    assert dashboard.main([*args, "--offline"]) == 0
+    assert dashboard_main([*args, "--offline"]) == 0
     assert "--apply" in capsys.readouterr().out
     spec = json.loads(spec_file.read_text())
     from attackpsm.job.loggers import sweep_group
@@ -315,7 +316,9 @@ def test_examples_keep_both_rows_within_a_bound():
     import torch
 
     from attackpsm.images import to_uint8
-    from attackpsm.job.loggers import NullLogger, ShardProgress, example_strip
+    from attackpsm.job.examples import example_strip
+    from attackpsm.job.loggers import NullLogger
+    from attackpsm.job.progress import ShardProgress
     from tests.conftest import synthetic_batch
 
     class Capture(NullLogger):
@@ -345,7 +348,7 @@ def test_examples_keep_both_rows_within_a_bound():
             }
         )
         keep(None, batch, prey_is_p1, adv, rows)
-    kept = progress.kept
+    kept = progress.examples.kept
     assert [len(kept["agree"]), len(kept["disagree"])] == [2, 2]
     first = synthetic_batch(6, seed=0, size=16)
     assert kept["agree"][0]["row"]["triplet_id"] == first.triplet_id[0]
@@ -365,7 +368,7 @@ def test_examples_keep_both_rows_within_a_bound():
 def test_distributions_of_min_eps_leave_out_the_unflipped():
     """``attack=min_eps``: ε = inf marks a triplet never flipped (Sec. 3.3's search up to
     ``eps_max``); the histogram holds the finite minimal ε, the summary counts the rest."""
-    from attackpsm.job.loggers import distributions
+    from attackpsm.summary.headline import distributions
 
     table = pd.DataFrame(
         {
@@ -388,22 +391,22 @@ def test_distributions_of_min_eps_leave_out_the_unflipped():
 def test_dashboard_without_network_writes_the_specification(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     out = tmp_path / "spec" / "dashboard.json"
-    assert dashboard.main(["--entity", "e", "--project", "p", "--out", str(out)]) == 0
+    assert dashboard_main(["--entity", "e", "--project", "p", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "not reachable" in printed and f"--apply {out}" in printed
     spec = json.loads(out.read_text())
     assert (spec["entity"], spec["project"], spec["groups"]) == ("e", "p", [])
-    assert dashboard.main(["--apply", str(out)]) == 0  # still offline: says so, sends nothing
+    assert dashboard_main(["--apply", str(out)]) == 0  # still offline: says so, sends nothing
     assert "not reachable" in capsys.readouterr().out
     # no --entity: W&B's own default when applied; the file lands in the results directory
     monkeypatch.setenv("ATTACKPSM_RESULTS", str(tmp_path / "results"))
-    assert dashboard.main(["--project", "p"]) == 0
+    assert dashboard_main(["--project", "p"]) == 0
     spec = json.loads((tmp_path / "results" / "dashboard.json").read_text())
     assert spec["entity"] is None and spec["filters"] == {"complete": True}
-    assert dashboard.main(["--include-partial", "--out", str(out)]) == 0
+    assert dashboard_main(["--include-partial", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["filters"] == {}
     with pytest.raises(SystemExit):
-        dashboard.main(["--sweep", str(tmp_path / "missing")])  # names the missing directory
+        dashboard_main(["--sweep", str(tmp_path / "missing")])  # names the missing directory
     assert "missing: no such directory" in capsys.readouterr().err
 
 
@@ -578,7 +581,7 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
     )
 
     # the workspace: written into the sweep directory, no entity needed offline
-    assert dashboard.main(["--sweep", str(sweep_dir), "--offline"]) == 0
+    assert dashboard_main(["--sweep", str(sweep_dir), "--offline"]) == 0
     assert "--apply" in capsys.readouterr().out
     spec = json.loads((sweep_dir / "dashboard.json").read_text())
     assert spec["entity"] is None and spec["filters"] == {"complete": True}
@@ -614,7 +617,8 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
 def test_curves_take_any_minimal_eps_column():
     """A per-triplet minimal ε (``eps_star``, ``min_eps``, FGSM's ``eps_found``; NaN or inf:
     never flipped) gives the flip rate of the ✓ triplets at every ε where it changes."""
-    from attackpsm.job.loggers import leaderboard, leaderboard_row, robustness_curves
+    from attackpsm.summary.curves import robustness_curves
+    from attackpsm.summary.sweep import leaderboard, leaderboard_row
 
     table = pd.DataFrame(
         {
@@ -710,7 +714,7 @@ def test_fgsm_scan_curve_through_merge_and_its_sweep_run(cfg_factory, tmp_path, 
     assert merge(["merge", str(results), "--wandb-dir", str(logs)]) == 0
     assert run_files(logs) == files  # merged and logged already: nothing new
 
-    assert dashboard.main(["--sweep", str(results), "--offline"]) == 0
+    assert dashboard_main(["--sweep", str(results), "--offline"]) == 0
     spec = json.loads((results / "dashboard.json").read_text())
     assert run_record(wandb_offline.leet(sweep_file))["run_group"] in spec["groups"]
     capsys.readouterr()

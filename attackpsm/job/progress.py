@@ -20,7 +20,7 @@ import torch
 from attackpsm.job.examples import Examples
 from attackpsm.job.loggers import PROGRESS, NullLogger, log_results
 from attackpsm.summary.headline import SPLIT_KEYS
-from attackpsm.summary.statistics import agree_labels, rate
+from attackpsm.summary.statistics import flip_counts, label_rows, rate
 
 
 class ShardProgress:
@@ -83,15 +83,14 @@ class ShardProgress:
             self.this_attempt += len(frame)
         if not len(rows):
             return
-        flipped = rows["flipped"].astype(bool)
-        labels = agree_labels(rows)
-        self.counts["all"] += len(rows)
-        self.flips["all"] += int(flipped.sum())
-        self.flips["saved"] += int(rows["flipped_saved"].astype(bool).sum())
+        counts = flip_counts(rows)
+        self.counts["all"] += counts["samples"]
+        self.flips["all"] += counts["flipped"]
+        self.flips["saved"] += counts["flipped_saved"]
         for label, name in SPLIT_KEYS.items():
-            mask = (labels == label).to_numpy()
-            self.counts[name] += int(mask.sum())
-            self.flips[name] += int(flipped[mask].sum())
+            part = flip_counts(label_rows(rows, label))
+            self.counts[name] += part["samples"]
+            self.flips[name] += part["flipped"]
         for col in ("iterations", "queries"):
             if col in rows:
                 values = pd.to_numeric(rows[col], errors="coerce")

@@ -310,7 +310,7 @@ def test_report_says_each_stage_and_where_it_wrote(cfg_factory, tmp_path, capsys
 
 
 def test_flip_rate_grid_of_a_large_sweep_pools_agree_and_disagree_rows():
-    from attackpsm.cluster import flip_rate_grid
+    from attackpsm.summary.sweep import flip_rate_grid
 
     table = pd.DataFrame(
         {

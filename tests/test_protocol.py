@@ -33,8 +33,8 @@ from attackpsm.protocol.twoafc import (
     reverse_rank_loss,
     twoafc_scores,
 )
-from attackpsm.storage import headline
 from attackpsm.summary.accuracy import clean_accuracy
+from attackpsm.summary.headline import headline
 from attackpsm.summary.results import summarize, summary_markdown
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

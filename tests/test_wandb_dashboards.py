@@ -265,7 +265,7 @@ def test_a_wandb_that_raises_on_every_call_changes_nothing(
 def test_sweep_aggregate_runs_and_dashboard_specification(cfg_factory, tmp_path, capsys):
     """Two configurations x two shards: the aggregate runs carry histograms, subset keys
     and the report's figures; the dashboard specification names the sweep's runs."""
-    from attackpsm.cluster import log_aggregate
+    from attackpsm.cluster.aggregate import log_aggregate
 
     results = tmp_path / "results"
     run_dirs = []
@@ -316,7 +316,9 @@ def test_examples_keep_both_rows_within_a_bound():
     import torch
 
     from attackpsm.images import to_uint8
-    from attackpsm.job.loggers import NullLogger, ShardProgress, example_strip
+    from attackpsm.job.examples import example_strip
+    from attackpsm.job.loggers import NullLogger
+    from attackpsm.job.progress import ShardProgress
     from tests.conftest import synthetic_batch
 
     class Capture(NullLogger):
@@ -346,7 +348,7 @@ def test_examples_keep_both_rows_within_a_bound():
             }
         )
         keep(None, batch, prey_is_p1, adv, rows)
-    kept = progress.kept
+    kept = progress.examples.kept
     assert [len(kept["agree"]), len(kept["disagree"])] == [2, 2]
     first = synthetic_batch(6, seed=0, size=16)
     assert kept["agree"][0]["row"]["triplet_id"] == first.triplet_id[0]
@@ -366,7 +368,7 @@ def test_examples_keep_both_rows_within_a_bound():
 def test_distributions_of_min_eps_leave_out_the_unflipped():
     """``attack=min_eps``: ε = inf marks a triplet never flipped (Sec. 3.3's search up to
     ``eps_max``); the histogram holds the finite minimal ε, the summary counts the rest."""
-    from attackpsm.job.loggers import distributions
+    from attackpsm.summary.headline import distributions
 
     table = pd.DataFrame(
         {
@@ -615,7 +617,8 @@ def test_offline_sweep_curves_keys_and_workspace(offline_sweep, capsys):
 def test_curves_take_any_minimal_eps_column():
     """A per-triplet minimal ε (``eps_star``, ``min_eps``, FGSM's ``eps_found``; NaN or inf:
     never flipped) gives the flip rate of the ✓ triplets at every ε where it changes."""
-    from attackpsm.job.loggers import leaderboard, leaderboard_row, robustness_curves
+    from attackpsm.summary.curves import robustness_curves
+    from attackpsm.summary.sweep import leaderboard, leaderboard_row
 
     table = pd.DataFrame(
         {

@@ -1,9 +1,10 @@
 """``python -m attackpsm cluster merge``: the end-of-sweep step, run by hand.
 
-After a sweep that failed or was killed, this does what :class:`attackpsm.cluster.SweepCallback`
-does at the end of a sweep: merge every run's shards, write the per-run and sweep-wide summary
-tables, log one W&B aggregate run per finished run identity and one W&B sweep run per path
-(robustness curves and leaderboard, :func:`attackpsm.cluster.log_sweep`; docs/cluster.md)::
+After a sweep that failed or was killed, this does what
+:class:`attackpsm.cluster.callback.SweepCallback` does at the end of a sweep: merge every run's
+shards, write the per-run and sweep-wide summary tables, log one W&B aggregate run per
+finished run identity and one W&B sweep run per path (robustness curves and leaderboard,
+:func:`attackpsm.cluster.aggregate.log_sweep`; docs/cluster.md)::
 
     python -m attackpsm cluster merge logs/multiruns/<date>    # a sweep directory
     python -m attackpsm cluster merge results                   # every run under a results dir
@@ -19,14 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attackpsm.cluster import (
-    RECORDS,
-    finish_runs,
-    log_sweep,
-    status_lines,
-    sweep_records,
-    write_sweep_summary,
-)
+from attackpsm.cluster.aggregate import log_sweep
+from attackpsm.cluster.merge import finish_runs, status_lines, write_sweep_summary
+from attackpsm.cluster.records import RECORDS, sweep_records
 from attackpsm.storage import read_identity, shard_counts
 from attackpsm.storage.records import RecordError
 

@@ -29,13 +29,13 @@ from attackpsm.config import ConfigError, build
 from attackpsm.data.base import TripletDataset, collate, shard_records
 from attackpsm.data.workers import die_with_parent
 from attackpsm.engine import FittingBatches
-from attackpsm.job.loggers import NullLogger, ShardProgress, flat_keys, run_keys, shard_run_id
+from attackpsm.job.loggers import NullLogger, flat_keys, run_keys, shard_run_id
 from attackpsm.job.preflight import check_run
+from attackpsm.job.progress import ShardProgress
 from attackpsm.storage import (
     ShardStore,
     build_dataset,
     finished_shard,
-    headline,
     merge_shards,
     run_dir_for,
     run_identity,
@@ -43,6 +43,7 @@ from attackpsm.storage import (
 )
 from attackpsm.storage.craft import CraftWriter
 from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.summary.headline import headline
 from attackpsm.summary.results import (
     eps_star_markdown,
     eps_star_summary,

@@ -4,8 +4,8 @@ The workspace answers "which metric is most robust at which ε" on its first scr
 shows what the runs log (:mod:`attackpsm.job.loggers`):
 
 1. **Robustness**: the fraction of ✓ triplets flipped against ε, one curve per metric on
-   one panel (the sweep run's ``sweep/curves/eps`` table, :func:`attackpsm.cluster.log_sweep`;
-   without ``--sweep``, every run's ``curves/eps``), the leaderboard table (metric × attack ×
+   one panel (the sweep run's ``sweep/curves/eps`` table,
+   :func:`attackpsm.cluster.aggregate.log_sweep`; without ``--sweep``, every run's ``curves/eps``), the leaderboard table (metric × attack ×
    ε: flip rate with its 95% interval, RMSE of the flips, median minimal ε and certified
    radius where measured, ranked), and the curves against iterations and queries;
 2. live progress of every shard; 3. histograms; 4. example images; 5. the headline numbers
@@ -35,7 +35,9 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from attackpsm.job.loggers import CURVE, CURVE_TITLES, DISTRIBUTIONS, sweep_group
+from attackpsm.job.loggers import CURVE_TITLES, sweep_group
+from attackpsm.summary.curves import CURVE
+from attackpsm.summary.headline import DISTRIBUTIONS
 
 HEADLINE = ("flip_rate", "flip_rate_saved", "rmse_flipped_mean", "accuracy")
 LIVE = (

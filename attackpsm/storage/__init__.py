@@ -39,7 +39,6 @@ from attackpsm.storage.records import RecordError, load_record
 from attackpsm.storage.runs import (
     RunStatus,
     finished_shard,
-    headline,
     load_results,
     merge_run,
     merge_shards,
@@ -62,7 +61,6 @@ __all__ = [
     "build_dataset",
     "data_fingerprint",
     "finished_shard",
-    "headline",
     "identity_hash",
     "load_record",
     "load_results",

@@ -24,8 +24,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from attackpsm.protocol.stats import PAPER_COLUMNS
-from attackpsm.protocol.twoafc import accuracy
 from attackpsm.storage.atomic import remove_abandoned, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.identity import read_identity, run_dir_for
 from attackpsm.storage.records import RecordError, load_mapping
@@ -40,7 +38,9 @@ from attackpsm.storage.shards import (
     sha256_file,
 )
 from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
+from attackpsm.summary.headline import headline
 from attackpsm.summary.results import ERROR_COLUMNS, summarize, summary_markdown
+from attackpsm.summary.statistics import flip_counts, rate
 
 log = logging.getLogger("attackpsm")
 
@@ -275,27 +275,6 @@ def load_results(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     return merge_shards(run_dir, complete[0])
 
 
-def headline(table: pd.DataFrame, skipped: int) -> dict[str, float]:
-    """The numbers a run returns and logs: samples, flip rates, accuracy (one tie rule,
-    :func:`attackpsm.protocol.twoafc.accuracy`), RMSE of the flips (the paper's 8-bit RMSE)."""
-    n = len(table)
-    nan = float("nan")
-    flipped = table["flipped"].astype(bool) if n else pd.Series(dtype=bool)
-    return {
-        "samples": n,
-        "skipped": skipped,
-        "flipped": int(flipped.sum()) if n else 0,
-        "flipped_saved": int(table["flipped_saved"].astype(bool).sum()) if n else 0,
-        "flip_rate": float(flipped.mean()) if n else nan,
-        "flip_rate_saved": float(table["flipped_saved"].astype(bool).mean()) if n else nan,
-        "stalled": int(table["stalled"].astype(bool).sum()) if n and "stalled" in table else 0,
-        "accuracy": accuracy(table["d0"], table["d1"], table["judge"])[0] if n else nan,
-        "rmse_flipped_mean": float(table.loc[flipped, PAPER_COLUMNS["rmse"]].mean())
-        if flipped.any()
-        else nan,
-    }
-
-
 # --- state of one run directory -----------------------------------------------------------
 
 
@@ -378,9 +357,8 @@ def merge_run(run_dir: Path, count: int | None = None) -> RunStatus:
         status = run_status(run_dir, count)
         status.merged = True
         status.samples = len(table)
-        status.flip_rate = (
-            float(table["flipped"].astype(bool).mean()) if len(table) else float("nan")
-        )
+        counts = flip_counts(table)
+        status.flip_rate = rate(counts["flipped"], counts["samples"])
     return status
 
 

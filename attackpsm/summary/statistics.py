@@ -1,12 +1,16 @@
 """Statistics of a per-triplet results table: the numbers of Tables 1-4 and 6-12.
 
-Every summary of the package computes its numbers here and only here: the run's own
+Every summary of the package computes its numbers from these functions: the run's own
 ``summary.md`` (:func:`attackpsm.summary.results.summarize`, Table-2 layout), its ``table1.md``
-(:func:`attackpsm.summary.accuracy.clean_accuracy`) and the report's tables
+(:func:`attackpsm.summary.accuracy.clean_accuracy`), its headline numbers and W&B summary
+(:mod:`attackpsm.summary.headline`), the robustness curves and a sweep's tables
+(:mod:`attackpsm.summary.curves`, :mod:`attackpsm.summary.sweep`) and the report's tables
 (:mod:`attackpsm.report.tables`). What the columns mean is :mod:`attackpsm.protocol.stats`; the
 ✓/✗ split, the accuracy and the 2AFC score are the rules of :mod:`attackpsm.protocol.twoafc`.
 
-- :func:`split_rows`: the ✓ / ✗ / n/a rows of every table ("same rank by human & metric").
+- :func:`split_rows`, :func:`label_rows`: the ✓ / ✗ / n/a rows of every table ("same rank
+  by human & metric"), one set of labels (:data:`attackpsm.protocol.twoafc.SPLIT_ORDER`).
+- :func:`flip_counts`, :func:`rate`: flipped triplets, before and after 8-bit saving.
 - :func:`flip_stats`: flip count and rate with a 95% Wilson interval, and the perturbation
   sizes over the flipped rows (Table 2, Table 4).
 - :func:`accuracy_stats`, :func:`afc2_score`: Table 1.
@@ -96,6 +100,32 @@ def split_rows(results: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
         yield label, part
 
 
+def label_rows(results: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The rows of one label of :func:`split_rows` (``AGREE``: Table 2's ✓ row)."""
+    assert label in SPLIT_ORDER, f"{label!r} is not one of {SPLIT_ORDER}"  # callers pass these
+    if not len(results):
+        return results
+    return results[(agree_labels(results) == label).to_numpy()]
+
+
+def flip_counts(rows: pd.DataFrame) -> dict[str, int]:
+    """``samples``, ``flipped`` and ``flipped_saved`` (flipped after saving as 8-bit
+    images; 0 without the column) of a set of per-triplet rows."""
+    n = len(rows)
+    return {
+        "samples": n,
+        "flipped": int(rows["flipped"].astype(bool).sum()) if n else 0,
+        "flipped_saved": int(rows["flipped_saved"].astype(bool).sum())
+        if n and "flipped_saved" in rows
+        else 0,
+    }
+
+
+def rate(count: int, n: int) -> float:
+    """``count / n`` as a fraction; NaN for no samples."""
+    return count / n if n else float("nan")
+
+
 def flip_stats(
     rows: pd.DataFrame, extras: Iterable[str] = (), both_ways: bool = False
 ) -> dict[str, Any]:
@@ -118,20 +148,17 @@ def flip_stats(
         ``{statistic: value}``; counts are integers, means and spreads in the precision of
         their per-triplet column (:func:`finite_mean`; :func:`as_float64` widens them).
     """
-    n = len(rows)
-    flipped_mask = rows["flipped"].astype(bool) if n else pd.Series(dtype=bool)
-    k = int(flipped_mask.sum())
+    counts = flip_counts(rows)
+    n, k = counts["samples"], counts["flipped"]
     lo, hi = wilson_interval(k, n)
-    flipped = rows[flipped_mask]
+    flipped = rows[rows["flipped"].astype(bool)] if n else rows
     out: dict[str, float] = {
         "samples": n,
         "flipped": k,
         "flipped_pct": 100.0 * k / n if n else float("nan"),
         "ci_low_pct": 100.0 * lo,
         "ci_high_pct": 100.0 * hi,
-        "flipped_saved": int(rows["flipped_saved"].astype(bool).sum())
-        if n and "flipped_saved" in rows
-        else 0,
+        "flipped_saved": counts["flipped_saved"],
         "rmse_mean": finite_mean(flipped[PAPER_COLUMNS["rmse"]]),
         "rmse_std": finite_std(flipped[PAPER_COLUMNS["rmse"]]),
         "psnr_mean": finite_mean(flipped[PAPER_COLUMNS["psnr"]]),

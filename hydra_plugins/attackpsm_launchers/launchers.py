@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
-from attackpsm.cluster import job_record, write_record
+from attackpsm.cluster.records import job_record, write_record
 from attackpsm.storage import RunDirs, ShardStore
 
 log = logging.getLogger("attackpsm")

@@ -40,6 +40,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from attackpsm.locks import write_text_atomic
 from attackpsm.storage import (
     RunStatus,
     ShardStore,
@@ -50,7 +51,6 @@ from attackpsm.storage import (
     read_identity,
     run_dir_for,
     shard_counts,
-    write_text_atomic,
 )
 from attackpsm.storage.records import RecordError, build_from_record, load_mapping
 from attackpsm.summary.accuracy import clean_accuracy_markdown, sweep_clean_accuracy

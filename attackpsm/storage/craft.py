@@ -29,10 +29,10 @@ from PIL import Image
 
 from attackpsm.data.transfer import MANIFEST, SIDES, image_dir
 from attackpsm.images import on_grid, to_uint8, to_uint8_truncated
+from attackpsm.locks import write_atomic, write_text_atomic
 from attackpsm.metrics.base import Metric
 from attackpsm.protocol.stats import PAPER_COLUMNS, perturbation_stats
 from attackpsm.protocol.twoafc import human_agrees, rank_flipped
-from attackpsm.storage.atomic import write_atomic, write_text_atomic
 
 PARTS = "manifest.parts"
 

@@ -39,32 +39,37 @@ print("HELD", flush=True)
 time.sleep(600)
 """
 
-# contends for the lock at argv[1] for argv[2] seconds: takes it over only from a dead owner
+# contends for the lock at argv[1] once the file argv[2] exists, for argv[3] seconds, taking it
+# over only from a dead owner; a winner holds it (alive) until the file argv[4] exists
 CONTENDER = """
 import sys, time
 from pathlib import Path
 from attackpsm.locks import create_exclusive, owner_gone, owner_record, read_lock, take_over
-lock, until = Path(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-while time.monotonic() < until:
-    if create_exclusive(lock, owner_record()):
-        print("WON", flush=True)
-        time.sleep(float(sys.argv[2]))  # alive, holding it, while the others still try
-        break
+lock, go, window, stop = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
+print("READY", flush=True)
+while not go.exists():
+    time.sleep(0.01)
+until, won = time.monotonic() + window, False
+while not won and time.monotonic() < until:
+    won = create_exclusive(lock, owner_record())
     owner, _ = read_lock(lock)
-    if owner is not None and owner_gone(owner):
+    if not won and owner is not None and owner_gone(owner):
         take_over(lock, owner)
-print("DONE", flush=True)
+print("WON" if won else "LOST", flush=True)
+while won and not stop.exists():
+    time.sleep(0.01)
 """
 
-# rewrites argv[1] atomically, forever: version k is SIZE bytes, all equal to k % 251
+# rewrites argv[1] atomically, forever: argv[2] bytes, all 1, then all 2, then all 1, ...
 WRITER = """
 import sys
 from attackpsm.locks import write_bytes_atomic
-size, k = int(sys.argv[2]), 0
+versions = [bytes([1]) * int(sys.argv[2]), bytes([2]) * int(sys.argv[2])]
 print("WRITING", flush=True)
+k = 0
 while True:
     k += 1
-    write_bytes_atomic(sys.argv[1], bytes([k % 251]) * size)
+    write_bytes_atomic(sys.argv[1], versions[k % 2])
 """
 
 
@@ -141,11 +146,19 @@ def test_one_of_many_contenders_takes_over_a_dead_lock(tmp_path):
     holder = _start(HOLDER, lock)
     _wait_for(holder, "HELD")
     _kill(holder)
-    contenders = [_start(CONTENDER, lock, 4) for _ in range(4)]
-    outs = [p.communicate(timeout=60) for p in contenders]
-    for p, (_, err) in zip(contenders, outs, strict=True):
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    contenders = [_start(CONTENDER, lock, go, 3, stop) for _ in range(4)]
+    for p in contenders:
+        _wait_for(p, "READY")
+    go.touch()  # all at once
+    try:
+        said = [p.stdout.readline().strip() for p in contenders]  # each once it has decided
+    finally:
+        stop.touch()
+    for p in contenders:
+        _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err[-2000:]
-    assert sum(out.count("WON") for out, _ in outs) == 1, outs
+    assert sorted(said) == ["LOST", "LOST", "LOST", "WON"], said
 
 
 def test_a_fresh_lock_is_never_taken_over(tmp_path):
@@ -167,16 +180,21 @@ def test_a_fresh_lock_is_never_taken_over(tmp_path):
 def test_atomic_write_killed_leaves_old_or_new_file(tmp_path):
     target, size = tmp_path / "data.bin", 4 << 20
     write_bytes_atomic(target, bytes([0]) * size)
-    for delay in (0.05, 0.13, 0.21, 0.37, 0.5):
+    kills, seen = 0, set()
+    # until a kill lands in the middle of a write (it leaves a temporary file), and at least 5
+    while kills < 5 or not list(tmp_path.glob(".data.bin.*.tmp")):
+        assert kills < 40, "no kill landed in the middle of a write"
         writer = _start(WRITER, target, size)
         _wait_for(writer, "WRITING")
-        time.sleep(delay)
+        time.sleep(0.05 + 0.07 * (kills % 7))
         _kill(writer)
+        kills += 1
         data = target.read_bytes()
         assert len(data) == size and data == bytes([data[0]]) * size  # one whole version
+        seen.add(data[0])
+    assert seen - {0}  # the writers did replace the file
     # the temporary files of killed writers are left next to it, and cleared when old
     left = list(tmp_path.glob(".data.bin.*.tmp"))
-    assert left  # some kills did land in the middle of a write
     assert remove_abandoned(tmp_path, older_than_s=0) == len(left)
     assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
 

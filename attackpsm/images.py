@@ -19,8 +19,28 @@ def from_uint8(array: np.ndarray) -> torch.Tensor:
     """HWC ``uint8`` RGB array -> CHW float tensor in ``[-1, 1]``."""
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got {array.dtype} {array.shape}")
-    t = torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float()
-    return t / 127.5 - 1.0
+    return from_levels(torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1))
+
+
+def from_levels(levels: torch.Tensor) -> torch.Tensor:
+    """8-bit levels ``0 … 255`` -> ``[-1, 1]``: ``k / 127.5 - 1``, any layout.
+
+    ``uint8`` (or other integer) levels are computed in ``float32``; floating-point levels
+    (whole numbers, e.g. an optimiser's candidate colours) keep their dtype.
+    """
+    x = levels if levels.is_floating_point() else levels.float()
+    return x / 127.5 - 1.0
+
+
+def from_levels_numpy(levels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`from_levels` in numpy for ``uint8`` levels, into ``out`` (``float32``) if given.
+
+    Bit-identical to :func:`from_levels` where numpy's ``float32`` arithmetic rounds as
+    torch's does (callers check all 256 levels once); it runs without torch's thread pool.
+    """
+    x = np.divide(levels, np.float32(127.5), out=out, dtype=np.float32)  # cast and divide at once
+    x -= np.float32(1.0)
+    return x
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -45,7 +65,7 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     resize. It is idempotent: an image already on the 8-bit grid is returned unchanged
     (:func:`on_grid`). Saving an adversarial image is a different step: :func:`saved`.
     """
-    return to_uint8(images).float() / 127.5 - 1.0
+    return from_levels(to_uint8(images))
 
 
 def on_grid(images: torch.Tensor) -> bool:
@@ -67,7 +87,7 @@ def saved(images: torch.Tensor) -> torch.Tensor:
     dark levels ``k = 1 … 63`` of an 8-bit image land just below ``k`` and read one level
     low, so saving is *not* the identity on the 8-bit grid.
     """
-    return to_uint8_truncated(images).float() / 127.5 - 1.0
+    return from_levels(to_uint8_truncated(images))
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

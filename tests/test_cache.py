@@ -20,16 +20,10 @@ from PIL import Image
 
 from attackpsm.data.bapps import BAPPS
 from attackpsm.data.base import collate
-from attackpsm.data.cache import (
-    _LEVELS,
-    CachedBatches,
-    CacheError,
-    TripletCache,
-    ensure_cache,
-    index_fingerprint,
-    levels_to_float,
-)
-from attackpsm.images import to_uint8
+from attackpsm.data.cache import ensure_cache
+from attackpsm.data.cache_batches import LEVELS, CachedBatches
+from attackpsm.data.cache_format import CacheError, TripletCache, index_fingerprint
+from attackpsm.images import from_levels, to_uint8
 from tests.conftest import make_cfg
 from tests.dataset_fixtures import bapps_path, make_bapps
 
@@ -41,16 +35,17 @@ JUDGES = {"cnn": [0.0, 1.0, 1.0, 0.0, 1.0], "deblur": [1.0, 0.0, 0.0]}
 BUILDER = """
 import hashlib, sys, time
 import attackpsm.data.cache as c
+import attackpsm.data.cache_build as b
 from attackpsm.data.bapps import BAPPS
 root, cache_root, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
-fill, build = c._fill, c._build
+fill, build = b.fill, b.build
 def slow_fill(*args):
     time.sleep(delay)
     return fill(*args)
 def loud_build(*args, **kwargs):
     print("BUILT", flush=True)
     return build(*args, **kwargs)
-c._fill, c._build = slow_fill, loud_build
+b.fill, b.build = slow_fill, loud_build
 print("START", flush=True)
 got = c.ensure_cache(BAPPS(size=int(sys.argv[4]), root=root), cache_root, workers=1, chunk=2, progress=False)
 print("DIGEST", hashlib.sha256(got.images.tobytes()).hexdigest(), flush=True)
@@ -194,9 +189,9 @@ def test_cached_batches_equal_the_png_batches(bapps_root, tmp_path, monkeypatch,
     """Same ids, errors and bit-identical images as ``collate`` over the PNG path, whether
     a batch's rows are consecutive in the cache or gathered, converted in one piece or in
     chunks; on the CPU and through the table a GPU uses."""
-    import attackpsm.data.cache as cache_module
+    import attackpsm.data.cache_batches as reader_module
 
-    monkeypatch.setattr(cache_module, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(reader_module, "_CHUNK_BYTES", chunk_bytes)
     Path(bapps_path(bapps_root, "deblur", "p1", 2)).write_bytes(b"not a png")  # an error row
     ds = BAPPS(size=SIZE, root=bapps_root)
     cache = ensure_cache(ds, tmp_path / "c", workers=1, progress=False)
@@ -205,7 +200,7 @@ def test_cached_batches_equal_the_png_batches(bapps_root, tmp_path, monkeypatch,
     batches = list(CachedBatches(cache, shard, batch_size=3))
     # the path of a GPU: uint8 rows through the 256-entry table (here on the CPU)
     tabled = CachedBatches(cache, shard, batch_size=3)
-    tabled.table = _LEVELS
+    tabled.table = LEVELS
     view = BAPPS(size=SIZE, root=bapps_root)
     view.records = shard
     starts = range(0, len(shard), 3)
@@ -233,7 +228,7 @@ def test_unconverted_batches_are_the_cached_levels(bapps_root, tmp_path):
             assert levels.dtype == torch.uint8
             rows = [cache.images[cache.row_of[t]][i] for t in r.triplet_id]
             assert np.array_equal(levels.numpy(), np.stack(rows))
-            assert torch.equal(levels_to_float(levels), getattr(c, k))
+            assert torch.equal(from_levels(levels), getattr(c, k))
 
 
 def test_bad_settings_are_refused(bapps_root, tmp_path):
@@ -344,6 +339,23 @@ def test_reused_buffers_never_change_a_kept_batch(bapps_root, tmp_path):
         del batch  # dropped before the next is read, as a run does
     # the batch in use, those read ahead and one being converted: a few sets, then reuse
     assert reused.pool.allocated <= reused.pool.keep < 3 * len(kept)
+
+
+def test_a_kept_view_keeps_its_buffer(bapps_root, tmp_path):
+    """A slice of a batch's image outlives the batch: its buffer is not lent again while
+    the slice exists, and is once the slice is gone."""
+    ds = BAPPS(size=SIZE, root=bapps_root)
+    cache = ensure_cache(ds, tmp_path / "c", workers=1, progress=False)
+    reader = CachedBatches(cache, ds.records, batch_size=1)
+    views = [batch.ref[0, :1] for batch in reader]  # the batches themselves are dropped
+    for view, tid in zip(views, [r.triplet_id for r in ds.records], strict=True):
+        assert torch.equal(view, from_uint8_rows(cache, tid)[0][:1])
+    assert reader.pool.allocated >= len(views)  # none of their buffers was lent again
+    before = reader.pool.allocated
+    del views, view
+    for batch in reader:
+        del batch  # dropped before the next is read, as a run does
+    assert reader.pool.allocated == before  # given back: read again without allocating
 
 
 def from_uint8_rows(cache, triplet_id: str) -> list[torch.Tensor]:

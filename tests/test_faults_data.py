@@ -329,15 +329,16 @@ def test_zeroed_cache_bytes_are_detected_and_rebuilt(tmp_path, caplog):
 BUILDER = """
 import os, sys, time
 import attackpsm.data.cache as c
+import attackpsm.data.cache_build as b
 from attackpsm.data.bapps import BAPPS
-fill = c._fill
+fill = b.fill
 def slow_fill(*args):
     with open(os.environ["WORKER_PIDS"], "a") as fh:
         fh.write(f"{os.getpid()}\\n")
     time.sleep(30)
     return fill(*args)
 if __name__ == "__main__":
-    c._fill = slow_fill
+    b.fill = slow_fill
     c.ensure_cache(BAPPS(size=16, root=sys.argv[1]), sys.argv[2], workers=2, chunk=1, progress=False)
 """
 

@@ -15,7 +15,7 @@ from attackpsm.attacks.base import (
     check_int,
     check_positive,
 )
-from attackpsm.images import saved
+from attackpsm.images import from_levels, saved
 from attackpsm.metrics.base import Metric, select
 from attackpsm.protocol.streams import counter_uniform, image_keys
 from attackpsm.protocol.twoafc import rank_flipped
@@ -156,7 +156,7 @@ class OnePixel(Attack):
         c = cand.view(m, self.pixels, 5)
         x = c[..., 0].round().long()
         y = c[..., 1].round().long()
-        rgb = c[..., 2:].round() / 127.5 - 1.0  # whole 8-bit levels on the [-1, 1] scale
+        rgb = from_levels(c[..., 2:].round())  # whole 8-bit levels on the [-1, 1] scale
         out = images.view(m, channels, height * width)
         index = (y * width + x)[:, None, :].expand(m, channels, self.pixels)
         out.scatter_(2, index, rgb.transpose(1, 2).to(out.dtype))

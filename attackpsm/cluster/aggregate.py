@@ -26,12 +26,12 @@ from attackpsm.job.loggers import (
     log_results,
     sweep_group,
 )
+from attackpsm.locks import write_text_atomic
 from attackpsm.storage import (
     RunStatus,
     load_results,
     read_identity,
     shard_counts,
-    write_text_atomic,
 )
 from attackpsm.storage.records import RecordError, build_from_record, load_mapping
 from attackpsm.summary.headline import headline

@@ -18,7 +18,8 @@ import pandas as pd
 
 from attackpsm.cluster.aggregate import log_aggregate
 from attackpsm.cluster.records import job_counts
-from attackpsm.storage import RunStatus, StorageError, merge_run, write_text_atomic
+from attackpsm.locks import write_text_atomic
+from attackpsm.storage import RunStatus, StorageError, merge_run
 from attackpsm.storage.records import RecordError
 from attackpsm.summary.accuracy import clean_accuracy_markdown, sweep_clean_accuracy
 from attackpsm.summary.sweep import flip_rate_grid, sweep_table

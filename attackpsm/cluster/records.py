@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from attackpsm.storage import ShardStore, run_dir_for, write_text_atomic
+from attackpsm.locks import write_text_atomic
+from attackpsm.storage import ShardStore, run_dir_for
 from attackpsm.storage.records import RecordError, load_mapping
 
 log = logging.getLogger("attackpsm")

@@ -25,9 +25,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from attackpsm.locks import write_text_atomic
 
 log = logging.getLogger("attackpsm")
 
@@ -129,14 +130,7 @@ class DigestMemo:
         blob = json.dumps({"format": MEMO_FORMAT, "root": self.root, "files": self.entries})
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(blob)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_text_atomic(self.path, blob)
         except OSError as exc:
             log.warning("file digests not memoised in %s: %s", self.path, exc)
             return

@@ -14,17 +14,9 @@ import select
 import threading
 import time
 
+from attackpsm.locks import pid_alive
+
 POLL_S = 0.5
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _watch(pid: int) -> None:
@@ -35,7 +27,7 @@ def _watch(pid: int) -> None:
     if fd is not None:
         select.select([fd], [], [])  # returns when the parent has exited
         os._exit(1)
-    while _alive(pid) and os.getppid() != 1:
+    while pid_alive(pid) and os.getppid() != 1:
         time.sleep(POLL_S)
     os._exit(1)
 
@@ -47,6 +39,6 @@ def die_with_parent(parent_pid: int, *_: object) -> None:
     :func:`functools.partial`, as a ``DataLoader`` ``worker_init_fn`` (which passes the worker
     id as a second argument).
     """
-    if not _alive(parent_pid):
+    if not pid_alive(parent_pid):
         os._exit(1)
     threading.Thread(target=_watch, args=(parent_pid,), daemon=True, name="die-with-parent").start()

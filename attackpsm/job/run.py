@@ -251,7 +251,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             store.start([r.triplet_id for r in records], fingerprint)
             batches = store.pending(cfg.resolution.batch_size)  # gaps and damaged parts too
             if cfg.dataset.get("cache"):  # decoded 8-bit triplets, converted on the device
-                from attackpsm.data.cache import CachedBatches, ensure_cache
+                from attackpsm.data.cache import ensure_cache
+                from attackpsm.data.cache_batches import CachedBatches
 
                 cache = ensure_cache(
                     dataset,

@@ -1,7 +1,7 @@
 """Storage of runs: identity and directory, shards and checkpoints, leases, merging.
 
 Everything a run writes or reads back goes through this package, and everything it
-writes is written once, atomically (:mod:`~attackpsm.storage.atomic`). Layout of a run
+writes is written once, atomically (:mod:`~attackpsm.locks`). Layout of a run
 directory (keyed by the run's identity, including the data fingerprint)::
 
     <results_dir>/<dataset>/<metric>/<attack>/res<size>-<hash>/
@@ -23,7 +23,6 @@ computed again, and a line says which. Every YAML or JSON file read back is plai
 (:mod:`~attackpsm.storage.records`).
 """
 
-from attackpsm.storage.atomic import write_atomic, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.identity import (
     RunDirs,
     build_dataset,
@@ -73,8 +72,5 @@ __all__ = [
     "run_status",
     "shard_counts",
     "verify_merged",
-    "write_atomic",
-    "write_bytes_atomic",
     "write_identity",
-    "write_text_atomic",
 ]

@@ -28,11 +28,11 @@ import yaml
 from PIL import Image
 
 from attackpsm.data.transfer import MANIFEST, SIDES, image_dir
-from attackpsm.images import on_grid, to_uint8, to_uint8_truncated
+from attackpsm.images import from_levels, on_grid, to_uint8, to_uint8_truncated
+from attackpsm.locks import write_atomic, write_text_atomic
 from attackpsm.metrics.base import Metric
 from attackpsm.protocol.stats import PAPER_COLUMNS, perturbation_stats
 from attackpsm.protocol.twoafc import human_agrees, rank_flipped
-from attackpsm.storage.atomic import write_atomic, write_text_atomic
 
 PARTS = "manifest.parts"
 
@@ -80,7 +80,7 @@ class CraftWriter:
         }
         images["adv"] = to_uint8_truncated(adv)
         # the flip as the evaluation stage will see it: every image read back from 8 bits
-        saved = {k: v.float() / 127.5 - 1.0 for k, v in images.items()}
+        saved = {k: from_levels(v) for k, v in images.items()}
         with torch.no_grad():
             prepared = metric.prepare(saved["ref"])
             d0 = metric.score(prepared, saved["p0"])

@@ -21,7 +21,7 @@ import attackpsm
 from attackpsm.config import build
 from attackpsm.data.base import TripletDataset
 from attackpsm.data.transfer import CraftMissing
-from attackpsm.storage.atomic import write_text_atomic
+from attackpsm.locks import write_text_atomic
 from attackpsm.storage.records import load_mapping
 
 IDENTITY_FILE = "identity.yaml"

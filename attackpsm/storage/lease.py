@@ -3,9 +3,10 @@
 A writer writes who it is -- host, process id, SLURM job, array task and restart count when
 set, and a random token -- to a temporary file and hard-links it to
 ``shard-<i>-of-<n>.lease`` (exactly one of several concurrent creators succeeds, and the
-lease is never seen half written). A background thread touches the file every
-``heartbeat_s`` seconds while the shard runs. Another writer of the same shard waits (up to
-``wait_s`` seconds) for the lease to go away, then exits with an error naming the owner.
+lease is never seen half written: a lock file of :mod:`attackpsm.locks`). A background
+thread touches the file every ``heartbeat_s`` seconds while the shard runs. Another writer
+of the same shard waits (up to ``wait_s`` seconds) for the lease to go away, then exits with
+an error naming the owner.
 
 A lease is taken over only when its owner is really gone:
 
@@ -24,23 +25,19 @@ A writer that finds its lease taken over stops before writing anything more
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from attackpsm.locks import create_exclusive, owner_gone, owner_record, read_lock, take_over
+
 log = logging.getLogger("attackpsm")
 
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
-# a lease file is a few hundred bytes; anything much larger is not one
-MAX_LEASE_BYTES = 64 * 1024
 # a lease appears complete (hard link); only on a file system without hard links is it
 # created empty and written microseconds later: an empty lease older than this is debris
 EMPTY_GRACE_S = 1.0
@@ -54,15 +51,9 @@ class LeaseLost(RuntimeError):
     """This writer's lease was taken over (its heartbeat stopped for too long)."""
 
 
-def owner_record() -> dict[str, Any]:
+def lease_owner() -> dict[str, Any]:
     """Who this process is: host, pid, SLURM ids when set, and a unique token."""
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        **{k.lower(): os.environ[k] for k in SLURM_VARS if os.environ.get(k)},
-        "token": secrets.token_hex(8),
-        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return owner_record(**{k.lower(): os.environ[k] for k in SLURM_VARS if os.environ.get(k)})
 
 
 def describe(owner: dict[str, Any]) -> str:
@@ -103,32 +94,6 @@ def requeued(owner: dict[str, Any], env: dict[str, str] | None = None) -> str | 
     return f"SLURM job {job} was requeued (restart count {theirs} -> {mine})"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _read(path: Path) -> tuple[dict[str, Any] | None, float | None]:
-    """The owner record and heartbeat time of a lease file (``None``s when it is gone)."""
-    beat = time.time()
-    try:
-        info = path.stat()
-        beat = info.st_mtime
-        if info.st_size > MAX_LEASE_BYTES:
-            return {}, beat
-        owner = json.loads(path.read_text() or "{}")
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError, RecursionError):  # debris of a failed write: stale at once
-        return {}, beat
-    return (owner if isinstance(owner, dict) else {}), beat
-
-
 class Lease:
     """The exclusive right to write one shard (see the module docstring).
 
@@ -161,28 +126,9 @@ class Lease:
     # --- taking it ------------------------------------------------------------------------
 
     def _create(self) -> bool:
-        owner = owner_record()
-        tmp = self.path.with_name(f".{self.path.name}.{owner['token']}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(owner, f)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, self.path)  # atomic and exclusive: the lease appears complete
-            except FileExistsError:
-                return False
-            except OSError:  # a file system without hard links: exclusive create, then write
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    return False
-                with os.fdopen(fd, "w") as f:
-                    json.dump(owner, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-        finally:
-            tmp.unlink(missing_ok=True)
+        owner = lease_owner()
+        if not create_exclusive(self.path, owner):
+            return False
         self.owner = owner
         return True
 
@@ -193,31 +139,16 @@ class Lease:
             return "the lease file is empty or unreadable (the debris of a failed write)"
         if age > self.stale_s:
             return f"no heartbeat for {age:.0f}s (lease.stale_s={self.stale_s:g})"
-        pid = owner.get("pid")
-        same_host = owner.get("host") == socket.gethostname()
-        if same_host and isinstance(pid, int) and pid != os.getpid() and not _pid_alive(pid):
-            return f"process {pid} on this host is gone"
+        if owner_gone(owner):
+            return f"process {owner['pid']} on this host is gone"
         return requeued(owner)
 
     def _take_over(self, owner: dict[str, Any], reason: str) -> None:
-        """Move a stale lease aside; of several processes doing so at once, one succeeds.
-
-        If the file moved aside is not the stale one judged (another process took the lease
-        over in between and created a fresh one), it is linked back in place.
-        """
-        aside = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return  # another process moved it first
-        moved, _ = _read(aside)
-        if moved and moved.get("token") != owner.get("token"):
-            with contextlib.suppress(FileExistsError):  # fails if a newer one replaced it
-                os.link(aside, self.path)  # a fresh lease: give it back
-            aside.unlink(missing_ok=True)
-            return
-        aside.unlink(missing_ok=True)
-        log.warning("%s: took over the stale lease of %s (%s)", self.path, describe(owner), reason)
+        """Remove a stale lease (:func:`attackpsm.locks.take_over`: never a fresh one)."""
+        if take_over(self.path, owner):
+            log.warning(
+                "%s: took over the stale lease of %s (%s)", self.path, describe(owner), reason
+            )
 
     def acquire(self, done: Callable[[], bool] | None = None) -> bool:
         """Take the lease, waiting up to ``wait_s`` for a live owner to finish.
@@ -237,7 +168,7 @@ class Lease:
             if self._create():
                 self._start_heartbeat()
                 return True
-            owner, beat = _read(self.path)
+            owner, beat = read_lock(self.path)
             if owner is None:
                 continue  # released between our attempt and the read: try again
             reason = self.stale_reason(owner, beat)
@@ -267,7 +198,7 @@ class Lease:
     # --- holding it -----------------------------------------------------------------------
 
     def holds(self) -> bool:
-        owner, _ = _read(self.path)
+        owner, _ = read_lock(self.path)
         return bool(owner and self.owner and owner.get("token") == self.owner["token"])
 
     def check(self) -> None:
@@ -276,7 +207,7 @@ class Lease:
             raise LeaseLost(f"{self.path}: this process never held the lease")
         if self.lost or not self.holds():
             self.lost = True
-            owner, _ = _read(self.path)
+            owner, _ = read_lock(self.path)
             now = describe(owner) if owner else "nobody"
             raise LeaseLost(
                 f"{self.path}: the lease was taken over (held now by {now}) after this "

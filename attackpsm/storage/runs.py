@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from attackpsm.storage.atomic import remove_abandoned, write_bytes_atomic, write_text_atomic
+from attackpsm.locks import remove_abandoned, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.identity import read_identity, run_dir_for
 from attackpsm.storage.records import RecordError, load_mapping
 from attackpsm.storage.shards import (

@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attackpsm.storage.atomic import remove_abandoned, write_bytes_atomic, write_text_atomic
+from attackpsm.locks import remove_abandoned, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.lease import Lease
 from attackpsm.summary.results import BASE_COLUMNS, ERROR_COLUMNS
 

@@ -70,7 +70,7 @@ def make_bapps_layout(root: Path, triplets: int, unique: int = 128, seed: int = 
 
 def loading(root: Path, cache_root: Path, size: int, batch_size: int, device: torch.device):
     """Loading alone: the PNG path (``BAPPS.__getitem__`` + ``collate`` in one process, as
-    ``num_workers=0``) against :class:`~attackpsm.data.cache.CachedBatches`, both ending
+    ``num_workers=0``) against :class:`~attackpsm.data.cache_batches.CachedBatches`, both ending
     with the float batch on ``device``, each in one thread (as in a DataLoader worker); and
     the cache's reader alone (``convert=False``: the ``uint8`` rows, before any copy to the
     device or conversion), the part that stays on the host when the device converts.
@@ -78,7 +78,8 @@ def loading(root: Path, cache_root: Path, size: int, batch_size: int, device: to
     from torch.utils.data import DataLoader
 
     from attackpsm.data.bapps import BAPPS
-    from attackpsm.data.cache import CachedBatches, ensure_cache
+    from attackpsm.data.cache import ensure_cache
+    from attackpsm.data.cache_batches import CachedBatches
 
     data = BAPPS(size=size, root=root, filter="all")
     n = len(data)
@@ -129,7 +130,8 @@ def end_to_end(
     Each rate is that of the fastest of ``repeats`` passes."""
     from attackpsm.config import compose
     from attackpsm.data.bapps import BAPPS
-    from attackpsm.data.cache import CachedBatches, ensure_cache
+    from attackpsm.data.cache import ensure_cache
+    from attackpsm.data.cache_batches import CachedBatches
     from attackpsm.job.run import run
 
     data = BAPPS(size=size, root=root, filter="all")

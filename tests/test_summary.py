@@ -14,9 +14,12 @@ from attackpsm.summary.statistics import (
     accuracy_stats,
     afc2_score,
     finite_mean,
+    flip_fraction,
     flip_stats,
+    robust_fraction,
     split_rows,
     wilson_interval,
+    worst_case,
 )
 
 
@@ -94,3 +97,20 @@ def test_accuracy_and_2afc_score_use_one_tie_rule():
 
 def test_finite_mean_skips_inf_and_nan():
     assert finite_mean(pd.Series([1.0, np.inf, np.nan, 3.0])) == 2.0
+
+
+def test_worst_case_counts_a_triplet_flipped_by_any_attack_once():
+    pgd = pd.DataFrame({"triplet_id": [0, 1, 2], "flipped": [True, False, False]})
+    square = pd.DataFrame({"triplet_id": [0, 1, 2], "flipped": [True, True, False]})
+    per = worst_case([pgd, square], columns=("flipped",))
+    assert per["flipped"].to_dict() == {0: True, 1: True, 2: False}
+    assert flip_fraction(per["flipped"]) == pytest.approx(2 / 3)
+    assert math.isnan(flip_fraction(pd.Series([], dtype=bool)))
+
+
+def test_robust_fraction_is_over_labelled_triplets_ranked_as_humans_did_and_not_flipped():
+    agrees = pd.Series([True, True, False, None, True], dtype="boolean")
+    flipped = pd.Series([False, True, False, False, False])
+    # labelled: 4; agreeing and not flipped: triplets 0 and 4
+    assert robust_fraction(agrees, flipped) == pytest.approx(2 / 4)
+    assert robust_fraction(pd.Series([None], dtype="boolean"), pd.Series([False])) is None

@@ -49,6 +49,7 @@ from attackpsm.report.diagnostics import diagnostics_markdown, read_diagnostics
 from attackpsm.report.load import Run, load_runs
 from attackpsm.report.tables.format import fmt_cell
 from attackpsm.summary.results import quantile
+from attackpsm.summary.statistics import flip_fraction, robust_fraction, worst_case
 
 PAPER_BUDGET = 0.03  # ℓ∞ ε of PGD in the paper, on the [-1, 1] scale
 L2_BUDGET = 1.0  # ε of attack=apgd_l2, on the [-1, 1] scale
@@ -67,10 +68,6 @@ def _key(run: Run) -> tuple[str, str, str]:
         f"res{res or 'native'}",
         run.identity["metric"]["name"],
     )
-
-
-def _rate(values: pd.Series) -> float:
-    return float(values.astype(bool).mean()) if len(values) else float("nan")
 
 
 def _clean(value: float) -> float | None:
@@ -97,15 +94,14 @@ def entry(runs: list[Run], threat: str, clean: Run | None, budget: float) -> dic
     worst_saved: dict[str, float] = {}
     triplets = 0
     for eps, group in sorted(by_eps.items()):
-        table = pd.concat([g.results[["triplet_id", "flipped", "flipped_saved"]] for g in group])
-        per = table.groupby("triplet_id")[["flipped", "flipped_saved"]].any()
-        worst[str(eps)] = _rate(per["flipped"])
-        worst_saved[str(eps)] = _rate(per["flipped_saved"])
+        per = worst_case(g.results for g in group)
+        worst[str(eps)] = flip_fraction(per["flipped"])
+        worst_saved[str(eps)] = flip_fraction(per["flipped_saved"])
         triplets = max(triplets, len(per))
     by_attack = {
         r.identity["attack"]["name"]: {
             "eps": _threat(r).eps,
-            "flip_rate": _rate(r.results["flipped"]),
+            "flip_rate": flip_fraction(r.results["flipped"]),
             **(
                 {"queries_mean": float(r.results["queries"].mean())}
                 if "queries" in r.results
@@ -177,11 +173,7 @@ def robust_accuracy(at_budget: list[Run], radius: list[Run], budget: float) -> f
         )
     else:
         return None
-    labelled = per["agrees"].notna()
-    if not labelled.any():
-        return None
-    agrees = per.loc[labelled, "agrees"].astype(bool)
-    return float((agrees & ~per.loc[labelled, "flipped"].astype(bool)).mean())
+    return robust_fraction(per["agrees"], per["flipped"])
 
 
 def _radii(run: Run) -> np.ndarray:

@@ -126,6 +126,30 @@ def rate(count: int, n: int) -> float:
     return count / n if n else float("nan")
 
 
+def flip_fraction(flipped: pd.Series) -> float:
+    """Fraction of the rows flipped (a boolean column); NaN without rows."""
+    return float(flipped.astype(bool).mean()) if len(flipped) else float("nan")
+
+
+def worst_case(
+    tables: Iterable[pd.DataFrame], columns: tuple[str, ...] = ("flipped", "flipped_saved")
+) -> pd.DataFrame:
+    """Per triplet, whether any of the tables flipped it: the worst case over the attacks
+    run at one budget (the leaderboard's flip rate). Indexed by ``triplet_id``."""
+    cols = list(columns)
+    table = pd.concat([t[["triplet_id", *cols]] for t in tables])
+    return table.groupby("triplet_id")[cols].any()
+
+
+def robust_fraction(agrees: pd.Series, flipped: pd.Series) -> float | None:
+    """Robust accuracy: the fraction of the labelled triplets ranked as humans did
+    (``agrees``, nullable) and not flipped. ``None`` without a labelled triplet."""
+    labelled = agrees.notna()
+    if not labelled.any():
+        return None
+    return float((agrees[labelled].astype(bool) & ~flipped[labelled].astype(bool)).mean())
+
+
 def flip_stats(
     rows: pd.DataFrame, extras: Iterable[str] = (), both_ways: bool = False
 ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from attackpsm.report.tables.format import (
     run_keys,
     sort_rows,
 )
-from attackpsm.summary.statistics import agree_labels, wilson_interval
+from attackpsm.summary.statistics import agree_labels, flip_counts, wilson_interval
 
 
 def _canon_source(label: str) -> str | None:
@@ -48,7 +48,7 @@ def _transfer_row(r: Run) -> dict:
     labels = agree_labels(res)
     acc = res[labels == "✓"]
     n_lab = int((labels != "n/a").sum())
-    k = int(acc["flipped"].astype(bool).sum())
+    k = flip_counts(acc)["flipped"]
     lo, hi = wilson_interval(k, len(acc))
     canon = _canon_source(r.variant)
     pub = _transfer_paper(r, canon)

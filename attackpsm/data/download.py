@@ -20,6 +20,8 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from attackpsm.locks import write_atomic
+
 log = logging.getLogger("attackpsm")
 
 # name -> mirrors, tried in order (the current host first, then the original one)
@@ -45,10 +47,10 @@ def fetch(urls: Sequence[str], dest: Path) -> Path:
         log.info("using %s (already downloaded)", dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     failures = []
     for url in urls:
-        try:
+
+        def stream(part: Path, url: str = url) -> None:
             with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0)
                 done = 0
@@ -61,11 +63,11 @@ def fetch(urls: Sequence[str], dest: Path) -> Path:
                     done += len(chunk)
             if total and done != total:
                 raise OSError(f"incomplete download: {done} of {total} bytes")
-            part.replace(dest)
-            return dest
-        except Exception as exc:  # try the next mirror
+
+        try:
+            return write_atomic(dest, stream)
+        except Exception as exc:  # try the next mirror (the partial file is gone)
             failures.append(f"{url}: {type(exc).__name__}: {exc}")
-            part.unlink(missing_ok=True)
     raise OSError("could not download from any source:\n  " + "\n  ".join(failures))
 
 

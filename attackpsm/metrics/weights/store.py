@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from attackpsm.locks import write_atomic
 from attackpsm.metrics.weights.registry import OFFICIAL, SPECS, Route, official_routes
 from attackpsm.metrics.weights.safeload import WeightsUnavailable
 from attackpsm.metrics.weights.sources import ENV_MIRROR
@@ -90,9 +91,7 @@ def _fetch_first(
         path.parent.mkdir(parents=True, exist_ok=True)
         if record_sha256:
             _recorded_sha256(name, cache_dir).write_text(content_sha256(state) + "\n")
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent fetches
-        torch.save(state, tmp)
-        tmp.replace(path)
+        write_atomic(path, lambda tmp, state=state: torch.save(state, tmp))  # concurrent fetches
         if verbose:
             print(f"[weights] {name}: fetched via {route} -> {path}", file=sys.stderr)
         return path, []

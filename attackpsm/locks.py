@@ -19,11 +19,15 @@ it. Whoever finds a lock decides whether its owner is gone -- its process no lon
 this host (:func:`owner_gone`), its heartbeat is too old, or a reason of its own -- and
 then takes it over (:func:`take_over`): of several processes doing so at once, exactly one
 removes the stale lock, and never a fresh one.
+
+**Checksums of written files.** :func:`sha256_file` is the one SHA-256 of a file's bytes
+(finished-shard records, ``merged.json``, pinned downloads).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -70,6 +74,15 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -26,7 +26,7 @@ from attackpsm.job.loggers import (
     log_results,
     sweep_group,
 )
-from attackpsm.locks import write_text_atomic
+from attackpsm.locks import sha256_file, write_text_atomic
 from attackpsm.storage import (
     RunStatus,
     load_results,
@@ -63,10 +63,6 @@ def _sweep_runs(run_dirs: list[Path]) -> list[tuple[dict[str, Any], pd.DataFrame
     return runs
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def log_aggregate(
     run_dir: Path,
     logger_spec: dict[str, Any] | None,
@@ -88,7 +84,7 @@ def log_aggregate(
     if not merged.exists():
         return False
     destination = _destination(logger_spec)
-    digest = _sha256(merged)
+    digest = sha256_file(merged)
     record_path = run_dir / AGGREGATES
     try:
         records = load_mapping(record_path)

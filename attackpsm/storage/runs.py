@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from attackpsm.locks import remove_abandoned, write_bytes_atomic, write_text_atomic
+from attackpsm.locks import remove_abandoned, sha256_file, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.identity import read_identity, run_dir_for
 from attackpsm.storage.records import RecordError, load_mapping
 from attackpsm.storage.shards import (
@@ -35,7 +35,6 @@ from attackpsm.storage.shards import (
     parquet_bytes,
     read_meta,
     set_aside,
-    sha256_file,
 )
 from attackpsm.summary.accuracy import clean_accuracy, clean_accuracy_markdown
 from attackpsm.summary.headline import headline

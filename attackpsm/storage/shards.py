@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attackpsm.locks import remove_abandoned, write_bytes_atomic, write_text_atomic
+from attackpsm.locks import remove_abandoned, sha256_file, write_bytes_atomic, write_text_atomic
 from attackpsm.storage.lease import Lease
 from attackpsm.summary.results import BASE_COLUMNS, ERROR_COLUMNS
 
@@ -73,14 +73,6 @@ def write_parquet(frame: pd.DataFrame, path: Path, meta: dict[str, Any] | None =
     data = parquet_bytes(frame, meta)
     write_bytes_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checksum_problem(record: dict[str, Any], files: dict[str, Path]) -> str | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attackpsm.locks import write_atomic
+from attackpsm.locks import sha256_file, write_atomic
 from attackpsm.metrics.weights.safeload import (
     WeightsUnavailable,
     float_state,
@@ -71,14 +71,6 @@ class OfficialFile:
     url: str  # raw GitHub URL at a pinned commit
     sha256: str  # of the file's bytes
     read: Callable[[bytes], dict[str, torch.Tensor]]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- source distributions on a package index ----------------------------------------------

@@ -20,7 +20,7 @@ import os
 # (docs/guarantees.md, "Determinism"). MKL reads it at its first call; an explicit MKL_CBWR is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 # The Python API (attackpsm/api.py), imported on first use so that `import attackpsm` stays
 # light: attackpsm.metric("lpips_alex"), attackpsm.attack("pgd", eps=0.01),

@@ -3,7 +3,6 @@ reverse (Appendix F, Eq. 7)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -152,9 +151,7 @@ class PGD(Attack):
         compiled when asked."""
         score = metric.score
         if self.check_every != 1 or self.compile is not False:
-            unchecked = getattr(type(metric).score, "__wrapped__", None)
-            if unchecked is not None:
-                score = functools.partial(unchecked, metric)
+            score = metric.score_unchecked  # the candidate is clipped to [-1, 1] by Alg. 1
         if self.compile is False:
             return score
         if id(metric) not in self._compiled:

@@ -147,8 +147,8 @@ class PGD(Attack):
         return [c.error for c in self._compiled.values() if c.error]
 
     def _scorer(self, metric: Metric) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-        """``metric.score``, without its input-range check when host syncs are avoided,
-        compiled when asked."""
+        """``metric.score``; :meth:`~attackpsm.metrics.base.Metric.score_unchecked` when host
+        syncs are avoided (the input-range check reads a device value); compiled when asked."""
         score = metric.score
         if self.check_every != 1 or self.compile is not False:
             score = metric.score_unchecked  # the candidate is clipped to [-1, 1] by Alg. 1

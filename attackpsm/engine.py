@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from attackpsm.attacks.base import Attack, Triplets
+from attackpsm.attacks.base import Attack, AttackResult, Triplets
 from attackpsm.data.base import Batch
 from attackpsm.images import on_grid, saved
 from attackpsm.metrics.base import Metric, select
@@ -74,37 +75,20 @@ def attack_batch(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Attack one batch; returns (per-triplet rows, error rows).
 
+    The steps: score the clean distortions and skip those that break the metric contract
+    (:func:`score_clean`), pick the prey, attack it and rescore the saved image
+    (:func:`run_attack`), build the rows (:func:`triplet_rows`) and skip the triplets
+    whose attack broke the contract (:func:`drop_broken`).
+
     ``sink`` (optional) receives ``(metric, batch, prey_is_p1, adv, rows)`` once the rows
     are built -- the transfer benchmark's craft stage saves the adversarial images there.
     """
     errors = pd.DataFrame(batch.errors, columns=["triplet_id", "subset", "reason"])
     if len(batch) == 0:
         return pd.DataFrame(), errors
-    prepared = metric.prepare(batch.ref)
-    with torch.no_grad():
-        d0 = metric.score(prepared, batch.p0)
-        d1 = metric.score(prepared, batch.p1)
-    reasons = contract_violations(d0=d0, d1=d1)
-    ok = torch.tensor([r is None for r in reasons], device=d0.device)
-    if not ok.all():
-        bad = (~ok).nonzero().flatten().tolist()
-        extra = pd.DataFrame(
-            [
-                {
-                    "triplet_id": batch.triplet_id[i],
-                    "subset": batch.subset[i],
-                    "reason": reasons[i],
-                }
-                for i in bad
-            ]
-        )
-        errors = pd.concat([errors, extra], ignore_index=True)
-        keep = ok.nonzero().flatten()
-        batch = batch.take(keep)
-        prepared, d0, d1 = select(prepared, keep), d0[keep], d1[keep]
-        if len(batch) == 0:
-            return pd.DataFrame(), errors
-
+    batch, prepared, d0, d1, errors = score_clean(metric, batch, errors)
+    if len(batch) == 0:
+        return pd.DataFrame(), errors
     reverse = bool(getattr(attack, "reverse", False))
     grid = all(on_grid(x) for x in (batch.ref, batch.p0, batch.p1))
     if getattr(attack, "flip_on", "float") == "saved" and not grid:
@@ -114,34 +98,107 @@ def attack_batch(
             "dataset.quantize=true (the paper's loader) or attack.flip_on=float"
         )
     chosen = choose_prey(d0, d1, reverse)
-    rank, s_other, s_prey = chosen.is_p1, chosen.s_other, chosen.s_prey
-    prey = chosen.images(batch.p0, batch.p1)
+    attacked = run_attack(metric, attack, batch, prepared, chosen, grid)
+    rows = triplet_rows(attack, batch, d0, d1, chosen, attacked)
+    if sink is not None and attacked.target == "prey":  # saved and shown images are preys
+        sink(metric, batch, chosen.is_p1, attacked.adv, rows)
+    return drop_broken(rows, errors, attacked)
 
+
+def score_clean(
+    metric: Metric, batch: Batch, errors: pd.DataFrame
+) -> tuple[Batch, Any, torch.Tensor, torch.Tensor, pd.DataFrame]:
+    """The prepared references and the clean distances ``d0``, ``d1`` of the batch.
+
+    A triplet whose clean distances break the metric contract (:func:`contract_violations`)
+    is a recorded skip: it leaves the returned batch and joins the returned errors.
+    """
+    prepared = metric.prepare(batch.ref)
+    with torch.no_grad():
+        d0 = metric.score(prepared, batch.p0)
+        d1 = metric.score(prepared, batch.p1)
+    reasons = contract_violations(d0=d0, d1=d1)
+    ok = torch.tensor([r is None for r in reasons], device=d0.device)
+    if ok.all():
+        return batch, prepared, d0, d1, errors
+    bad = (~ok).nonzero().flatten().tolist()
+    extra = pd.DataFrame(
+        [
+            {"triplet_id": batch.triplet_id[i], "subset": batch.subset[i], "reason": reasons[i]}
+            for i in bad
+        ]
+    )
+    errors = pd.concat([errors, extra], ignore_index=True)
+    keep = ok.nonzero().flatten()
+    return batch.take(keep), select(prepared, keep), d0[keep], d1[keep], errors
+
+
+@dataclass(frozen=True)
+class Attacked:
+    """What :func:`run_attack` returns for a batch.
+
+    Attributes:
+        target: the perturbed image (``attack.target``: prey, reference or both).
+        result: the attack's result (its ``flipped_saved`` column taken out).
+        adv: the adversarial images, detached.
+        clean: the images ``adv`` perturbs (for the perturbation statistics).
+        s_adv_saved: the adversarial distance once saved as 8 bits.
+        flipped_saved: the saved image's own flip decision.
+    """
+
+    target: str
+    result: AttackResult
+    adv: torch.Tensor
+    clean: torch.Tensor
+    s_adv_saved: torch.Tensor
+    flipped_saved: torch.Tensor
+
+
+def run_attack(
+    metric: Metric, attack: Attack, batch: Batch, prepared: Any, chosen: Prey, grid: bool
+) -> Attacked:
+    """Attack the chosen prey (or ``attack.target``) and decide the flip of its saved image."""
+    reverse = bool(getattr(attack, "reverse", False))
+    prey = chosen.images(batch.p0, batch.p1)
     # attacks that read per-triplet state (a saved image, a seeded stream) get the ids as input
     extra = (
-        {"triplets": Triplets(list(batch.triplet_id), rank)}
+        {"triplets": Triplets(list(batch.triplet_id), chosen.is_p1)}
         if getattr(attack, "needs_triplets", False)
         else {}
     )
     # attack.target (attackpsm.attacks.target): the prey (the paper), the reference or both
     target = getattr(attack, "target", "prey")
     if target == "prey":
-        result = attack.run(metric, prepared, prey, s_other, **extra)
+        result = attack.run(metric, prepared, prey, chosen.s_other, **extra)
         adv, clean = result.adv.detach(), prey
         s_adv_saved, s_other_saved = _rescore_saved(metric, prepared, batch, chosen, adv, grid)
     else:
         other = chosen.others(batch.p0, batch.p1)
-        result, clean = attack.run_target(metric, batch.ref, prepared, prey, other, s_prey, s_other)
+        result, clean = attack.run_target(
+            metric, batch.ref, prepared, prey, other, chosen.s_prey, chosen.s_other
+        )
         adv = result.adv.detach()
         s_adv_saved, s_other_saved = attack.distances_saved(
             metric, batch.ref, prey, other, adv, grid
         )
-    stats = perturbation_stats(adv, clean)
     flipped_saved = result.columns.pop("flipped_saved", None)
     if flipped_saved is None:  # the saved image's own decision, whatever the float one was
         flipped_saved = target_flipped(target, s_adv_saved, s_other_saved, reverse)
+    return Attacked(target, result, adv, clean, s_adv_saved, flipped_saved)
 
-    rows = pd.DataFrame(
+
+def triplet_rows(
+    attack: Attack,
+    batch: Batch,
+    d0: torch.Tensor,
+    d1: torch.Tensor,
+    chosen: Prey,
+    attacked: Attacked,
+) -> pd.DataFrame:
+    """The per-triplet rows of an attacked batch, with the perturbation statistics."""
+    result = attacked.result
+    stats = perturbation_stats(attacked.adv, attacked.clean)
+    return pd.DataFrame(
         {
             "triplet_id": batch.triplet_id,
             "subset": batch.subset,
@@ -149,15 +206,15 @@ def attack_batch(
             "d0": d0.cpu().numpy(),
             "d1": d1.cpu().numpy(),
             "human_agrees": human_agrees(d0, d1, batch.judge),
-            "prey": rank.long().cpu().numpy(),
-            "s_other": s_other.cpu().numpy(),
-            "s_prey": s_prey.cpu().numpy(),
+            "prey": chosen.is_p1.long().cpu().numpy(),
+            "s_other": chosen.s_other.cpu().numpy(),
+            "s_prey": chosen.s_prey.cpu().numpy(),
             "s_adv": result.s_adv.detach().cpu().numpy(),
             "flipped": result.flipped.cpu().numpy(),
-            "s_adv_saved": s_adv_saved.cpu().numpy(),
+            "s_adv_saved": attacked.s_adv_saved.cpu().numpy(),
             # the rank of the adversarial image once saved as an 8-bit PNG (the released
             # code decided flips on float tensors but saved 8-bit images)
-            "flipped_saved": flipped_saved.cpu().numpy(),
+            "flipped_saved": attacked.flipped_saved.cpu().numpy(),
             "stalled": stalled(attack, result.flipped, stats["linf"]).cpu().numpy(),
             "iterations": result.columns.get(
                 "iterations", torch.zeros(len(batch), dtype=torch.long)
@@ -165,34 +222,35 @@ def attack_batch(
             .cpu()
             .numpy(),
             **{k: v.cpu().numpy() for k, v in stats.items()},
-            "target": target,  # the perturbed image (attack.target), after the base columns
+            "target": attacked.target,  # the perturbed image (attack.target), after the base columns
             **{k: v.detach().cpu().numpy() for k, v in result.columns.items() if k != "iterations"},
             # the digest of the files the row was computed from (attackpsm.data.digests)
             **({"data_digest": batch.data_digest} if batch.data_digest is not None else {}),
         }
     )
-    if sink is not None and target == "prey":  # saved and shown images are preys
-        sink(metric, batch, rank, adv, rows)
-    # a NaN or a negative distance during the attack: a recorded skip, never a flip
-    reasons = contract_violations(s_adv=result.s_adv, s_adv_saved=s_adv_saved)
+
+
+def drop_broken(
+    rows: pd.DataFrame, errors: pd.DataFrame, attacked: Attacked
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move the triplets whose attack broke the metric contract from ``rows`` to ``errors``.
+
+    A NaN or a negative distance during the attack is a recorded skip, never a flip.
+    """
+    reasons = contract_violations(s_adv=attacked.result.s_adv, s_adv_saved=attacked.s_adv_saved)
     broken = np.array([r is not None for r in reasons], dtype=bool)
-    if broken.any():
-        bad = rows[broken]
-        errors = pd.concat(
-            [
-                errors,
-                pd.DataFrame(
-                    {
-                        "triplet_id": bad["triplet_id"],
-                        "subset": bad["subset"],
-                        "reason": [r for r in reasons if r is not None],
-                    }
-                ),
-            ],
-            ignore_index=True,
-        )
-        rows = rows[~broken].reset_index(drop=True)
-    return rows, errors
+    if not broken.any():
+        return rows, errors
+    bad = rows[broken]
+    skipped = pd.DataFrame(
+        {
+            "triplet_id": bad["triplet_id"],
+            "subset": bad["subset"],
+            "reason": [r for r in reasons if r is not None],
+        }
+    )
+    errors = pd.concat([errors, skipped], ignore_index=True)
+    return rows[~broken].reset_index(drop=True), errors
 
 
 def _rescore_saved(

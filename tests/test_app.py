@@ -238,3 +238,39 @@ def test_a_seed_that_leaves_the_data_unchanged_says_so():
     note = seed_note(compose(["seed=1"]))
     assert "dataset.seed=0" in note and "add dataset.seed=1 for other triplets" in note
     assert seed_note(compose(["seed=1", "dataset.seed=1"])) is None
+
+
+def test_a_shard_is_read_through_a_view_and_the_dataset_is_left_unchanged(cfg_factory, monkeypatch):
+    """A job on shard 1 of 3 attacks exactly that shard's triplets (``shard_records``),
+    read through a view of the dataset: the dataset index the job built keeps all of its
+    records, in their order."""
+    import attackpsm.job.run as job
+    from attackpsm.data.base import shard_records
+    from attackpsm.storage import ShardStore
+
+    built = []
+
+    def build_dataset(cfg):
+        dataset = job_build_dataset(cfg)
+        built.append((dataset, list(dataset.records)))
+        return dataset
+
+    job_build_dataset = job.build_dataset
+    monkeypatch.setattr(job, "build_dataset", build_dataset)
+    cfg = cfg_factory(
+        [
+            "attack=fgsm",
+            "metric=l2",
+            "dataset.num_triplets=10",
+            "resolution.size=16",
+            "shard.count=3",
+            "shard.index=1",
+        ]
+    )
+    out = run(cfg)
+    [(dataset, records)] = built
+    assert len(records) == 10 and dataset.records == records
+    results, errors, _ = ShardStore(Path(out["run_dir"]), 1, 3).load()
+    expected = [r.triplet_id for r in shard_records(records, 1, 3)]
+    assert sorted([*results["triplet_id"], *errors["triplet_id"]]) == sorted(expected)
+    assert len(expected) == 3 and out["samples"] == len(results)

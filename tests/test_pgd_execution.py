@@ -223,3 +223,31 @@ def test_nan_without_the_range_check_is_a_recorded_skip(batch):
     assert "non-finite distance s_adv" in errors["reason"].iloc[0]
     expected = _table(L2(), PGD(), batch.take(slice(1, len(batch))))
     pd.testing.assert_frame_equal(rows, expected, check_exact=True)
+
+
+def test_the_inner_loop_scores_unchecked_and_the_boundary_still_checks(batch, monkeypatch):
+    """``Metric.score`` refuses an image off the ``[-1, 1]`` scale; ``score_unchecked`` is
+    the same distance without the check, and it is what PGD's loop calls when it avoids
+    host synchronisations (``check_every != 1``): no candidate of that loop is checked."""
+    from attackpsm.metrics import base
+
+    metric = L2()
+    prepared, prey, s_other = select_prey(metric, batch)
+    on_255_scale = (batch.p0 + 1) * 127.5
+    with pytest.raises(ValueError, match=r"metric 'l2' expects the candidate .* got values in"):
+        metric.score(prepared, on_255_scale)
+    assert torch.equal(metric.score_unchecked(prepared, prey), metric.score(prepared, prey))
+    assert metric.score_unchecked(prepared, on_255_scale).isfinite().all()
+
+    roles: list[str] = []
+    check = base.check_images
+    monkeypatch.setattr(
+        base,
+        "check_images",
+        lambda images, name, role: (roles.append(role), check(images, name, role)),
+    )
+    unchecked = PGD(compact_every=0, check_every=0).run(metric, prepared, prey, s_other)
+    assert roles == []
+    checked = PGD().run(metric, prepared, prey, s_other)
+    assert roles and set(roles) == {"the candidate"}
+    assert torch.equal(unchecked.flipped, checked.flipped)

@@ -220,98 +220,150 @@ class APGD(Attack):
         eps: torch.Tensor,
         start: torch.Tensor | None,
     ) -> AttackResult:
-        n, device = prey.shape[0], prey.device
+        """One APGD run from ``start`` (default: the prey) on every triplet of the batch."""
         draws = self.eot_samples if metric.stochastic else 1
-        x = (prey if start is None else start).clone().clamp(LOW, HIGH)
-        x_prev = x.clone()
-        adv = x.clone()  # best point so far; the flipping image once flipped
-        s_adv = torch.full((n,), float("nan"), device=device)
-        best = torch.full((n,), -float("inf"), device=device)  # best margin f_max
-        flipped = torch.zeros(n, dtype=torch.bool, device=device)
-        stopped = torch.zeros(n, dtype=torch.bool, device=device)
-        separate = metric.stochastic or self.flip_on == "saved"
-        iterations = torch.full((n,), self.max_iterations, dtype=torch.long, device=device)
-        queries = torch.zeros(n, dtype=torch.long, device=device)
-        step = 2.0 * eps
-        improved = torch.zeros(n, device=device)  # successful steps since the last checkpoint
-        last_best = best.clone()  # f_max at the last checkpoint
-        last_step = step.clone()
+        state = _State(prey if start is None else start, eps, self.max_iterations)
         marks = checkpoints(self.max_iterations)
         previous_mark = 0
-        active = torch.arange(n, device=device)
+        active = torch.arange(prey.shape[0], device=prey.device)
         for k in range(self.max_iterations + 1):
             final = k == self.max_iterations
-            xa = x[active].clone().requires_grad_(not final)
+            xa = state.x[active].clone().requires_grad_(not final)
             with torch.set_grad_enabled(not final):
                 s = self._score(metric, select(prepared_ref, active), xa)
-            queries[active] += draws
-            s_det = s.detach()
-            if separate:  # common draws for the decision, the saved image for flip_on=saved
-                hit, s_det = judge(
-                    lambda p, v: self._score(metric, p, v),
-                    select(prepared_ref, active),
-                    xa,
-                    s_other[active],
-                    self.reverse,
-                    self.flip_on,
-                    s,
-                    metric.stochastic and not final,  # without a gradient s is the decision
-                )
-            else:
-                hit = rank_flipped(s_det, s_other[active], self.reverse)
-            f = flip_margin(s_other[active], s_det, self.reverse)
-            gain = f > best[active]
-            if k > 0:
-                improved[active] += (f > best[active]).float()
-            ia = active[gain]
-            best[ia] = f[gain]
-            adv[ia] = xa.detach()[gain]
-            s_adv[ia] = s_det[gain]
-            done = hit
-            if done.any():
-                idx = active[done]
-                adv[idx] = xa.detach()[done]
-                s_adv[idx] = s_det[done]
-                flipped[idx] = rank_flipped(s_det[done], s_other[idx], self.reverse)
-                stopped[idx] = True
-                iterations[idx] = k
+            state.queries[active] += draws
+            hit, s_det = self._decide(metric, prepared_ref, s_other, active, xa, s, final)
+            self._record(state, s_other, active, xa, s_det, hit, k)
             if final:
                 break
-            keep = ~done
+            keep = ~hit
             if not keep.any():
                 break
             (grad,) = torch.autograd.grad(flip_margin(s_other[active], s, self.reverse).sum(), xa)
-            xa, grad, a = xa.detach()[keep], grad[keep], active[keep]
-            center, e = prey[a], eps[a]
-            direction = ascent_direction(grad, self.norm)
-            z = (
-                center + project(xa + step[a].view(-1, 1, 1, 1) * direction - center, e, self.norm)
-            ).clamp(LOW, HIGH)
-            if k == 0:
-                new = z
-            else:
-                new = xa + self.momentum * (z - xa) + (1 - self.momentum) * (xa - x_prev[a])
-                new = (center + project(new - center, e, self.norm)).clamp(LOW, HIGH)
-            x_prev[a] = xa
-            x[a] = new
-            active = a
+            active = self._advance(state, prey, eps, xa.detach()[keep], grad[keep], active[keep], k)
             if k + 1 in marks:  # checkpoint w_j: halve the step where progress stalled
-                span = k + 1 - previous_mark
-                stalled = (improved[a] < self.rho * span) | (
-                    (last_step[a] == step[a]) & (last_best[a] == best[a])
-                )
-                last_step[a] = step[a]
-                last_best[a] = best[a]
-                idx = a[stalled]
-                step[idx] = step[idx] / 2
-                x[idx] = adv[idx]  # restart from the best point
-                x_prev[idx] = adv[idx]
-                improved[a] = 0
+                self._checkpoint(state, active, k + 1 - previous_mark)
                 previous_mark = k + 1
         return AttackResult(
-            adv,
-            s_adv,
-            flipped,
-            {"iterations": iterations, "queries": queries},
-            stopped if self.flip_on == "saved" else None,
+            state.adv,
+            state.s_adv,
+            state.flipped,
+            {"iterations": state.iterations, "queries": state.queries},
+            state.stopped if self.flip_on == "saved" else None,
         )
+
+    def _decide(
+        self,
+        metric: Metric,
+        prepared_ref: Any,
+        s_other: torch.Tensor,
+        active: torch.Tensor,
+        xa: torch.Tensor,
+        s: torch.Tensor,
+        final: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hit, s_det)`` of the active triplets: the stop rule and the decision score.
+
+        A randomised metric decides under the common draws, ``flip_on=saved`` on the saved
+        image (:func:`attackpsm.attacks.base.judge`).
+        """
+        s_det = s.detach()
+        if not (metric.stochastic or self.flip_on == "saved"):
+            return rank_flipped(s_det, s_other[active], self.reverse), s_det
+        return judge(
+            lambda p, v: self._score(metric, p, v),
+            select(prepared_ref, active),
+            xa,
+            s_other[active],
+            self.reverse,
+            self.flip_on,
+            s,
+            metric.stochastic and not final,  # without a gradient s is the decision
+        )
+
+    def _record(
+        self,
+        state: _State,
+        s_other: torch.Tensor,
+        active: torch.Tensor,
+        xa: torch.Tensor,
+        s_det: torch.Tensor,
+        hit: torch.Tensor,
+        k: int,
+    ) -> None:
+        """Keep the best point of each active triplet, and the image that stopped it."""
+        f = flip_margin(s_other[active], s_det, self.reverse)
+        gain = f > state.best[active]
+        if k > 0:
+            state.improved[active] += (f > state.best[active]).float()
+        ia = active[gain]
+        state.best[ia] = f[gain]
+        state.adv[ia] = xa.detach()[gain]
+        state.s_adv[ia] = s_det[gain]
+        if hit.any():
+            idx = active[hit]
+            state.adv[idx] = xa.detach()[hit]
+            state.s_adv[idx] = s_det[hit]
+            state.flipped[idx] = rank_flipped(s_det[hit], s_other[idx], self.reverse)
+            state.stopped[idx] = True
+            state.iterations[idx] = k
+
+    def _advance(
+        self,
+        state: _State,
+        prey: torch.Tensor,
+        eps: torch.Tensor,
+        xa: torch.Tensor,
+        grad: torch.Tensor,
+        a: torch.Tensor,
+        k: int,
+    ) -> torch.Tensor:
+        """The momentum step of the triplets ``a`` (at ``xa``); returns them, the new active set."""
+        center, e = prey[a], eps[a]
+        direction = ascent_direction(grad, self.norm)
+        z = (
+            center
+            + project(xa + state.step[a].view(-1, 1, 1, 1) * direction - center, e, self.norm)
+        ).clamp(LOW, HIGH)
+        if k == 0:
+            new = z
+        else:
+            new = xa + self.momentum * (z - xa) + (1 - self.momentum) * (xa - state.x_prev[a])
+            new = (center + project(new - center, e, self.norm)).clamp(LOW, HIGH)
+        state.x_prev[a] = xa
+        state.x[a] = new
+        return a
+
+    def _checkpoint(self, state: _State, a: torch.Tensor, span: int) -> None:
+        """At a checkpoint: halve the step and restart from the best point where progress
+        stalled over the last ``span`` steps."""
+        stalled = (state.improved[a] < self.rho * span) | (
+            (state.last_step[a] == state.step[a]) & (state.last_best[a] == state.best[a])
+        )
+        state.last_step[a] = state.step[a]
+        state.last_best[a] = state.best[a]
+        idx = a[stalled]
+        state.step[idx] = state.step[idx] / 2
+        state.x[idx] = state.adv[idx]  # restart from the best point
+        state.x_prev[idx] = state.adv[idx]
+        state.improved[a] = 0
+
+
+class _State:
+    """Per triplet, the state of one APGD run (Croce & Hein, 2020, Alg. 1)."""
+
+    def __init__(self, start: torch.Tensor, eps: torch.Tensor, max_iterations: int):
+        n, device = start.shape[0], start.device
+        self.x = start.clone().clamp(LOW, HIGH)
+        self.x_prev = self.x.clone()
+        self.adv = self.x.clone()  # best point so far; the flipping image once flipped
+        self.s_adv = torch.full((n,), float("nan"), device=device)
+        self.best = torch.full((n,), -float("inf"), device=device)  # best margin f_max
+        self.flipped = torch.zeros(n, dtype=torch.bool, device=device)
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=device)
+        self.iterations = torch.full((n,), max_iterations, dtype=torch.long, device=device)
+        self.queries = torch.zeros(n, dtype=torch.long, device=device)
+        self.step = 2.0 * eps
+        self.improved = torch.zeros(n, device=device)  # successful steps since the last checkpoint
+        self.last_best = self.best.clone()  # f_max at the last checkpoint
+        self.last_step = self.step.clone()

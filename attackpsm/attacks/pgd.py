@@ -3,7 +3,6 @@ reverse (Appendix F, Eq. 7)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -150,13 +149,11 @@ class PGD(Attack):
         return [c.error for c in self._compiled.values() if c.error]
 
     def _scorer(self, metric: Metric) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-        """``metric.score``, without its input-range check when host syncs are avoided,
-        compiled when asked."""
+        """``metric.score``; :meth:`~attackpsm.metrics.base.Metric.score_unchecked` when host
+        syncs are avoided (the input-range check reads a device value); compiled when asked."""
         score = metric.score
         if self.check_every != 1 or self.compile is not False:
-            unchecked = getattr(type(metric).score, "__wrapped__", None)
-            if unchecked is not None:
-                score = functools.partial(unchecked, metric)
+            score = metric.score_unchecked  # the candidate is clipped to [-1, 1] by Alg. 1
         if self.compile is False:
             return score
         if id(metric) not in self._compiled:
@@ -176,92 +173,150 @@ class PGD(Attack):
         ``start`` differs from ``center`` only in stAdv+PGD with ``center=prey`` (the
         official code's projection around the original prey).
         """
-        n = center.shape[0]
-        device = center.device
         start = center if start is None else start
-        adv = start.clone()
-        s_adv = torch.full((n,), float("nan"), device=device)
-        flipped = torch.zeros(n, dtype=torch.bool, device=device)
-        stopped = torch.zeros(n, dtype=torch.bool, device=device)
         checks = max(self.n_checks, 1)
-        iterations = torch.full((n,), checks - 1, dtype=torch.long, device=device)
+        out = _Outcome(start, checks)
         score = self._scorer(metric)
         # a separate judgement: a randomised metric decides under its common draws, not the
         # gradient's; flip_on=saved judges the 8-bit image
         separate = metric.stochastic or self.flip_on == "saved"
-        # the working batch: triplets `idx` of the input (None: all of them, in order);
-        # `live` marks those still being attacked, the others are frozen
-        idx: torch.Tensor | None = None
-        ref_w, center_w, s_other_w = prepared_ref, center, s_other
-        delta_w = start - center  # not clipped: an outside start is projected at the first step
-        live = torch.ones(n, dtype=torch.bool, device=device)
-        if self.compact_every == 1:  # compacted from the start, as at every later step
-            idx = torch.arange(n, device=device)
-            ref_w = select(prepared_ref, idx)
-
-        def due(every: int, k: int) -> bool:
-            return every > 0 and (k + 1) % every == 0
-
-        def get(full: torch.Tensor) -> torch.Tensor:
-            return full if idx is None else full[idx]
-
-        def put(full: torch.Tensor, value: torch.Tensor) -> None:
-            if idx is None:
-                full.copy_(value)
-            else:
-                full[idx] = value
-
+        # not clipped: an outside start is projected at the first step
+        work = _Working(prepared_ref, center, s_other, start - center, self.compact_every == 1)
         for k in range(checks):
             last = k == checks - 1
-            x = (center_w + delta_w).clamp(LOW, HIGH)
+            x = (work.center + work.delta).clamp(LOW, HIGH)
             x.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
-                s = score(ref_w, x)
+                s = score(work.ref, x)
             if separate:
                 # without a gradient (the last check) s already is the decision score
                 stochastic = metric.stochastic and not last
                 hit, s_det = judge(
-                    score, ref_w, x, s_other_w, self.reverse, self.flip_on, s, stochastic
+                    score, work.ref, x, work.s_other, self.reverse, self.flip_on, s, stochastic
                 )
             else:
                 s_det = s.detach()
-                hit = rank_flipped(s_det, s_other_w, self.reverse)
+                hit = rank_flipped(s_det, work.s_other, self.reverse)
             if last:
-                done = live  # the budget is spent
+                done = work.live  # the budget is spent
             elif self.early_stop:
-                done = live & hit
+                done = work.live & hit
             else:
-                done = torch.zeros_like(live)
-            # record the finished triplets with masked writes (no host synchronisation)
-            put(adv, torch.where(done[:, None, None, None], x.detach(), get(adv)))
-            put(s_adv, torch.where(done, s_det.to(s_adv.dtype), get(s_adv)))
-            put(iterations, torch.where(done, k, get(iterations)))
-            put(
-                flipped,
-                torch.where(done, rank_flipped(s_det, s_other_w, self.reverse), get(flipped)),
-            )
-            put(stopped, torch.where(done, hit, get(stopped)))
-            live = live & ~done
-            if last or (due(self.check_every, k) and not live.any()):
+                done = torch.zeros_like(work.live)
+            out.record(work, done, x, s_det, hit, k, self.reverse)
+            work.live = work.live & ~done
+            if last or (_due(self.check_every, k) and not work.live.any()):
                 break
-            loss = self.loss(s_other_w, s).sum()
-            (grad,) = torch.autograd.grad(loss, x)
-            stepped = x.detach() + self.alpha * grad.sign()
-            delta_w = torch.where(
-                live[:, None, None, None], (stepped - center_w).clamp(-self.eps, self.eps), delta_w
-            )
-            if due(self.compact_every, k):  # drop the frozen triplets (a host sync)
-                idx = (torch.arange(n, device=device) if idx is None else idx)[live]
-                delta_w, live = delta_w[live], live[live]
-                ref_w, center_w, s_other_w = select(prepared_ref, idx), center[idx], s_other[idx]
-                if idx.numel() == 0:
+            self._step(work, x, s)
+            if _due(self.compact_every, k):  # drop the frozen triplets (a host sync)
+                work.compact()
+                if work.idx.numel() == 0:
                     break
+        return out.result(self.flip_on)
+
+    def _step(self, work: _Working, x: torch.Tensor, s: torch.Tensor) -> None:
+        """One sign step of the live triplets on the loss, projected onto the ε-ball."""
+        loss = self.loss(work.s_other, s).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        stepped = x.detach() + self.alpha * grad.sign()
+        work.delta = torch.where(
+            work.live[:, None, None, None],
+            (stepped - work.center).clamp(-self.eps, self.eps),
+            work.delta,
+        )
+
+
+def _due(every: int, k: int) -> bool:
+    """Step ``k`` ends a period of ``every`` steps (``0``: never)."""
+    return every > 0 and (k + 1) % every == 0
+
+
+class _Working:
+    """PGD's working batch: the triplets ``idx`` of the input (``None``: all, in order).
+
+    ``live`` marks those still being attacked; the others are frozen until the next
+    compaction drops them (:meth:`compact`).
+    """
+
+    def __init__(
+        self,
+        prepared_ref: Any,
+        center: torch.Tensor,
+        s_other: torch.Tensor,
+        delta: torch.Tensor,
+        compact: bool,
+    ):
+        self.full = (prepared_ref, center, s_other)
+        self.idx: torch.Tensor | None = None
+        self.ref, self.center, self.s_other = prepared_ref, center, s_other
+        self.delta = delta
+        n = center.shape[0]
+        self.live = torch.ones(n, dtype=torch.bool, device=center.device)
+        if compact:  # compacted from the start, as at every later step
+            self.idx = torch.arange(n, device=center.device)
+            self.ref = select(prepared_ref, self.idx)
+
+    def get(self, full: torch.Tensor) -> torch.Tensor:
+        """The working rows of a tensor over the whole input."""
+        return full if self.idx is None else full[self.idx]
+
+    def put(self, full: torch.Tensor, value: torch.Tensor) -> None:
+        """Write ``value`` into the working rows of a tensor over the whole input."""
+        if self.idx is None:
+            full.copy_(value)
+        else:
+            full[self.idx] = value
+
+    def compact(self) -> None:
+        """Drop the frozen triplets from the working batch (reads ``live``: a host sync)."""
+        prepared_ref, center, s_other = self.full
+        n = center.shape[0]
+        self.idx = (torch.arange(n, device=center.device) if self.idx is None else self.idx)[
+            self.live
+        ]
+        self.delta, self.live = self.delta[self.live], self.live[self.live]
+        self.ref = select(prepared_ref, self.idx)
+        self.center, self.s_other = center[self.idx], s_other[self.idx]
+
+
+class _Outcome:
+    """Per input triplet, what PGD returns: filled with masked writes (no host sync)."""
+
+    def __init__(self, start: torch.Tensor, checks: int):
+        n, device = start.shape[0], start.device
+        self.adv = start.clone()
+        self.s_adv = torch.full((n,), float("nan"), device=device)
+        self.flipped = torch.zeros(n, dtype=torch.bool, device=device)
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=device)
+        self.iterations = torch.full((n,), checks - 1, dtype=torch.long, device=device)
+
+    def record(
+        self,
+        work: _Working,
+        done: torch.Tensor,
+        x: torch.Tensor,
+        s_det: torch.Tensor,
+        hit: torch.Tensor,
+        k: int,
+        reverse: bool,
+    ) -> None:
+        """Keep the image, score and check index ``k`` of the triplets ``done`` at ``k``."""
+        put, get = work.put, work.get
+        put(self.adv, torch.where(done[:, None, None, None], x.detach(), get(self.adv)))
+        put(self.s_adv, torch.where(done, s_det.to(self.s_adv.dtype), get(self.s_adv)))
+        put(self.iterations, torch.where(done, k, get(self.iterations)))
+        flipped = rank_flipped(s_det, work.s_other, reverse)
+        put(self.flipped, torch.where(done, flipped, get(self.flipped)))
+        put(self.stopped, torch.where(done, hit, get(self.stopped)))
+
+    def result(self, flip_on: str) -> AttackResult:
+        """The attack's result; ``stopped`` only where the stop rule was the saved image's."""
         return AttackResult(
-            adv,
-            s_adv,
-            flipped,
-            {"iterations": iterations},
-            stopped if self.flip_on == "saved" else None,
+            self.adv,
+            self.s_adv,
+            self.flipped,
+            {"iterations": self.iterations},
+            self.stopped if flip_on == "saved" else None,
         )
 
 

@@ -8,6 +8,9 @@ A metric separates the work on the reference from the work on the candidate:
 ``prepare(ref)`` returns whatever the metric can reuse (LPIPS: the reference's
 normalised features), and ``score(prepared, x)`` returns one distance per sample. Attacks
 call ``prepare`` once per triplet and ``score`` at every iteration.
+
+Both check their images at the boundary (:func:`check_images`). ``score_unchecked`` is the
+same distance without the check, for an attack's inner loop on inputs already checked.
 """
 
 from __future__ import annotations
@@ -171,11 +174,15 @@ class Metric(nn.Module):
         return cls.min_size
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every ``prepare``/``score`` a metric defines checks its images first (the boundary)."""
+        """Every ``prepare``/``score`` a metric defines checks its images first (the boundary).
+
+        The ``score`` as written stays callable as :meth:`score_unchecked`.
+        """
         super().__init_subclass__(**kwargs)
         if "prepare" in cls.__dict__:
             cls.prepare = _checked_prepare(cls.__dict__["prepare"])
         if "score" in cls.__dict__:
+            cls.score_unchecked = cls.__dict__["score"]
             cls.score = _checked_score(cls.__dict__["score"])
 
     def __init__(self) -> None:
@@ -198,6 +205,17 @@ class Metric(nn.Module):
 
     def score(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
         """Distances between each ``x[i]`` and the prepared reference ``i``: shape ``(N,)``."""
+        raise NotImplementedError
+
+    def score_unchecked(self, prepared: Any, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`score` without the check of ``x`` (:func:`check_images`).
+
+        Allowed only inside an attack's inner loop, on candidates built from inputs that
+        were already checked and clipped to ``[-1, 1]``: the check reads a value back from
+        the device (a host synchronisation) at every call, which a loop that never waits
+        for the device avoids (:class:`attackpsm.attacks.pgd.PGD` with ``check_every != 1``
+        or ``compile``). Everywhere else call :meth:`score`.
+        """
         raise NotImplementedError
 
     def expected_score(self, prepared: Any, x: torch.Tensor, draws: int = 1) -> torch.Tensor:

@@ -150,3 +150,24 @@ def test_an_attack_without_a_declaration_is_refused_by_name():
         Undeclared.resolve_threat({})
     with pytest.raises(ValueError, match=r"threat access must be one of \[.*\], got 'grey-box'"):
         Threat(norm="linf", access="grey-box")
+
+
+def test_every_attack_option_has_the_report_family_its_class_declares():
+    """The report's tables group runs by family (Tables 2, 4, 5): read from the class, so a
+    renamed or moved class keeps its rows; an attack without one is grouped by its name."""
+    from attackpsm.report.load import Run
+
+    expected = {"none": "none", "fgsm": "fgsm", "pgd": "pgd", "pgd_reverse": "pgd_reverse"}
+    expected |= {"onepixel": "onepixel", "stadv": "stadv", "stadv_pgd": "stadv_pgd"}
+    expected |= {"saved": "transfer", "apgd": "apgd", "square": "square", "fmn": "fmn"}
+    for name, family in expected.items():
+        target = OmegaConf.load(CONF / "attack" / f"{name}.yaml")["_target_"]
+        node = {"_target_": target, "name": name}
+        run = Run(run_dir=Path("."), identity={"attack": node}, results=None)
+        assert run.family == family, name
+    stale = Run(
+        run_dir=Path("."),
+        identity={"attack": {"_target_": "attackpsm.certify.Certify", "name": "certify"}},
+        results=None,
+    )
+    assert stale.family == "certify"  # a class of another version: its config name

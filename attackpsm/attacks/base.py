@@ -225,6 +225,9 @@ class Attack:
             stops on, :attr:`AttackResult.flipped` is the float image's flip.
         threat: the threat model (:class:`Threat`); attacks made of other attacks derive
             theirs from their parts (:meth:`resolve_threat`).
+        family: the paper's attack family the report's tables group runs by (``fgsm``,
+            ``pgd``, ``stadv``, ``transfer``, ...; Tables 2, 4 and 5); ``None``: the run's
+            attack config name (:attr:`attackpsm.report.load.Run.family`).
     """
 
     name = "attack"
@@ -235,6 +238,7 @@ class Attack:
     can_stall = True
     flip_on = "float"
     threat: ClassVar[Threat | None] = None
+    family: ClassVar[str | None] = None
 
     @classmethod
     def resolve_threat(cls, node: Mapping[str, Any]) -> Threat:

@@ -51,6 +51,7 @@ class FGSM(Attack):
     name = "fgsm"
     columns = ("eps_found", "iterations")
     threat = Threat(norm="linf", access="white-box", budget="max_eps")
+    family = "fgsm"
 
     def __init__(
         self,

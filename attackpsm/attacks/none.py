@@ -17,6 +17,7 @@ class NoAttack(Attack):
     white_box = False
     can_stall = False
     threat = Threat(norm="none", access="none")
+    family = "none"
 
     def run(
         self, metric: Metric, prepared_ref: Any, prey: torch.Tensor, s_other: torch.Tensor

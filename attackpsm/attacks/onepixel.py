@@ -81,6 +81,7 @@ class OnePixel(Attack):
     white_box = False
     columns = ("queries", "iterations")
     threat = Threat(norm="l0", access="black-box")
+    family = "onepixel"
 
     def __init__(
         self,

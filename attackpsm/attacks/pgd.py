@@ -83,6 +83,7 @@ class PGD(Attack):
     name = "pgd"
     columns = ("iterations",)
     threat = Threat(norm="linf", access="white-box", budget="eps")
+    family = "pgd"
 
     def __init__(
         self,
@@ -396,6 +397,7 @@ class ReversePGD(PGD):
     name = "pgd_reverse"
     reverse = True
     threat = Threat(norm="linf", access="white-box", budget="eps", reverse=True)
+    family = "pgd_reverse"
 
     def loss(self, s_other: torch.Tensor, s_adv: torch.Tensor) -> torch.Tensor:
         return reverse_rank_loss(s_other, s_adv)

@@ -51,6 +51,7 @@ class SavedAdversarial(Attack):
     columns = ("transferred",)
     needs_triplets = True
     threat = Threat(norm="none", access="transfer")
+    family = "transfer"
 
     def __init__(
         self,

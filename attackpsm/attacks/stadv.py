@@ -139,6 +139,7 @@ class StAdv(Attack):
     name = "stadv"
     columns = ("iterations", "evaluations", "flow_max", "flow_mean")
     threat = Threat(norm="flow", access="white-box")
+    family = "stadv"
 
     def __init__(
         self,
@@ -292,6 +293,7 @@ class StAdvPGD(StAdv):
     name = "stadv_pgd"
     columns = (*StAdv.columns, "stadv_flipped", "stadv_rmse")
     threat = Threat(norm="flow+linf", access="white-box", budget="pgd_eps")
+    family = "stadv_pgd"
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from attackpsm.attacks.base import attack_class
 from attackpsm.storage import RunDirs, StorageError, read_identity, read_run
 from attackpsm.storage.records import RecordError, check_targets, load_mapping, resolved_spec
 
@@ -28,16 +29,6 @@ _NOT_PARAMS = {"_target_", "name", "max_batch"}
 # Dataset parameters that do not change which triplets are used.
 _NOT_DATASET_PARAMS = {"_target_", "name", "root", "device", "batch_size", "store"}
 # Attack class -> family: what the tables group by (``fgsm003`` is an FGSM, ``pgd10`` a PGD).
-FAMILIES = {
-    "NoAttack": "none",
-    "FGSM": "fgsm",
-    "PGD": "pgd",
-    "ReversePGD": "pgd_reverse",
-    "OnePixel": "onepixel",
-    "StAdv": "stadv",
-    "StAdvPGD": "stadv_pgd",
-    "SavedAdversarial": "transfer",
-}
 ATTACK_TITLES = {  # attack config name -> how tables and figures print it
     "fgsm": "FGSM",
     "fgsm003": "FGSM (ε ≤ 0.03)",
@@ -100,9 +91,14 @@ class Run:
 
     @property
     def family(self) -> str:
-        """Attack family from the attack's class (``fgsm``, ``pgd``, ``transfer``, ...)."""
-        target = str(self.identity["attack"].get("_target_", ""))
-        return FAMILIES.get(target.rsplit(".", 1)[-1], self.attack)
+        """Attack family, as the attack's class declares it (:attr:`Attack.family
+        <attackpsm.attacks.base.Attack.family>`: ``fgsm``, ``pgd``, ``transfer``, ...); the
+        attack's config name where it declares none or is not a class of this version."""
+        try:
+            family = attack_class(self.identity["attack"]).family
+        except ValueError:
+            family = None
+        return family or self.attack
 
     @property
     def is_transfer(self) -> bool:

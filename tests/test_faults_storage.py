@@ -158,6 +158,7 @@ def test_second_writer_refuses_or_waits_and_never_writes(tmp_path):
         assert refused.wait(timeout=120) != 0
         out = logs["refused"].read_text()
         assert f"pid {first.pid}" in out and "held by a live writer" in out, out[-3000:]
+        assert "Traceback" not in out and "\nError: " in f"\n{out}", out[-3000:]  # one line
         wait_for(lambda: "waiting up to" in logs["waiter"].read_text(), 120, "the waiter")
         first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=180) == 0, logs["first"].read_text()[-3000:]

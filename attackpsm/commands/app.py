@@ -152,15 +152,17 @@ def user_error(exc: BaseException) -> tuple[str | None, int]:
     """The one line and exit status for an error whose message is its fix; ``None``: other.
 
     Configuration errors exit 2; data or weights not on this machine exit 1 (their
-    messages name the command that fetches them, or the expected layout).
+    messages name the command that fetches them, or the expected layout), as does a shard
+    another live writer holds (its message names the writer and what to do).
     """
     from attackpsm.data.files import DatasetLayoutError
     from attackpsm.data.transfer import CraftMissing
     from attackpsm.metrics.weights.safeload import WeightsUnavailable
+    from attackpsm.storage.lease import LeaseHeld
 
     if isinstance(exc, ConfigError):
         return error_line(exc), 2
     cause = exc.__cause__ if type(exc).__name__ == "InstantiationException" else exc
-    if isinstance(cause, WeightsUnavailable | DatasetLayoutError | CraftMissing):
+    if isinstance(cause, WeightsUnavailable | DatasetLayoutError | CraftMissing | LeaseHeld):
         return f"Error: {cause}", 1
     return None, 1

@@ -17,7 +17,6 @@ import torch
 from omegaconf import OmegaConf
 
 from attackpsm.attacks import FGSM, PGD, ReversePGD
-from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.data.base import Batch, collate
 from attackpsm.data.synthetic import SyntheticTriplets
 from attackpsm.engine import attack_batch
@@ -36,6 +35,7 @@ from attackpsm.protocol.twoafc import (
 from attackpsm.summary.accuracy import clean_accuracy
 from attackpsm.summary.headline import headline
 from attackpsm.summary.results import summarize, summary_markdown
+from tests.stand_ins import Shift
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -160,25 +160,13 @@ def test_flip_saved_compares_the_saved_adversarial_with_the_other(quantized):
     assert rows["flipped"].any()
 
 
-class _Shift(Attack):
-    """Moves the prey by a fixed amount (a stand-in attack with a known result)."""
-
-    def __init__(self, step: float):
-        self.step = step
-
-    def run(self, metric, prepared_ref, prey, s_other):
-        adv = prey + self.step
-        s_adv = metric.score(prepared_ref, adv)
-        return AttackResult(adv, s_adv, rank_flipped(s_adv, s_other))
-
-
 def test_flip_saved_on_float_inputs_saves_the_other_image_too():
     """Float inputs, in grey levels: ref 128, I_0 = 129 (prey), I_1 = 129.6 (other), adversarial
     129.8. Float: 1.8 > 1.6 flips. Saved (truncated to 8 bits): I_adv -> 129 and I_1 -> 129,
     a tie, so the flip does not survive (comparing with the unsaved 1.6 would say it does)."""
     grey = lambda v: torch.full((1, 3, 4, 4), v / 127.5 - 1.0)  # noqa: E731
     batch = Batch(["t/0"], ["t"], torch.tensor([0.0]), grey(128), grey(129), grey(129.6), [])
-    rows, _ = attack_batch(L2(), _Shift(0.8 / 127.5), batch)
+    rows, _ = attack_batch(L2(), Shift(0.8 / 127.5), batch)
     assert rows["prey"].item() == 0 and bool(rows["flipped"].item())
     assert not bool(rows["flipped_saved"].item())
 

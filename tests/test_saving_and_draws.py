@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from attackpsm.attacks.base import Attack, AttackResult
 from attackpsm.attacks.eot import EoT
 from attackpsm.attacks.pgd import PGD
 from attackpsm.data.base import Batch
@@ -26,6 +25,7 @@ from attackpsm.metrics.classic import L2
 from attackpsm.protocol.twoafc import rank_flipped
 from attackpsm.storage.craft import CraftWriter
 from tests.conftest import synthetic_batch
+from tests.stand_ins import Shift
 
 # --- common random numbers ----------------------------------------------------------------
 
@@ -125,18 +125,6 @@ def test_flip_on_is_validated():
 # --- one saving rule ------------------------------------------------------------------------
 
 
-class _Shift(Attack):
-    """Adds a fixed amount to the prey (a stand-in attack with a known result)."""
-
-    def __init__(self, step: float):
-        self.step = step
-
-    def run(self, metric, prepared_ref, prey, s_other):
-        adv = prey + self.step
-        s_adv = metric.score(prepared_ref, adv)
-        return AttackResult(adv, s_adv, rank_flipped(s_adv, s_other))
-
-
 def test_one_rule_for_saving_in_the_flip_rmse_and_pixel_columns():
     """Grey levels: ref 100, I_0 = 101 (prey), I_1 = 102 (other), adversarial 102.6.
 
@@ -147,7 +135,7 @@ def test_one_rule_for_saving_in_the_flip_rmse_and_pixel_columns():
     """
     grey = lambda v: torch.full((1, 3, 4, 4), v / 127.5 - 1.0)  # noqa: E731
     batch = Batch(["t/0"], ["t"], torch.tensor([0.0]), grey(100), grey(101), grey(102), [])
-    rows, _ = attack_batch(L2(), _Shift(1.6 / 127.5), batch)
+    rows, _ = attack_batch(L2(), Shift(1.6 / 127.5), batch)
     r = rows.iloc[0]
     assert r["prey"] == 0 and bool(r["flipped"])
     assert (to_uint8_truncated(grey(102.6)) == 102).all() and (to_uint8(grey(102.6)) == 103).all()
